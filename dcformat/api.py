@@ -1,0 +1,304 @@
+"""The public API, shaped like safetensors: save/load, save_file/load_file and a lazy `open`."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import mmap
+import os
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from . import constants as K
+from .container import DEFAULT_LIMITS, Header, Limits, TensorInfo, atomic_write, parse_header, write_stream
+from .errors import DCFError, EncodeError
+from .policy import Policy
+
+Progress = Callable[[str], None]
+
+
+def _check_inputs(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> dict[str, str]:
+    if not isinstance(tensors, Mapping):
+        raise EncodeError(f"tensors must be a mapping of names to arrays, not {type(tensors).__name__}")
+    for name in tensors:
+        if not isinstance(name, str) or not name or len(name.encode("utf-8")) > K.MAX_NAME_BYTES:
+            raise EncodeError(f"tensor name {name!r} must be a non-empty string of at most {K.MAX_NAME_BYTES} UTF-8 bytes")
+    meta = dict(metadata or {})
+    for k, v in meta.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise EncodeError(f"metadata must map strings to strings; got {k!r}: {type(v).__name__}")
+    return meta
+
+
+def _encode(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping[str, str] | None,
+            progress: Progress | None = None) -> tuple[dict[str, str], list[str], list]:
+    from . import codec  # numba-backed; imported here so that `import dcformat` stays light
+
+    meta = _check_inputs(tensors, metadata)
+    policy = policy or Policy()
+    drafts = []
+    for name, value in tensors.items():
+        value = _to_numpy(value)
+        drafts.append(codec.draft_tensor(name, value, policy.plan(name, np.asarray(value)), policy.block_size))
+        if progress is not None:
+            progress(name)
+    tables, encoded = codec.assemble(drafts, policy.huffman, policy.block_size)
+    return meta, tables, encoded
+
+
+def save(tensors: Mapping[str, Any], *, policy: Policy | None = None, metadata: Mapping[str, str] | None = None) -> bytes:
+    """Encode `tensors` (name -> array) into the bytes of a dcformat file."""
+    meta, tables, encoded = _encode(tensors, policy, metadata)
+    out = io.BytesIO()
+    write_stream(out, meta, tables, encoded)
+    return out.getvalue()
+
+
+def save_file(tensors: Mapping[str, Any], path: str | os.PathLike, *, policy: Policy | None = None,
+              metadata: Mapping[str, str] | None = None, progress: Progress | None = None) -> None:
+    """Encode `tensors` into a dcformat file at `path`, atomically (a failed write leaves `path` as it was).
+
+    Example: ``dcformat.save_file({"fc1.weight": w}, "model.dcf", policy=dcformat.Policy(prune=0.9))``
+    """
+    meta, tables, encoded = _encode(tensors, policy, metadata, progress)
+    atomic_write(path, lambda f: write_stream(f, meta, tables, encoded))
+
+
+def load(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+    """Decode every tensor of a dcformat file held in memory."""
+    with SafeOpen(data, limits=limits) as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
+
+
+def load_file(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+    """Decode every tensor of the dcformat file at `path` (name -> numpy array)."""
+    with SafeOpen(path, limits=limits) as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
+
+
+class SafeOpen:
+    """A lazy reader over a memory-mapped dcformat file; use as a context manager.
+
+    The header is validated on open; a tensor is decoded (and its sections' CRCs checked) only when
+    asked for. The map stays valid even if the file is replaced on disk while open.
+
+    >>> with dcformat.open("model.dcf") as f:          # doctest: +SKIP
+    ...     w = f.get_tensor("fc1.weight")
+    """
+
+    def __init__(self, source: str | os.PathLike | bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS):
+        self._file = None
+        self._map = None
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            self._buf: Any = memoryview(source).cast("B")
+        else:
+            self._file = builtins.open(source, "rb")
+            try:
+                size = os.fstat(self._file.fileno()).st_size
+                if size:
+                    self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+                    self._buf = memoryview(self._map)
+                else:
+                    self._buf = memoryview(b"")
+            except BaseException:
+                self._file.close()
+                raise
+        try:
+            self.header: Header = parse_header(self._buf, len(self._buf), limits)
+        except BaseException:
+            self.close()
+            raise
+        self._tables = None
+
+    # -- context manager -------------------------------------------------------------------
+    def __enter__(self) -> "SafeOpen":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the file. Arrays returned with copy=False must not be used afterwards."""
+        buf, self._buf = getattr(self, "_buf", None), memoryview(b"")
+        if isinstance(buf, memoryview):
+            buf.release()
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # zero-copy arrays still reference the map; it closes when they are freed
+            self._map = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # -- the header ------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        """Tensor names in file order."""
+        return [t.name for t in self.header.tensors]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.header.by_name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.header.tensors)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self.header.metadata)
+
+    def layout(self, name: str) -> TensorInfo:
+        """The stored layout of one tensor: encoding, sections, streams, widths (see `inspect`)."""
+        return self._info(name)
+
+    def _info(self, name: str) -> TensorInfo:
+        try:
+            return self.header.by_name[name]
+        except KeyError:
+            raise KeyError(f"no tensor named {name!r} in this file") from None
+
+    def _table_cache(self):
+        from .codec import TableCache
+
+        if self._tables is None:
+            self._tables = TableCache(self.header.tables)
+        return self._tables
+
+    # -- decoding --------------------------------------------------------------------------
+    def get_tensor(self, name: str, *, copy: bool = True) -> np.ndarray:
+        """Decode one tensor to a numpy array. copy=False returns raw tensors as read-only views of the map."""
+        from .codec import decode_tensor
+
+        return decode_tensor(self._buf, self._info(name), self._table_cache(), copy=copy)
+
+    def get_sparse(self, name: str):
+        """A sparse tensor's CSR/CSC arrays, codes and codebook, without densifying (a `SparseTensor`)."""
+        from .codec import decode_sparse
+
+        info = self._info(name)
+        if info.encoding != K.SPARSE:
+            raise DCFError(f"tensor {name!r} is stored {info.encoding}, not sparse", tensor=name)
+        return decode_sparse(self._buf, info, self._table_cache())
+
+
+def open(source: str | os.PathLike | bytes, *, limits: Limits = DEFAULT_LIMITS) -> SafeOpen:  # noqa: A001
+    """Open a dcformat file (a path, or the file's bytes) for lazy reading."""
+    return SafeOpen(source, limits=limits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Interop: PyTorch and safetensors (optional extras, imported lazily)
+
+
+def _to_numpy(value: Any) -> Any:
+    """Convert a torch tensor to numpy (bfloat16 kept as its bit pattern); leave others as they are."""
+    if type(value).__module__.startswith("torch"):
+        import torch
+
+        t = value.detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:
+            import ml_dtypes
+
+            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return t.numpy()
+    return value
+
+
+def _to_torch(a: np.ndarray) -> Any:
+    import torch
+
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    if a.dtype in (np.uint16, np.uint32, np.uint64) and not hasattr(torch, "uint16"):
+        raise DCFError(f"torch has no dtype for {a.dtype}")
+    return torch.from_numpy(np.array(a, order="C", copy=True))
+
+
+def save_torch(state_dict: Mapping[str, Any], path: str | os.PathLike, *, policy: Policy | None = None,
+               metadata: Mapping[str, str] | None = None) -> None:
+    """Save a PyTorch state dict (tensors on any device) as a dcformat file."""
+    save_file({k: _to_numpy(v) for k, v in state_dict.items()}, path, policy=policy, metadata=metadata)
+
+
+def load_torch(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Load a dcformat file as a dict of torch tensors (requires torch)."""
+    return {k: _to_torch(v) for k, v in load_file(path, limits=limits).items()}
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read the tensors of a .npz, .safetensors or .pt/.pth file (PyTorch files with weights_only=True)."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    if ext == ".safetensors":
+        return _read_safetensors(path)
+    if ext in (".pt", ".pth", ".bin"):
+        import torch
+
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+            obj = obj["state_dict"]
+        if not isinstance(obj, Mapping):
+            raise DCFError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
+        return {k: _to_numpy(v) for k, v in obj.items() if hasattr(v, "dtype")}
+    if ext == ".dcf":
+        return load_file(path)
+    raise DCFError(f"{path}: unknown input type {ext!r} (expected .npz, .safetensors, .pt, .pth or .dcf)")
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    out = {}
+    try:
+        with safe_open(path, framework="numpy") as f:
+            for k in f.keys():
+                out[k] = f.get_tensor(k)
+    except (TypeError, ValueError):  # bfloat16 has no numpy dtype in safetensors: go through torch
+        with safe_open(path, framework="pt") as f:
+            for k in f.keys():
+                out[k] = _to_numpy(f.get_tensor(k))
+    return out
+
+
+def write_tensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
+    """Write tensors to a .npz or .safetensors file, atomically."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        atomic_write(path, lambda f: np.savez(f, **tensors))
+    elif ext == ".safetensors":
+        if any(a.dtype.name == "bfloat16" for a in tensors.values()):
+            from safetensors.torch import save as save_pt
+
+            data = save_pt({k: _to_torch(v) for k, v in tensors.items()})
+        else:
+            from safetensors.numpy import save as save_np
+
+            data = save_np({k: np.array(v, order="C") for k, v in tensors.items()})
+        atomic_write(path, lambda f: f.write(data))
+    else:
+        raise DCFError(f"{path}: unknown output type {ext!r} (expected .npz or .safetensors)")
+
+
+def compress(tensors: Mapping[str, Any], *, policy: Policy | None = None) -> dict[str, np.ndarray]:
+    """The tensors exactly as a file saved with `policy` decodes them (pruned, quantized), without writing.
+
+    Useful to measure the accuracy cost of a policy before saving.
+    """
+    from . import codec
+
+    _check_inputs(tensors, None)
+    policy = policy or Policy()
+    out = {}
+    for name, value in tensors.items():
+        value = _to_numpy(value)
+        draft = codec.draft_tensor(name, value, policy.plan(name, np.asarray(value)), policy.block_size)
+        out[name] = draft.decoded if draft.decoded is not None else np.array(value, copy=True)
+    return out

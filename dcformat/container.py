@@ -1,0 +1,673 @@
+"""The dcformat container: preamble, JSON header, 64-byte aligned data sections (spec §2-§4, §8).
+
+This module reads and validates headers and writes whole files. It knows the layout of each encoding
+(which sections and streams a tensor has, and their sizes) but not how to decode them, so it never
+imports numba: `dcformat inspect` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Iterable, Iterator
+
+from . import constants as K
+from .errors import (
+    ChecksumError,
+    FormatError,
+    HeaderError,
+    HuffmanTableError,
+    LimitError,
+    TruncatedError,
+    VersionError,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits (§7)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds a reader enforces before trusting the file; raise them to open unusual files."""
+
+    max_header_bytes: int = K.DEFAULT_MAX_HEADER_BYTES
+    max_tensors: int = K.DEFAULT_MAX_TENSORS
+    max_rank: int = K.DEFAULT_MAX_RANK
+    min_decoded_bytes: int = K.DEFAULT_MIN_DECODED_BYTES
+    max_expansion: int = K.DEFAULT_MAX_EXPANSION
+
+    def max_decoded_bytes(self, file_length: int) -> int:
+        """Total dense bytes a file of this length may decode to (the decompression-bomb guard)."""
+        return max(self.min_decoded_bytes, self.max_expansion * file_length)
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# ---------------------------------------------------------------------------------------------
+# The parsed header
+
+
+@dataclass(frozen=True)
+class Section:
+    """A byte range of the file (§3.3)."""
+
+    offset: int
+    length: int
+    crc32: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A coded symbol stream (§6): its section, coding and, for Huffman, table and blocks."""
+
+    coding: str
+    section: Section
+    count: int
+    alphabet: int
+    width: int  # fixed-width bits per symbol (§6.1); also the "before Huffman" width
+    table: int | None = None
+    block_size: int | None = None
+    block_bytes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One entry of the tensor table, validated."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    encoding: str
+    data: Section | None = None  # raw
+    codebook: Section | None = None  # shared, sparse with codebook
+    values: Section | None = None  # sparse without codebook
+    indices: Stream | None = None  # shared, sparse with codebook
+    gaps: Stream | None = None  # sparse
+    bits: int | None = None
+    index_bits: int | None = None
+    layout: str | None = None
+    entries: int | None = None
+    fillers: int | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return K.DTYPE_SIZES[self.dtype]
+
+    @property
+    def nbytes(self) -> int:
+        """Dense size in bytes once decoded."""
+        return self.numel * self.itemsize
+
+    @property
+    def codebook_size(self) -> int:
+        return 0 if self.codebook is None else self.codebook.length // self.itemsize
+
+    def sections(self) -> list[tuple[str, Section]]:
+        """The tensor's sections in file order (§5), named."""
+        out: list[tuple[str, Section]] = []
+        for key in ("data", "codebook", "gaps", "indices", "values"):
+            part = getattr(self, key)
+            if part is None:
+                continue
+            out.append((key, part.section if isinstance(part, Stream) else part))
+        return out
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(s.length for _, s in self.sections())
+
+
+@dataclass
+class Header:
+    """The validated header of a file, plus where its data starts."""
+
+    version: tuple[int, int]
+    metadata: dict[str, str]
+    tables: list[str]
+    tensors: list[TensorInfo]
+    header_length: int
+    data_start: int
+    file_length: int
+    by_name: dict[str, TensorInfo] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.by_name = {t.name: t for t in self.tensors}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def align64(x: int) -> int:
+    """x rounded up to the next multiple of 64 (§1)."""
+    return -(-x // K.ALIGNMENT) * K.ALIGNMENT
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise HeaderError(f"header: duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _reject_constant(name: str) -> None:
+    raise HeaderError(f"header: {name} is not valid JSON")
+
+
+def parse_preamble(buf: bytes, file_length: int, limits: Limits) -> tuple[tuple[int, int], int, int]:
+    """Check the 32-byte preamble (§2); return (version, header_crc32, header_length)."""
+    if file_length < K.PREAMBLE_SIZE or len(buf) < K.PREAMBLE_SIZE:
+        if buf[: len(K.MAGIC)] != K.MAGIC[: len(buf[:8])]:
+            raise FormatError("not a dcformat file: bad magic bytes", offset=0)
+        raise TruncatedError(
+            f"file is {file_length} bytes, shorter than the {K.PREAMBLE_SIZE}-byte preamble", offset=0
+        )
+    magic, major, minor, header_crc, header_length, stated_length = struct.unpack_from(
+        K.PREAMBLE_FORMAT, buf, 0
+    )
+    if magic != K.MAGIC:
+        raise FormatError(f"not a dcformat file: bad magic bytes {magic!r}", offset=0)
+    if major != K.VERSION_MAJOR:
+        raise VersionError(
+            f"format version {major}.{minor} is not supported (this reader implements {K.VERSION_MAJOR}.x)",
+            offset=8,
+        )
+    if stated_length != file_length:
+        cls = TruncatedError if file_length < stated_length else FormatError
+        what = "truncated" if file_length < stated_length else "has trailing data"
+        raise cls(f"file is {what}: it is {file_length} bytes, its preamble says {stated_length}", offset=24)
+    if header_length == 0:
+        raise FormatError("header length is 0", offset=16)
+    if header_length > limits.max_header_bytes:
+        raise LimitError(
+            f"header length {header_length} exceeds the limit of {limits.max_header_bytes} bytes", offset=16
+        )
+    if K.PREAMBLE_SIZE + header_length > file_length:
+        raise TruncatedError(
+            f"header of {header_length} bytes runs past the end of the {file_length}-byte file", offset=16
+        )
+    if (K.PREAMBLE_SIZE + header_length) % K.ALIGNMENT:
+        raise FormatError(
+            f"data start {K.PREAMBLE_SIZE + header_length} is not a multiple of {K.ALIGNMENT}", offset=16
+        )
+    return (major, minor), header_crc, header_length
+
+
+def parse_header(buf: Any, file_length: int | None = None, limits: Limits = DEFAULT_LIMITS) -> Header:
+    """Parse and validate the preamble and header of a file held in `buf` (bytes, mmap, memoryview).
+
+    Everything the header says is checked against the file and against itself (§8); data sections'
+    CRCs are not (see `check_section`).
+    """
+    if file_length is None:
+        file_length = len(buf)
+    version, header_crc, header_length = parse_preamble(bytes(buf[: K.PREAMBLE_SIZE]), file_length, limits)
+    raw = bytes(buf[K.PREAMBLE_SIZE : K.PREAMBLE_SIZE + header_length])
+    return _parse_header_bytes(raw, version, header_crc, header_length, file_length, limits, buf)
+
+
+def read_header(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> Header:
+    """Read and validate just the header of the file at `path`, without mapping the data."""
+    with open(path, "rb") as f:
+        file_length = os.fstat(f.fileno()).st_size
+        pre = f.read(K.PREAMBLE_SIZE)
+        version, header_crc, header_length = parse_preamble(pre, file_length, limits)
+        raw = f.read(header_length)
+        header = _parse_header_bytes(raw, version, header_crc, header_length, file_length, limits, None)
+        _check_padding_file(f, header)
+    return header
+
+
+def _parse_header_bytes(
+    raw: bytes,
+    version: tuple[int, int],
+    header_crc: int,
+    header_length: int,
+    file_length: int,
+    limits: Limits,
+    buf: Any,
+) -> Header:
+    if len(raw) != header_length:
+        raise TruncatedError("header is cut short", offset=K.PREAMBLE_SIZE)
+    if zlib.crc32(raw) != header_crc:
+        raise ChecksumError(
+            f"header CRC-32 mismatch: stored {header_crc:#010x}, computed {zlib.crc32(raw):#010x}",
+            offset=K.PREAMBLE_SIZE,
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HeaderError(f"header is not valid UTF-8: {e.reason} at header byte {e.start}", offset=K.PREAMBLE_SIZE + e.start) from None
+    if text.startswith("\ufeff"):
+        raise HeaderError("header starts with a byte-order mark", offset=K.PREAMBLE_SIZE)
+    try:
+        doc = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    except HeaderError:
+        raise
+    except (ValueError, RecursionError) as e:
+        pos = getattr(e, "pos", None)
+        raise HeaderError(
+            f"header is not valid JSON: {getattr(e, 'msg', e)}",
+            offset=None if pos is None else K.PREAMBLE_SIZE + len(text[:pos].encode()),
+        ) from None
+    data_start = K.PREAMBLE_SIZE + header_length
+    header = _validate_document(doc, version, header_length, data_start, file_length, limits)
+    if buf is not None:
+        _check_padding_buffer(buf, header)
+    return header
+
+
+# --- JSON shape helpers -----------------------------------------------------------------------
+
+
+def _require_object(value: Any, what: str, keys: frozenset[str], *, required: frozenset[str] | None = None, tensor: str | None = None) -> dict:
+    if not isinstance(value, dict):
+        raise HeaderError(f"{what} must be a JSON object", tensor=tensor)
+    unknown = set(value) - keys
+    if unknown:
+        raise HeaderError(f"{what} has unknown key(s) {sorted(unknown)} (fail closed, §3.4)", tensor=tensor)
+    missing = (keys if required is None else required) - set(value)
+    if missing:
+        raise HeaderError(f"{what} lacks key(s) {sorted(missing)}", tensor=tensor)
+    return value
+
+
+def _require_int(value: Any, what: str, lo: int = 0, hi: int | None = None, *, tensor: str | None = None) -> int:
+    # bool is an int subclass in Python but not a JSON integer
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise HeaderError(f"{what} must be a JSON integer, not {type(value).__name__}", tensor=tensor)
+    if value < lo or (hi is not None and value > hi):
+        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise HeaderError(f"{what} is {value}, outside {bound}", tensor=tensor)
+    return value
+
+
+def _require_str(value: Any, what: str, *, tensor: str | None = None) -> str:
+    if not isinstance(value, str):
+        raise HeaderError(f"{what} must be a JSON string", tensor=tensor)
+    return value
+
+
+def _section(value: Any, what: str, tensor: str) -> Section:
+    obj = _require_object(value, what, K.SECTION_KEYS, tensor=tensor)
+    return Section(
+        offset=_require_int(obj["offset"], f"{what}.offset", tensor=tensor),
+        length=_require_int(obj["length"], f"{what}.length", tensor=tensor),
+        crc32=_require_int(obj["crc32"], f"{what}.crc32", 0, 0xFFFFFFFF, tensor=tensor),
+    )
+
+
+def _stream(value: Any, what: str, tensor: str, count: int, alphabet: int, width: int, tables: list[str]) -> Stream:
+    if not isinstance(value, dict):
+        raise HeaderError(f"{what} must be a JSON object", tensor=tensor)
+    coding = value.get("coding")
+    if coding == K.FIXED:
+        obj = _require_object(value, what, K.FIXED_STREAM_KEYS, tensor=tensor)
+        section = _section(obj["section"], f"{what}.section", tensor)
+        expected = -(-count * width // 8)
+        if section.length != expected:
+            raise FormatError(
+                f"{what}: fixed-width section of {count} symbols x {width} bits must be {expected} bytes, is {section.length}",
+                tensor=tensor, offset=section.offset,
+            )
+        return Stream(K.FIXED, section, count, alphabet, width)
+    if coding == K.HUFFMAN:
+        obj = _require_object(value, what, K.HUFFMAN_STREAM_KEYS, tensor=tensor)
+        section = _section(obj["section"], f"{what}.section", tensor)
+        table = _require_int(obj["table"], f"{what}.table", 0, len(tables) - 1, tensor=tensor) if tables else None
+        if table is None:
+            raise HeaderError(f"{what}.table refers to a table but the file has none", tensor=tensor)
+        table_size = len(tables[table])
+        if table_size > alphabet:
+            raise HuffmanTableError(
+                f"{what}: table {table} has {table_size} symbols, more than the stream's alphabet of {alphabet}",
+                tensor=tensor,
+            )
+        block_size = _require_int(obj["block_size"], f"{what}.block_size", 1, tensor=tensor)
+        block_bytes = obj["block_bytes"]
+        if not isinstance(block_bytes, list):
+            raise HeaderError(f"{what}.block_bytes must be a JSON array", tensor=tensor)
+        nblocks = -(-count // block_size)
+        if len(block_bytes) != nblocks:
+            raise FormatError(
+                f"{what}: {count} symbols in blocks of {block_size} make {nblocks} blocks, block_bytes lists {len(block_bytes)}",
+                tensor=tensor, offset=section.offset,
+            )
+        sizes = tuple(_require_int(b, f"{what}.block_bytes[{i}]", tensor=tensor) for i, b in enumerate(block_bytes))
+        if sum(sizes) != section.length:
+            raise FormatError(
+                f"{what}: block_bytes add up to {sum(sizes)}, the section holds {section.length}",
+                tensor=tensor, offset=section.offset,
+            )
+        # Each symbol costs at least one bit (§6.2: minimum code length 1)
+        for i, size in enumerate(sizes):
+            n = min(block_size, count - i * block_size)
+            if n > 8 * size:
+                raise FormatError(
+                    f"{what}: Huffman block {i} of {size} bytes cannot hold {n} symbols",
+                    tensor=tensor, offset=section.offset,
+                )
+        return Stream(K.HUFFMAN, section, count, alphabet, width, table, block_size, sizes)
+    raise HeaderError(f"{what}.coding is {coding!r}, not one of {list(K.CODINGS)}", tensor=tensor)
+
+
+def _validate_tables(tables: Any) -> list[str]:
+    if not isinstance(tables, list):
+        raise HeaderError("header: 'tables' must be a JSON array")
+    out = []
+    for i, t in enumerate(tables):
+        if not isinstance(t, str):
+            raise HeaderError(f"header: tables[{i}] must be a string of hex digits")
+        out.append(t)
+        validate_table_text(t, f"tables[{i}]")
+    return out
+
+
+def validate_table_text(text: str, what: str) -> None:
+    """Check a hex code-length table against §6.2 in pure Python (no numba)."""
+    if not 1 <= len(text) <= K.MAX_ALPHABET:
+        raise HuffmanTableError(f"Huffman table {what}: length {len(text)} outside 1..{K.MAX_ALPHABET}")
+    bad = set(text) - set("0123456789abcdef")
+    if bad:
+        raise HuffmanTableError(f"Huffman table {what}: character(s) {sorted(bad)} are not lowercase hex digits")
+    counts = [0] * 16
+    for ch in text:
+        counts[int(ch, 16)] += 1
+    used = sum(counts[1:])
+    if used == 0:
+        raise HuffmanTableError(f"Huffman table {what}: no symbol has a code")
+    if used == 1:
+        if counts[1] != 1:
+            raise HuffmanTableError(f"Huffman table {what}: a single used symbol must have code length 1")
+        return
+    kraft = sum(counts[n] << (K.MAX_CODE_LENGTH - n) for n in range(1, 16))
+    full = 1 << K.MAX_CODE_LENGTH
+    if kraft != full:
+        kind = "over-subscribed" if kraft > full else "incomplete prefix code"
+        raise HuffmanTableError(f"Huffman table {what}: Kraft sum {kraft}/{full} is not 1 ({kind})")
+
+
+def _validate_document(doc: Any, version: tuple[int, int], header_length: int, data_start: int, file_length: int, limits: Limits) -> Header:
+    top = _require_object(doc, "header", K.TOP_LEVEL_KEYS)
+    metadata = top["metadata"]
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise HeaderError("header: 'metadata' must be an object of strings")
+    tables = _validate_tables(top["tables"])
+    raw_tensors = top["tensors"]
+    if not isinstance(raw_tensors, list):
+        raise HeaderError("header: 'tensors' must be a JSON array")
+    if len(raw_tensors) > limits.max_tensors:
+        raise LimitError(f"file has {len(raw_tensors)} tensors, more than the limit of {limits.max_tensors}")
+    tensors: list[TensorInfo] = []
+    names: set[str] = set()
+    total_decoded = 0
+    budget = limits.max_decoded_bytes(file_length)
+    end = data_start
+    for i, obj in enumerate(raw_tensors):
+        info = _validate_tensor(obj, i, tables, limits, budget)
+        if info.name in names:
+            raise HeaderError(f"duplicate tensor name {info.name!r}", tensor=info.name)
+        names.add(info.name)
+        total_decoded += info.nbytes
+        if total_decoded > budget:
+            raise LimitError(
+                f"tensors decode to more than {budget} bytes, the limit for a {file_length}-byte file",
+                tensor=info.name,
+            )
+        for key, section in info.sections():
+            expected = align64(end)
+            if section.offset != expected:
+                raise FormatError(
+                    f"section {key!r} starts at {section.offset}, expected {expected} (sections are contiguous, 64-byte aligned, §4)",
+                    tensor=info.name, offset=section.offset,
+                )
+            end = section.offset + section.length
+            if end > file_length:
+                raise TruncatedError(
+                    f"section {key!r} ends at {end}, past the end of the {file_length}-byte file",
+                    tensor=info.name, offset=section.offset,
+                )
+        tensors.append(info)
+    if end != file_length:
+        raise FormatError(f"{file_length - end} bytes follow the last section (§4)", offset=end)
+    return Header(version, dict(metadata), tables, tensors, header_length, data_start, file_length)
+
+
+def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget: int) -> TensorInfo:
+    what = f"tensors[{i}]"
+    if not isinstance(obj, dict):
+        raise HeaderError(f"{what} must be a JSON object")
+    name = _require_str(obj.get("name"), f"{what}.name")
+    if not name or len(name.encode("utf-8", "surrogatepass")) > K.MAX_NAME_BYTES:
+        raise HeaderError(f"{what}.name must be 1..{K.MAX_NAME_BYTES} UTF-8 bytes")
+    encoding = obj.get("encoding")
+    keys = {K.RAW: K.RAW_KEYS, K.SHARED: K.SHARED_KEYS}.get(encoding)
+    if encoding == K.SPARSE:
+        keys = K.SPARSE_CODEBOOK_KEYS if "codebook" in obj else K.SPARSE_VALUES_KEYS
+    if keys is None:
+        raise HeaderError(f"encoding {encoding!r} is not one of {list(K.ENCODINGS)}", tensor=name)
+    _require_object(obj, "tensor", K.TENSOR_COMMON_KEYS | keys, tensor=name)
+    dtype = obj["dtype"]
+    if dtype not in K.DTYPE_SIZES:
+        raise HeaderError(f"dtype {dtype!r} is not one of {sorted(K.DTYPE_SIZES)}", tensor=name)
+    shape = obj["shape"]
+    if not isinstance(shape, list):
+        raise HeaderError("shape must be a JSON array", tensor=name)
+    if len(shape) > limits.max_rank:
+        raise LimitError(f"rank {len(shape)} exceeds the limit of {limits.max_rank}", tensor=name)
+    shape_t = tuple(_require_int(d, "shape dimension", tensor=name) for d in shape)
+    numel = math.prod(shape_t)
+    itemsize = K.DTYPE_SIZES[dtype]
+    if numel * itemsize > budget:
+        raise LimitError(f"tensor of shape {list(shape_t)} would decode to {numel * itemsize} bytes, more than the "
+                         f"limit of {budget} bytes for this file", tensor=name)
+    base = dict(name=name, dtype=dtype, shape=shape_t, encoding=encoding)
+
+    if encoding == K.RAW:
+        data = _section(obj["data"], "data", name)
+        _expect_length(data, numel * itemsize, "data", name)
+        return TensorInfo(**base, data=data)
+
+    if encoding == K.SHARED:
+        if dtype == "bool":
+            raise HeaderError("bool tensors cannot have a codebook", tensor=name)
+        bits = _require_int(obj["bits"], "bits", K.MIN_BITS, K.MAX_BITS, tensor=name)
+        codebook = _section(obj["codebook"], "codebook", name)
+        k = _codebook_size(codebook, itemsize, bits, name)
+        indices = _stream(obj["indices"], "indices", name, numel, k, bits, tables)
+        return TensorInfo(**base, codebook=codebook, indices=indices, bits=bits)
+
+    # sparse (§5.3)
+    layout = obj["layout"]
+    if layout not in K.LAYOUTS:
+        raise HeaderError(f"layout {layout!r} is not one of {list(K.LAYOUTS)}", tensor=name)
+    index_bits = _require_int(obj["index_bits"], "index_bits", K.MIN_BITS, K.MAX_BITS, tensor=name)
+    entries = _require_int(obj["entries"], "entries", tensor=name)
+    if entries > numel:
+        raise FormatError(f"{entries} entries cannot fit in a tensor of {numel} elements", tensor=name)
+    fillers = _require_int(obj["fillers"], "fillers", 0, entries, tensor=name)
+    extra: dict[str, Any] = dict(layout=layout, index_bits=index_bits, entries=entries, fillers=fillers)
+    if "codebook" in obj:
+        if dtype == "bool":
+            raise HeaderError("bool tensors cannot have a codebook", tensor=name)
+        bits = _require_int(obj["bits"], "bits", K.MIN_BITS, K.MAX_BITS, tensor=name)
+        codebook = _section(obj["codebook"], "codebook", name)
+        k = _codebook_size(codebook, itemsize, bits, name)
+        gaps = _stream(obj["gaps"], "gaps", name, entries, 1 << index_bits, index_bits, tables)
+        indices = _stream(obj["indices"], "indices", name, entries, k, bits, tables)
+        return TensorInfo(**base, **extra, bits=bits, codebook=codebook, gaps=gaps, indices=indices)
+    gaps = _stream(obj["gaps"], "gaps", name, entries, 1 << index_bits, index_bits, tables)
+    values = _section(obj["values"], "values", name)
+    _expect_length(values, entries * itemsize, "values", name)
+    return TensorInfo(**base, **extra, gaps=gaps, values=values)
+
+
+def _expect_length(section: Section, expected: int, key: str, tensor: str) -> None:
+    if section.length != expected:
+        raise FormatError(
+            f"section {key!r} must be {expected} bytes, is {section.length}", tensor=tensor, offset=section.offset
+        )
+
+
+def _codebook_size(codebook: Section, itemsize: int, bits: int, tensor: str) -> int:
+    k, rest = divmod(codebook.length, itemsize)
+    if rest or not 1 <= k <= (1 << bits):
+        raise FormatError(
+            f"codebook of {codebook.length} bytes is not 1..{1 << bits} values of {itemsize} bytes",
+            tensor=tensor, offset=codebook.offset,
+        )
+    return k
+
+
+def _padding_ranges(header: Header) -> Iterator[tuple[int, int]]:
+    end = header.data_start
+    for info in header.tensors:
+        for _, section in info.sections():
+            if section.offset > end:
+                yield end, section.offset
+            end = section.end
+
+
+def _check_padding_buffer(buf: Any, header: Header) -> None:
+    for start, stop in _padding_ranges(header):
+        if any(bytes(buf[start:stop])):
+            raise FormatError("non-zero padding bytes between sections (§4)", offset=start)
+
+
+def _check_padding_file(f: BinaryIO, header: Header) -> None:
+    for start, stop in _padding_ranges(header):
+        f.seek(start)
+        if any(f.read(stop - start)):
+            raise FormatError("non-zero padding bytes between sections (§4)", offset=start)
+
+
+def check_section(buf: Any, section: Section, key: str, tensor: str) -> memoryview:
+    """Return the section's bytes as a memoryview after checking its CRC-32."""
+    view = memoryview(buf)[section.offset : section.end]
+    crc = zlib.crc32(view)
+    if crc != section.crc32:
+        raise ChecksumError(
+            f"CRC-32 mismatch in section {key!r}: stored {section.crc32:#010x}, computed {crc:#010x}",
+            tensor=tensor, offset=section.offset,
+        )
+    return view
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+@dataclass
+class EncodedTensor:
+    """A tensor ready to be written: its header object with payloads in place of sections.
+
+    `header` holds the tensor's JSON keys; wherever a section object belongs, it holds an integer
+    index into `payloads` (for a stream, under the stream's "section" key).
+    """
+
+    header: dict[str, Any]
+    payloads: list[Any]  # bytes-like, in file order
+
+
+def _section_slots(header: dict[str, Any]) -> Iterator[tuple[dict, str]]:
+    """The (object, key) places of the sections of a tensor object, in file order (§5)."""
+    for key in ("data", "codebook", "gaps", "indices", "values"):
+        if key not in header:
+            continue
+        if isinstance(header[key], dict):  # a stream
+            yield header[key], "section"
+        else:
+            yield header, key
+
+
+def _layout_header(metadata: dict[str, str], tables: list[str], tensors: list[EncodedTensor], crcs: list[list[int]], sizes: list[list[int]]) -> tuple[bytes, int]:
+    """Assign offsets and serialise the header; iterate because offsets depend on its length."""
+    data_start = 0
+    for _ in range(64):
+        end = data_start
+        objs = []
+        for t, tcrc, tsize in zip(tensors, crcs, sizes):
+            obj = json.loads(json.dumps(t.header))  # a deep copy with plain types
+            for (holder, key), crc, size in zip(_section_slots(obj), tcrc, tsize):
+                offset = align64(end)
+                holder[key] = {"offset": offset, "length": size, "crc32": crc}
+                end = offset + size
+            objs.append(obj)
+        doc = {"metadata": metadata, "tables": tables, "tensors": objs}
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        start = align64(K.PREAMBLE_SIZE + len(text))
+        if start == data_start:
+            text += K.HEADER_PAD_BYTE * (start - K.PREAMBLE_SIZE - len(text))
+            return text, end
+        data_start = start
+    raise RuntimeError("header layout did not converge")  # pragma: no cover - lengths only grow
+
+
+def write_stream(f: BinaryIO, metadata: dict[str, str], tables: list[str], tensors: list[EncodedTensor]) -> int:
+    """Write a whole file to the binary stream `f`; return its length."""
+    crcs = [[zlib.crc32(memoryview(p)) for p in t.payloads] for t in tensors]
+    sizes = [[memoryview(p).nbytes for p in t.payloads] for t in tensors]
+    header, file_length = _layout_header(metadata, tables, tensors, crcs, sizes)
+    preamble = struct.pack(
+        K.PREAMBLE_FORMAT, K.MAGIC, K.VERSION_MAJOR, K.VERSION_MINOR, zlib.crc32(header), len(header), file_length
+    )
+    f.write(preamble)
+    f.write(header)
+    pos = K.PREAMBLE_SIZE + len(header)
+    for t in tensors:
+        for p in t.payloads:
+            view = memoryview(p).cast("B")
+            pad = align64(pos) - pos
+            if pad:
+                f.write(b"\0" * pad)
+            f.write(view)
+            pos = align64(pos) + view.nbytes
+    assert pos == file_length, (pos, file_length)
+    return file_length
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> None:
+    """Call write(f) on a temporary file beside `path`, then rename it over `path`.
+
+    On any failure (including KeyboardInterrupt) the temporary file is removed and an existing file
+    at `path` is left untouched.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

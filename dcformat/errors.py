@@ -1,0 +1,57 @@
+"""dcformat's errors: one base class (a ValueError) and a few named subclasses.
+
+Every error raised while reading a file is a :class:`DCFError`; where it applies, the message names
+the tensor and the byte offset, which are also kept as the ``tensor`` and ``offset`` attributes.
+"""
+
+from __future__ import annotations
+
+
+class DCFError(ValueError):
+    """Base class of every error dcformat raises about a file, a stream or an argument."""
+
+    def __init__(self, message: str, *, tensor: str | None = None, offset: int | None = None):
+        self.tensor = tensor
+        self.offset = offset
+        where = []
+        if tensor is not None:
+            where.append(f"tensor {tensor!r}")
+        if offset is not None:
+            where.append(f"byte offset {offset}")
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
+
+
+class FormatError(DCFError):
+    """The file is not a dcformat file, or its structure breaks the spec (magic, layout, header)."""
+
+
+class VersionError(FormatError):
+    """The file's major version is one this reader does not implement."""
+
+
+class TruncatedError(FormatError):
+    """The file is shorter than its own structure says."""
+
+
+class HeaderError(FormatError):
+    """The JSON header is malformed, has unknown or wrongly typed keys, or inconsistent values."""
+
+
+class ChecksumError(DCFError):
+    """A CRC-32 does not match: the header or a named section is corrupted."""
+
+
+class HuffmanTableError(DCFError):
+    """A Huffman table is not a valid canonical prefix code within the maximum length."""
+
+
+class CorruptDataError(DCFError):
+    """A data stream does not decode: bad codeword, overrun, index out of range, position past the end."""
+
+
+class LimitError(DCFError):
+    """The file asks for more than a configured limit allows (header size, tensors, decoded bytes)."""
+
+
+class EncodeError(DCFError):
+    """The input cannot be encoded as asked (unsupported dtype, bad policy or parameter)."""

@@ -1,0 +1,552 @@
+"""Canonical, length-limited Huffman coding of symbol streams (spec §6.2 tables, §6.3 blocks).
+
+Code lengths come from package-merge (optimal under a maximum length); codewords are canonical as in
+DEFLATE and written most significant code bit first into an LSB-first bit stream (§1), so the writer
+emits each codeword bit-reversed and the reader indexes a 2**L lookup table by the next L stream bits.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numba
+import numpy as np
+
+from .bitpack import as_byte_array, as_symbols
+from .constants import MAX_ALPHABET, MAX_CODE_LENGTH
+from .errors import CorruptDataError, EncodeError, HuffmanTableError
+
+__all__ = [
+    "code_lengths",
+    "validate_lengths",
+    "canonical_codes",
+    "lengths_to_hex",
+    "lengths_from_hex",
+    "encoded_bits",
+    "encode",
+    "decode",
+]
+
+_HEX_DIGITS = "0123456789abcdef"
+# ASCII byte -> hex digit value, 255 for anything that is not a lowercase hex digit
+_HEX_VALUE = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(_HEX_DIGITS):
+    _HEX_VALUE[ord(_c)] = _i
+
+
+# ---------------------------------------------------------------------------------------------------
+# Code lengths (encoder side; not part of the format, but deterministic so files are reproducible)
+# ---------------------------------------------------------------------------------------------------
+
+
+def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
+    """Optimal code lengths of at most `max_length` bits for symbol `counts`, by package-merge."""
+    c = np.asarray(counts)
+    if c.ndim != 1:
+        raise EncodeError(f"symbol counts must be a 1-D array, got {c.ndim} dimensions")
+    if c.size and c.dtype.kind not in "iu":
+        raise EncodeError(f"symbol counts must be integers, got dtype {c.dtype}")
+    if c.size > MAX_ALPHABET:
+        raise EncodeError(f"{c.size} symbol counts exceed the maximum alphabet of {MAX_ALPHABET}")
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or not (
+        1 <= max_length <= MAX_CODE_LENGTH
+    ):
+        raise EncodeError(f"maximum code length {max_length!r} is not an integer in 1..{MAX_CODE_LENGTH}")
+    if c.size and int(c.min()) < 0:
+        bad = int(np.argmax(c < 0))
+        raise EncodeError(f"count {int(c[bad])} of symbol {bad} is negative")
+    used = np.flatnonzero(c)
+    n = used.size
+    if n == 0:
+        raise EncodeError("cannot build a Huffman code: no symbol has a non-zero count")
+    if n > 1 << max_length:
+        raise EncodeError(f"{n} used symbols cannot all have codes of at most {max_length} bits")
+    out = np.zeros(c.size, dtype=np.uint8)
+    if n == 1:
+        out[used[0]] = 1  # §6.2: a lone symbol gets the one-bit codeword 0
+        return out
+    weights = c[used]
+    # package sums at any level stay below max_length * total; keep them inside int64
+    if int(weights.astype(np.uint64).sum(dtype=np.uint64)) >= (1 << 62) // (max_length + 1) or int(
+        weights.max()
+    ) >= (1 << 62) // (max_length + 1):
+        raise EncodeError("symbol counts are too large to build a Huffman code")
+    weights = weights.astype(np.int64)
+    order = np.lexsort((used, weights))  # by (count, symbol): ties broken by symbol value
+    depth = _package_merge(weights[order], max_length)
+    out[used[order]] = depth
+    return out
+
+
+def _package_merge(weights: np.ndarray, max_length: int) -> np.ndarray:
+    """Code lengths (uint8) of ascending `weights` (n >= 2, n <= 2**max_length) by plain package-merge."""
+    n = weights.size
+    # leaf_prefix[level][k]: how many of the first k items of that level's merged list are leaves
+    leaf_prefix: dict[int, np.ndarray] = {}
+    items = weights  # the deepest level (max_length) holds only leaves
+    for level in range(max_length - 1, 0, -1):
+        npk = items.size // 2
+        packages = items[0 : 2 * npk : 2] + items[1 : 2 * npk : 2]
+        # merge leaves and packages; on equal weight a leaf comes first (a fixed, deterministic rule)
+        pkg_pos = np.arange(npk) + np.searchsorted(weights, packages, side="right")
+        is_leaf = np.ones(n + npk, dtype=bool)
+        is_leaf[pkg_pos] = False
+        merged = np.empty(n + npk, dtype=np.int64)
+        merged[is_leaf] = weights
+        merged[pkg_pos] = packages
+        prefix = np.zeros(n + npk + 1, dtype=np.int64)
+        np.cumsum(is_leaf, out=prefix[1:])
+        leaf_prefix[level] = prefix
+        items = merged
+    # select the 2n-2 cheapest items of the top level; each chosen package pulls in the first 2b items
+    # of the level below, so at every level the chosen leaves are a prefix of the sorted leaves
+    take = 2 * n - 2
+    depth = np.zeros(n, dtype=np.uint8)
+    for level in range(1, max_length):
+        prefix = leaf_prefix[level]
+        if take > prefix.size - 1:  # cannot happen when n <= 2**max_length
+            raise EncodeError("package-merge ran out of items (internal error)")
+        leaves = int(prefix[take])
+        depth[:leaves] += 1
+        take = 2 * (take - leaves)
+    if take > n:  # cannot happen when n <= 2**max_length
+        raise EncodeError("package-merge ran out of leaves (internal error)")
+    depth[:take] += 1
+    return depth
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables (§6.2)
+# ---------------------------------------------------------------------------------------------------
+
+
+def validate_lengths(lengths: np.ndarray) -> None:
+    """Raise HuffmanTableError unless `lengths` is a valid §6.2 table (one 1-bit code, or Kraft sum 1)."""
+    arr = np.asarray(lengths)
+    if arr.ndim != 1:
+        raise HuffmanTableError(f"Huffman table: code lengths must be a 1-D array, got {arr.ndim} dimensions")
+    if arr.size == 0:
+        raise HuffmanTableError("Huffman table: no symbol has a code (the table is empty)")
+    if arr.dtype.kind not in "iu":
+        raise HuffmanTableError(f"Huffman table: code lengths must be integers, got dtype {arr.dtype}")
+    if arr.size > MAX_ALPHABET:
+        raise HuffmanTableError(f"Huffman table: {arr.size} symbols exceed the maximum {MAX_ALPHABET}")
+    bad = (arr < 0) | (arr > MAX_CODE_LENGTH)
+    if bad.any():
+        s = int(np.argmax(bad))
+        if int(arr[s]) < 0:
+            raise HuffmanTableError(f"Huffman table: code length {int(arr[s])} of symbol {s} is negative")
+        raise HuffmanTableError(
+            f"Huffman table: code length {int(arr[s])} of symbol {s} exceeds the maximum {MAX_CODE_LENGTH}"
+        )
+    used = np.flatnonzero(arr)
+    if used.size == 0:
+        raise HuffmanTableError("Huffman table: no symbol has a code")
+    if used.size == 1:
+        s = int(used[0])
+        if int(arr[s]) != 1:
+            raise HuffmanTableError(
+                f"Huffman table: the only used symbol {s} has code length {int(arr[s])}, not 1"
+            )
+        return
+    # Kraft sum in units of 2**-15: at most 65,536 * 2**14, exact in int64
+    kraft = int(np.sum(np.left_shift(1, MAX_CODE_LENGTH - arr[used].astype(np.int64))))
+    if kraft != 1 << MAX_CODE_LENGTH:
+        frac = Fraction(kraft, 1 << MAX_CODE_LENGTH)
+        kind = "incomplete" if kraft < 1 << MAX_CODE_LENGTH else "over-subscribed"
+        raise HuffmanTableError(
+            f"Huffman table: Kraft sum {frac.numerator}/{frac.denominator} is not 1 ({kind} prefix code)"
+        )
+
+
+def canonical_codes(lengths: np.ndarray) -> np.ndarray:
+    """Canonical codewords (uint32, 0 where unused) of a valid table: DEFLATE order by (length, symbol)."""
+    validate_lengths(lengths)
+    lens = np.asarray(lengths).astype(np.int64)
+    bl_count = np.bincount(lens, minlength=MAX_CODE_LENGTH + 1)
+    bl_count[0] = 0
+    # first codeword of each length: next_code[L] = (next_code[L-1] + bl_count[L-1]) << 1
+    next_code = np.zeros(MAX_CODE_LENGTH + 1, dtype=np.int64)
+    code = 0
+    for length in range(1, MAX_CODE_LENGTH + 1):
+        code = (code + int(bl_count[length - 1])) << 1
+        next_code[length] = code
+    used = np.flatnonzero(lens)
+    by_length = used[np.argsort(lens[used], kind="stable")]  # stable keeps symbol order within a length
+    sorted_lens = lens[by_length]
+    first_of_length = np.searchsorted(sorted_lens, sorted_lens, side="left")
+    rank = np.arange(by_length.size) - first_of_length
+    codes = np.zeros(lens.size, dtype=np.uint32)
+    codes[by_length] = (next_code[sorted_lens] + rank).astype(np.uint32)
+    return codes
+
+
+def lengths_to_hex(lengths: np.ndarray) -> str:
+    """The §6.2 table string of a valid table: one lowercase hex digit per symbol, trailing zeros trimmed."""
+    validate_lengths(lengths)
+    lens = np.asarray(lengths)
+    last = int(np.flatnonzero(lens)[-1])
+    return "".join(_HEX_DIGITS[int(v)] for v in lens[: last + 1])
+
+
+def lengths_from_hex(text: str) -> np.ndarray:
+    """Parse and validate a §6.2 table string into code lengths (uint8)."""
+    if not isinstance(text, str):
+        raise HuffmanTableError(f"Huffman table: expected a string, got {type(text).__name__}")
+    if not text:
+        raise HuffmanTableError("Huffman table: the table string is empty")
+    if len(text) > MAX_ALPHABET:
+        raise HuffmanTableError(f"Huffman table: {len(text)} digits exceed the maximum {MAX_ALPHABET}")
+    try:
+        raw = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    except UnicodeEncodeError:
+        raw = None
+    if raw is None or (values := _HEX_VALUE[raw]).max() == 255:
+        pos = next(i for i, ch in enumerate(text) if ch not in _HEX_DIGITS)
+        raise HuffmanTableError(
+            f"Huffman table: character {text[pos]!r} at position {pos} is not a lowercase hex digit (0-9a-f)"
+        )
+    lengths = values.copy()
+    validate_lengths(lengths)
+    return lengths
+
+
+def encoded_bits(counts: np.ndarray, lengths: np.ndarray) -> int:
+    """Exact number of codeword bits (before per-block padding) for symbols with these `counts`."""
+    c = np.asarray(counts)
+    lens = np.asarray(lengths)
+    if c.size > lens.size and np.any(c[lens.size :]):
+        s = lens.size + int(np.flatnonzero(c[lens.size :])[0])
+        raise EncodeError(f"symbol {s} occurs but is beyond the Huffman table of {lens.size} symbols")
+    c = c[: lens.size]
+    missing = (c > 0) & (lens[: c.size] == 0)
+    if missing.any():
+        raise EncodeError(f"symbol {int(np.argmax(missing))} occurs but has no Huffman code")
+    total = 0
+    for length in range(1, MAX_CODE_LENGTH + 1):
+        total += length * int(c[lens[: c.size] == length].sum(dtype=np.uint64))
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoding and decoding (§6.3)
+# ---------------------------------------------------------------------------------------------------
+
+
+def encode(symbols: np.ndarray, lengths: np.ndarray, block_size: int) -> tuple[bytes, list[int]]:
+    """Huffman-code `symbols` in byte-aligned blocks of `block_size`; return the bytes and each block's size."""
+    block_size = _check_block_size(block_size, EncodeError)
+    validate_lengths(lengths)
+    syms = as_symbols(symbols)
+    count = syms.size
+    if count == 0:
+        return b"", []
+    lens = np.asarray(lengths).astype(np.uint32)
+    rev = _reversed_codes(canonical_codes(lengths), lens)
+    table = (rev << np.uint32(4)) | lens  # one gather per symbol: bit-reversed code above a 4-bit length
+    nblocks = -(-count // block_size)
+    max_len = int(lens.max())
+    capacity = -(-count * max_len // 8) + nblocks  # every block pads by less than one byte
+    out = np.empty(capacity, dtype=np.uint8)
+    block_bytes = np.zeros(nblocks, dtype=np.int64)
+    status, where = _encode_kernel(syms, table, block_size, out, block_bytes)
+    if status == _NO_SYMBOL:
+        s = int(syms[where])
+        if s >= lens.size:
+            raise EncodeError(f"symbol {s} at index {where} is beyond the Huffman table of {lens.size} symbols")
+        raise EncodeError(f"symbol {s} at index {where} has no Huffman code (code length 0)")
+    if status != _OK:
+        raise EncodeError(f"Huffman encoder overran its buffer at symbol {where} (internal error)")
+    return out[:where].tobytes(), block_bytes.tolist()
+
+
+def decode(
+    buf, count: int, lengths: np.ndarray, block_size: int, block_bytes: list[int], *, parallel: bool = False
+) -> np.ndarray:
+    """Decode `count` Huffman-coded symbols (uint16) from §6.3 blocks, rejecting every malformed stream."""
+    block_size = _check_block_size(block_size, CorruptDataError)
+    validate_lengths(lengths)
+    data = as_byte_array(buf)
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise CorruptDataError(f"Huffman stream: symbol count {count!r} is not a non-negative integer")
+    count = int(count)
+    starts, ends = _check_blocks(data.size, count, lengths, block_size, block_bytes)
+    out = np.empty(count, dtype=np.uint16)
+    if count == 0:
+        return out
+    lens = np.asarray(lengths).astype(np.uint32)
+    max_len = int(lens.max())
+    rev = _reversed_codes(canonical_codes(lengths), lens)
+    table = _build_decode_table(lens, rev, max_len)
+    if lens.size <= _NARROW_TABLE_MAX_SYMBOLS:
+        # symbol << 4 | length fits 16 bits: a half-size table stays in cache better (~30% faster at L=15)
+        table = table.astype(np.uint16)
+    if parallel:
+        status, detail = _decode_blocks_parallel(data, starts, ends, table, max_len, block_size, out)
+        failed = np.flatnonzero(status)
+        if failed.size:
+            b = int(failed[0])
+            _raise_block_error(int(status[b]), b, int(detail[b]), int(starts[b]), int(ends[b]))
+    else:
+        code, b, detail = _decode_blocks(data, starts, ends, table, max_len, block_size, out)
+        if code != _OK:
+            _raise_block_error(code, b, detail, int(starts[b]), int(ends[b]))
+    return out
+
+
+def _check_block_size(block_size, error: type) -> int:
+    """Return block_size as an int >= 1, or raise `error`."""
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise error(f"Huffman stream: block size {block_size!r} is not an integer >= 1")
+    return int(block_size)
+
+
+def _check_blocks(nbytes: int, count: int, lengths, block_size: int, block_bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Check block_bytes against the section and the symbol count (§6.3, §8); return block byte ranges."""
+    nblocks = -(-count // block_size)
+    try:
+        bb = np.asarray(block_bytes)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CorruptDataError(f"Huffman stream: block_bytes is not a list of integers ({exc})") from None
+    if bb.ndim != 1 or (bb.size and bb.dtype.kind not in "iu"):
+        raise CorruptDataError("Huffman stream: block_bytes is not a list of integers")
+    if bb.size != nblocks:
+        raise CorruptDataError(
+            f"Huffman stream: {bb.size} block sizes given, but {count} symbols in blocks of {block_size} "
+            f"make {nblocks} blocks"
+        )
+    if nblocks == 0:
+        if nbytes != 0:
+            raise CorruptDataError(f"Huffman stream: no symbols, but the section holds {nbytes} bytes")
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if int(bb.min()) < 0:
+        b = int(np.argmax(bb < 0))
+        raise CorruptDataError(f"Huffman stream: block {b} has a negative byte length {int(bb[b])}")
+    if int(bb.max()) > nbytes:  # also keeps the sum below inside int64
+        b = int(np.argmax(bb > nbytes))
+        raise CorruptDataError(
+            f"Huffman stream: block {b} claims {int(bb[b])} bytes, more than the section's {nbytes}"
+        )
+    bb = bb.astype(np.int64)
+    ends = np.cumsum(bb)
+    if int(ends[-1]) != nbytes:
+        raise CorruptDataError(
+            f"Huffman stream: block sizes sum to {int(ends[-1])} bytes, but the section holds {nbytes}"
+        )
+    starts = ends - bb
+    per_block = np.full(nblocks, block_size, dtype=np.int64)
+    per_block[-1] = count - block_size * (nblocks - 1)
+    lens = np.asarray(lengths)
+    min_len = int(lens[lens > 0].min())
+    # each symbol takes at least min_len bits: a block of B bytes holds at most 8*B // min_len symbols
+    short = per_block * min_len > 8 * bb
+    if short.any():
+        b = int(np.argmax(short))
+        raise CorruptDataError(
+            f"Huffman block {b} (section bytes {int(starts[b])}..{int(ends[b])}): {int(per_block[b])} symbols "
+            f"of at least {min_len} bits cannot fit in {int(bb[b])} bytes"
+        )
+    return starts, ends
+
+
+def _raise_block_error(code: int, block: int, detail: int, start: int, end: int) -> None:
+    """Turn a kernel status into a CorruptDataError naming the block and its byte range."""
+    where = f"Huffman block {block} (section bytes {start}..{end})"
+    if code == _OUT_OF_BITS:
+        raise CorruptDataError(f"{where}: ran out of bits at symbol {detail}")
+    if code == _INVALID_CODE:
+        raise CorruptDataError(f"{where}: invalid codeword at symbol {detail}")
+    if code == _LEFTOVER:
+        raise CorruptDataError(f"{where}: {detail} bits left over after the last symbol (at most 7 allowed)")
+    if code == _PADDING:
+        raise CorruptDataError(f"{where}: non-zero padding bits after the last symbol")
+    raise CorruptDataError(f"{where}: block lies outside the section (internal error)")
+
+
+def _reversed_codes(codes: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Bit-reverse each codeword within its length, because the stream stores code MSB first but LSB-first."""
+    rev = np.zeros(codes.size, dtype=np.uint32)
+    lens = lens.astype(np.int64)
+    for b in range(MAX_CODE_LENGTH):
+        present = b < lens
+        bit = (codes.astype(np.int64) >> b) & 1
+        shift = np.where(present, lens - 1 - b, 0)
+        rev |= np.where(present, bit << shift, 0).astype(np.uint32)
+    return rev
+
+
+# tables of at most this many symbols are decoded through uint16 entries (12-bit symbol, 4-bit length)
+_NARROW_TABLE_MAX_SYMBOLS = 1 << 12
+
+_OK, _OUT_OF_BITS, _INVALID_CODE, _LEFTOVER, _PADDING, _OUT_OF_RANGE, _NO_SYMBOL = 0, 1, 2, 3, 4, 5, 6
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_kernel(syms, table, block_size, out, block_bytes):
+    """Write each block's codewords LSB first, zero-pad it to a byte; return (status, bytes or bad index)."""
+    n = syms.size
+    nsym = table.size
+    cap = out.size
+    pos = 0
+    for b in range(block_bytes.size):
+        start = b * block_size
+        stop = min(start + block_size, n)
+        block_start = pos
+        # int64 accumulator: flushing at 32 bits leaves at most 31 + 15 = 46 pending bits
+        acc = 0
+        nbits = 0
+        for i in range(start, stop):
+            s = np.int64(syms[i])
+            if s >= nsym:
+                return _NO_SYMBOL, i
+            e = np.int64(table[s])
+            length = e & 15
+            if length == 0:
+                return _NO_SYMBOL, i
+            acc |= (e >> 4) << nbits
+            nbits += length
+            if nbits >= 32:
+                if pos + 4 > cap:
+                    return _OUT_OF_RANGE, i
+                out[pos] = acc & 0xFF
+                out[pos + 1] = (acc >> 8) & 0xFF
+                out[pos + 2] = (acc >> 16) & 0xFF
+                out[pos + 3] = (acc >> 24) & 0xFF
+                pos += 4
+                acc >>= 32
+                nbits -= 32
+        while nbits > 0:  # flush the tail; the zero bits above it are the block's padding
+            if pos >= cap:
+                return _OUT_OF_RANGE, stop
+            out[pos] = acc & 0xFF
+            pos += 1
+            acc >>= 8
+            nbits -= 8
+        block_bytes[b] = pos - block_start
+    return _OK, pos
+
+
+@numba.njit(cache=True, nogil=True)
+def _build_decode_table(lens, rev, max_len):
+    """2**max_len entries: next max_len stream bits (LSB first) -> symbol << 4 | length; 0 = invalid."""
+    size = 1 << max_len
+    table = np.zeros(size, dtype=np.uint32)
+    for s in range(lens.size):
+        length = np.int64(lens[s])
+        if length == 0:
+            continue
+        entry = np.uint32((s << 4) | length)
+        step = 1 << length
+        j = np.int64(rev[s])
+        while j < size:  # every completion of the codeword's bits maps to it
+            table[j] = entry
+            j += step
+    return table
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _load64(data, p):
+    """Little-endian u64 from data[p:p+8] (caller guarantees p + 8 <= data.size); LLVM fuses the loads."""
+    return (
+        np.uint64(data[p])
+        | (np.uint64(data[p + 1]) << np.uint64(8))
+        | (np.uint64(data[p + 2]) << np.uint64(16))
+        | (np.uint64(data[p + 3]) << np.uint64(24))
+        | (np.uint64(data[p + 4]) << np.uint64(32))
+        | (np.uint64(data[p + 5]) << np.uint64(40))
+        | (np.uint64(data[p + 6]) << np.uint64(48))
+        | (np.uint64(data[p + 7]) << np.uint64(56))
+    )
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _decode_block(data, start, end, table, max_len, out, i0, i1):
+    """Decode symbols i0..i1 from data[start:end]; return (status, symbol index or leftover bit count)."""
+    if start < 0 or end > data.size or start > end or i0 < 0 or i1 > out.size:
+        return _OUT_OF_RANGE, i0
+    mask = np.uint64((1 << max_len) - 1)
+    bitbuf = np.uint64(0)  # buffered stream bits, next bit in bit 0; bits above bitcnt are zero or
+    bitcnt = 0  # copies of the bytes at pos.., which the next refill ORs in again unchanged
+    pos = start
+    i = i0
+    while i < i1:
+        if pos + 8 <= end:
+            # branchless refill: load 8 bytes, keep whole bytes only, top up to 56..63 bits
+            bitbuf |= _load64(data, pos) << np.uint64(bitcnt)
+            pos += (63 - bitcnt) >> 3
+            bitcnt |= 56
+            # decode while a longest codeword surely fits: short codes give many symbols per refill
+            while bitcnt >= max_len and i < i1:
+                e = table[bitbuf & mask]
+                length = e & 15
+                if length == 0:
+                    return _INVALID_CODE, i
+                out[i] = e >> 4
+                bitbuf >>= np.uint64(length)
+                bitcnt -= length
+                i += 1
+        else:
+            # near the end of the block: one byte at a time, never past `end`
+            while bitcnt <= 56 and pos < end:
+                bitbuf |= np.uint64(data[pos]) << np.uint64(bitcnt)
+                pos += 1
+                bitcnt += 8
+            if bitcnt >= max_len:
+                m = min(bitcnt // max_len, i1 - i)
+                for _ in range(m):
+                    e = table[bitbuf & mask]
+                    length = e & 15
+                    if length == 0:
+                        return _INVALID_CODE, i
+                    out[i] = e >> 4
+                    bitbuf >>= np.uint64(length)
+                    bitcnt -= length
+                    i += 1
+            else:
+                # every byte is buffered and fewer than max_len bits remain; the bits above bitcnt
+                # are zero, so a lookup still finds the codeword, and its length says if it fits
+                e = table[bitbuf & mask]
+                length = e & 15
+                if length == 0:
+                    return _INVALID_CODE, i
+                if length > bitcnt:
+                    return _OUT_OF_BITS, i
+                out[i] = e >> 4
+                bitbuf >>= np.uint64(length)
+                bitcnt -= length
+                i += 1
+    left = bitcnt + 8 * (end - pos)
+    if left > 7:
+        return _LEFTOVER, left
+    if bitbuf & ((np.uint64(1) << np.uint64(bitcnt)) - np.uint64(1)) != 0:
+        return _PADDING, i1
+    return _OK, 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_blocks(data, starts, ends, table, max_len, block_size, out):
+    """Decode every block in order; stop at the first bad one and return (status, block, detail)."""
+    count = out.size
+    for b in range(starts.size):
+        i0 = b * block_size
+        i1 = min(i0 + block_size, count)
+        status, detail = _decode_block(data, starts[b], ends[b], table, max_len, out, i0, i1)
+        if status != _OK:
+            return status, b, detail
+    return _OK, 0, 0
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _decode_blocks_parallel(data, starts, ends, table, max_len, block_size, out):
+    """Decode blocks concurrently (they are independent, §6.3); return per-block (status, detail)."""
+    nblocks = starts.size
+    count = out.size
+    status = np.zeros(nblocks, dtype=np.int64)
+    detail = np.zeros(nblocks, dtype=np.int64)
+    for b in numba.prange(nblocks):
+        i0 = b * block_size
+        i1 = min(i0 + block_size, count)
+        st, de = _decode_block(data, starts[b], ends[b], table, max_len, out, i0, i1)
+        status[b] = st
+        detail[b] = de
+    return status, detail

@@ -1,0 +1,138 @@
+"""Compression policy: what to do with each tensor, by name pattern or by kind (conv, fc, other)."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import constants as K
+from .errors import EncodeError
+
+AUTO = "auto"
+HUFFMAN_MODES = ("auto", "shared", "off")
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """The settings chosen for one tensor."""
+
+    encoding: str  # "raw", or "coded" (shared or sparse, whichever is smaller)
+    prune: float = 0.0
+    threshold: float | None = None
+    bits: int | None = None  # None: no weight sharing (pruned values stored raw)
+    index_bits: int | str = 5
+    layout: str = AUTO
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Per-tensor compression settings (the paper's defaults: 8-bit conv, 5-bit fc, 5-bit indices).
+
+    - `prune`: fraction of the smallest-magnitude weights set to zero in conv and fc tensors
+      (0 = none: pruning without retraining costs accuracy, so it is asked for explicitly);
+      `threshold` prunes weights of magnitude below it instead.
+    - `conv_bits` / `fc_bits`: codebook index width for 4-D (and 3-D, 5-D) / 2-D tensors;
+      None or 0 keeps values exact (a pruned tensor is then stored sparse with raw values);
+      `bits` sets both.
+    - `index_bits`: width b of the relative indices of sparse tensors (1..16, or "auto" to pick the
+      smallest file); `layout`: "csr", "csc" or "auto" (whichever is smaller).
+    - `raw`: name patterns (fnmatch) kept raw; 1-D tensors and non-float tensors are always raw.
+    - `rules`: {pattern: {setting: value}} overrides for matching names, e.g.
+      {"fc8.*": {"bits": 4, "prune": 0.75}}; the first matching pattern wins.
+    - `huffman`: "auto" (a table per stream, fixed width when smaller), "shared" (one table per
+      stream kind for the whole model) or "off".
+    - `lossless`: store every tensor raw.
+    """
+
+    prune: float = 0.0
+    conv_bits: int | None = 8
+    fc_bits: int | None = 5
+    index_bits: int | str = 5
+    layout: str = AUTO
+    raw: tuple[str, ...] = ()
+    bits: int | None = field(default=None, repr=False)
+    threshold: float | None = None
+    rules: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    huffman: str = "auto"
+    lossless: bool = False
+    block_size: int = K.DEFAULT_BLOCK_SIZE
+
+    def __post_init__(self) -> None:
+        if self.bits is not None:
+            object.__setattr__(self, "conv_bits", self.bits)
+            object.__setattr__(self, "fc_bits", self.bits)
+            object.__setattr__(self, "bits", None)
+        if isinstance(self.raw, str):
+            object.__setattr__(self, "raw", (self.raw,))
+        object.__setattr__(self, "raw", tuple(self.raw))
+        object.__setattr__(self, "rules", dict(self.rules))
+        _check_settings(self.prune, self.threshold, self.conv_bits, self.index_bits, self.layout, "policy")
+        _check_settings(self.prune, self.threshold, self.fc_bits, self.index_bits, self.layout, "policy")
+        if self.huffman not in HUFFMAN_MODES:
+            raise EncodeError(f"policy: huffman must be one of {HUFFMAN_MODES}, not {self.huffman!r}")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise EncodeError(f"policy: block_size must be a positive integer, not {self.block_size!r}")
+        for pattern, settings in self.rules.items():
+            unknown = set(settings) - {"prune", "threshold", "bits", "index_bits", "layout", "raw"}
+            if unknown:
+                raise EncodeError(f"policy rule {pattern!r}: unknown setting(s) {sorted(unknown)}")
+            _check_settings(
+                settings.get("prune", 0.0), settings.get("threshold"), settings.get("bits"),
+                settings.get("index_bits", 5), settings.get("layout", AUTO), f"policy rule {pattern!r}",
+            )
+
+    def plan(self, name: str, array: np.ndarray) -> TensorPlan:
+        """Decide how to store the tensor `name`."""
+        dtype = dtype_name(array.dtype)
+        if self.lossless or dtype not in K.FLOAT_DTYPES or array.ndim <= 1:
+            return TensorPlan(K.RAW)
+        if any(fnmatch.fnmatchcase(name, p) for p in self.raw):
+            return TensorPlan(K.RAW)
+        bits = self.fc_bits if array.ndim == 2 else self.conv_bits
+        settings: dict[str, Any] = dict(
+            prune=self.prune, threshold=self.threshold, bits=bits, index_bits=self.index_bits, layout=self.layout
+        )
+        for pattern, rule in self.rules.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                if rule.get("raw"):
+                    return TensorPlan(K.RAW)
+                settings.update({k: v for k, v in rule.items() if k != "raw"})
+                break
+        bits = settings["bits"] or None
+        if bits is None and not settings["prune"] and settings["threshold"] is None:
+            return TensorPlan(K.RAW)
+        return TensorPlan(
+            "coded", prune=float(settings["prune"]), threshold=settings["threshold"], bits=bits,
+            index_bits=settings["index_bits"], layout=settings["layout"],
+        )
+
+    def with_(self, **changes: Any) -> "Policy":
+        """A copy with some settings changed."""
+        return replace(self, **changes)
+
+
+def _check_settings(prune: Any, threshold: Any, bits: Any, index_bits: Any, layout: Any, what: str) -> None:
+    if not isinstance(prune, (int, float)) or not 0.0 <= prune <= 1.0:
+        raise EncodeError(f"{what}: prune must be a fraction in [0, 1], not {prune!r}")
+    if threshold is not None and (not isinstance(threshold, (int, float)) or not threshold >= 0):
+        raise EncodeError(f"{what}: threshold must be a non-negative number, not {threshold!r}")
+    if prune and threshold is not None:
+        raise EncodeError(f"{what}: give prune or threshold, not both")
+    if bits is not None and bits != 0 and (not isinstance(bits, int) or not K.MIN_BITS <= bits <= K.MAX_BITS):
+        raise EncodeError(f"{what}: bits must be 1..16 (or 0/None for no weight sharing), not {bits!r}")
+    if index_bits != AUTO and (not isinstance(index_bits, int) or not K.MIN_BITS <= index_bits <= K.MAX_BITS):
+        raise EncodeError(f"{what}: index_bits must be 1..16 or 'auto', not {index_bits!r}")
+    if layout not in (AUTO, K.CSR, K.CSC):
+        raise EncodeError(f"{what}: layout must be 'csr', 'csc' or 'auto', not {layout!r}")
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """The spec's name (§3.2) of a numpy dtype; raise EncodeError for unsupported ones."""
+    dtype = np.dtype(dtype)
+    name = "bfloat16" if dtype.name == "bfloat16" else dtype.name
+    if name not in K.DTYPE_SIZES:
+        raise EncodeError(f"dtype {dtype} is not supported (supported: {', '.join(K.DTYPE_SIZES)})")
+    return name
