@@ -315,6 +315,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .deepcompression import cli_convert
+
+    return cli_convert(args)
+
+
 # ---------------------------------------------------------------------------------------------
 # Parser
 
@@ -364,6 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("file")
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v.set_defaults(func=cmd_verify)
+
+    cv = sub.add_parser("convert", help="convert between dcformat and the Deep Compression authors' released format",
+                        description="Read or write the headerless format of the Deep Compression authors' released "
+                        "AlexNet/SqueezeNet files (layer shapes from a Caffe deploy prototxt).")
+    direction = cv.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from", dest="from_format", choices=("deepcompression",), help="input format")
+    direction.add_argument("--to", dest="to_format", choices=("deepcompression",), help="output format")
+    cv.add_argument("input", help="input file (.net with --from, .dcf with --to)")
+    cv.add_argument("--prototxt", help="Caffe deploy prototxt giving the layers and their shapes (required with --from)")
+    cv.add_argument("-o", "--output", required=True, help="output file")
+    cv.add_argument("--json", action="store_true", help="machine-readable summary")
+    cv.set_defaults(func=cmd_convert)
 
     m = sub.add_parser("demo", help="compress the bundled example model, show its layout, decode it back")
     m.add_argument("-o", "--output", default=None, help="where to write the .dcf file (default: a temporary folder)")

@@ -186,6 +186,55 @@ def draft_tensor(name: str, value: Any, plan: TensorPlan, block_size: int = K.DE
     return best
 
 
+def draft_explicit(name: str, value: Any, encoding: str, *, codebook: Any = None, indices: Any = None,
+                   layout: str = K.CSR, index_bits: int = 5) -> TensorDraft:
+    """A tensor in exactly the form asked for, with no lossy step (for test vectors and tools).
+
+    - "raw": the array as it is.
+    - "shared": `codebook` (values of the array's dtype) and `indices` (one per element, C order);
+      with neither given, the codebook is the array's distinct bit patterns, sorted by value.
+    - "sparse": with a `codebook` (codebook[0] must be all zero bits) and `indices` (one per element,
+      0 where the element is zero), or without (values stored raw). `layout` and `index_bits` as given.
+    The decoded tensor equals codebook[indices] (or the array) and is kept in `decoded`.
+    """
+    a = _as_array(name, value)
+    dtype = dtype_name(a.dtype)
+    base = {"name": name, "dtype": dtype, "shape": list(a.shape)}
+    if encoding == K.RAW:
+        return TensorDraft(name, {**base, "encoding": K.RAW, "data": 0}, [a.reshape(-1).view(np.uint8)], {}, a)
+    if codebook is None and encoding == K.SHARED:
+        codebook, inverse = np.unique(_bits_view(a.reshape(-1)), return_inverse=True)
+        codebook = codebook.view(a.dtype)
+        order = np.argsort(codebook.astype(np.float64), kind="stable")
+        codebook, indices = codebook[order], np.argsort(order)[inverse]
+    if codebook is not None:
+        codebook = np.asarray(codebook, dtype=a.dtype).reshape(-1)
+        indices = np.asarray(indices).reshape(-1).astype(np.int64)
+        if len(indices) != a.size or (len(indices) and (indices.min() < 0 or indices.max() >= len(codebook))):
+            raise EncodeError("indices must give one codebook index per element", tensor=name)
+        if dtype == "bool" or not 1 <= len(codebook) <= (1 << K.MAX_BITS):
+            raise EncodeError(f"a codebook of {len(codebook)} {dtype} values is not allowed", tensor=name)
+        bits = max(1, int(len(codebook) - 1).bit_length())
+        decoded = codebook[indices].reshape(a.shape)
+        if encoding == K.SHARED:
+            draft = _shared_draft(base, codebook, indices.astype(np.uint16), bits)
+        elif encoding == K.SPARSE:
+            if _bits_view(codebook[:1]).any():
+                raise EncodeError("a sparse codebook must have all-zero bits at index 0", tensor=name)
+            plan = TensorPlan("coded", bits=bits, index_bits=index_bits, layout=layout)
+            draft = _sparse_drafts(base, decoded, plan, codebook=codebook, indices=indices.astype(np.uint16), bits=bits)[0]
+        else:
+            raise EncodeError(f"encoding {encoding!r} cannot take a codebook", tensor=name)
+        draft.decoded = decoded
+        return draft
+    if encoding != K.SPARSE:
+        raise EncodeError(f"unknown encoding {encoding!r}", tensor=name)
+    plan = TensorPlan("coded", bits=None, index_bits=index_bits, layout=layout)
+    draft = _sparse_drafts(base, a, plan)[0]
+    draft.decoded = a
+    return draft
+
+
 def _shared_draft(base: dict, codebook: np.ndarray, indices: np.ndarray, bits: int) -> TensorDraft:
     header = {**base, "encoding": K.SHARED, "bits": bits, "codebook": 0, "indices": "indices"}
     stream = StreamDraft("indices", indices.astype(np.uint16, copy=False), len(codebook), bits)
