@@ -260,11 +260,28 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
         with safe_open(path, framework="numpy") as f:
             for k in f.keys():
                 out[k] = f.get_tensor(k)
-    except (TypeError, ValueError):  # bfloat16 has no numpy dtype in safetensors: go through torch
-        with safe_open(path, framework="pt") as f:
-            for k in f.keys():
-                out[k] = _to_numpy(f.get_tensor(k))
+        return out
+    except (KeyError, TypeError, ValueError):  # safetensors' numpy side has no bfloat16: go through torch
+        pass
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise DCFError(f"{path}: reading bfloat16 tensors from safetensors needs torch installed") from None
+    out = {}
+    with safe_open(path, framework="pt") as f:
+        for k in f.keys():
+            out[k] = _to_numpy(f.get_tensor(k))
     return out
+
+
+def _write_npz(f: Any, tensors: Mapping[str, np.ndarray]) -> None:
+    """An uncompressed .npz, like np.savez, but any tensor name works (np.savez reserves 'file')."""
+    import zipfile
+
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, a in tensors.items():
+            with z.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(a), allow_pickle=False)
 
 
 def write_tensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
@@ -272,7 +289,10 @@ def write_tensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike) ->
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npz":
-        atomic_write(path, lambda f: np.savez(f, **tensors))
+        bf16 = [k for k, a in tensors.items() if a.dtype.name == "bfloat16"]
+        if bf16:
+            raise DCFError(f"{path}: .npz cannot hold bfloat16 (tensor {bf16[0]!r}); write .safetensors instead")
+        atomic_write(path, lambda f: _write_npz(f, tensors))
     elif ext == ".safetensors":
         if any(a.dtype.name == "bfloat16" for a in tensors.values()):
             from safetensors.torch import save as save_pt

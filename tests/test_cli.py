@@ -128,3 +128,36 @@ def test_help_and_inspect_do_not_import_numba(model_npz, tmp_path):
     for command in ([], ["compress"], ["decompress"], ["inspect"], ["verify"], ["demo"]):
         proc = subprocess.run([sys.executable, "-m", "dcformat.cli", *command, "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage: dcformat" in proc.stdout
+
+
+def test_safetensors_and_pt_inputs_with_bfloat16(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file as st_save
+
+    sd = {"w": torch.randn(30, 20).to(torch.bfloat16), "b": torch.randn(30), "file": torch.arange(4)}
+    st_path, pt_path = tmp_path / "m.safetensors", tmp_path / "m.pt"
+    st_save(sd, str(st_path))
+    torch.save(sd, pt_path)
+    for src in (st_path, pt_path):
+        out = tmp_path / (src.stem + src.suffix[1:] + ".dcf")
+        assert run(["compress", src, "-o", out, "--lossless"], capsys)[0] == 0
+        back = dcformat.load_torch(out)
+        for k, v in sd.items():
+            assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    # decompress: bfloat16 to .safetensors works, to .npz is refused with a clear error
+    dec = tmp_path / "d.safetensors"
+    assert run(["decompress", out, "-o", dec], capsys)[0] == 0
+    w = dcformat.read_tensors(dec)["w"]
+    assert w.dtype.name == "bfloat16"
+    assert torch.equal(torch.from_numpy(w.view(np.int16)).view(torch.bfloat16), sd["w"])
+    code, _, err = run(["decompress", out, "-o", tmp_path / "d.npz"], capsys)
+    assert code == 2 and "cannot hold bfloat16" in err and not (tmp_path / "d.npz").exists()
+
+
+def test_npz_output_takes_any_tensor_name(tmp_path):
+    tensors = {"file": np.arange(3), "allow_pickle": np.ones(2, np.float16), "a/b": np.zeros((2, 2))}
+    dcformat.write_tensors(tensors, tmp_path / "x.npz")
+    back = dcformat.read_tensors(tmp_path / "x.npz")
+    assert set(back) == set(tensors)
+    for k in tensors:
+        assert back[k].dtype == tensors[k].dtype and np.array_equal(back[k], tensors[k])
