@@ -22,13 +22,23 @@ def _check_inputs(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None
     if not isinstance(tensors, Mapping):
         raise EncodeError(f"tensors must be a mapping of names to arrays, not {type(tensors).__name__}")
     for name in tensors:
-        if not isinstance(name, str) or not name or len(name.encode("utf-8")) > K.MAX_NAME_BYTES:
+        if not isinstance(name, str) or not name or len(_utf8(name, "tensor name")) > K.MAX_NAME_BYTES:
             raise EncodeError(f"tensor name {name!r} must be a non-empty string of at most {K.MAX_NAME_BYTES} UTF-8 bytes")
     meta = dict(metadata or {})
     for k, v in meta.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise EncodeError(f"metadata must map strings to strings; got {k!r}: {type(v).__name__}")
+        _utf8(k, "metadata key")
+        _utf8(v, "metadata value")
     return meta
+
+
+def _utf8(text: str, what: str) -> bytes:
+    """The UTF-8 bytes of a header string; lone surrogates cannot be written (spec §3)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EncodeError(f"{what} {text!r} is not valid Unicode text (it has a lone surrogate)") from None
 
 
 def _encode(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping[str, str] | None,

@@ -105,7 +105,10 @@ def decode_stream(buf: Any, stream: Stream, tables: "TableCache", tensor: str, k
         if stream.coding == K.FIXED:
             return bitpack.unpack(data, stream.count, stream.width, stream.alphabet)
         lengths = tables.get(stream.table)
-        return huffman.decode(data, stream.count, lengths, stream.block_size, list(stream.block_bytes))
+        # A block_size beyond the count means one block (§6.3); clamping keeps a hostile 2**64 out of
+        # the int64 arithmetic of the decoder without changing the meaning.
+        block_size = min(stream.block_size, max(1, stream.count))
+        return huffman.decode(data, stream.count, lengths, block_size, list(stream.block_bytes))
     except DCFError as e:
         raise CorruptDataError(f"stream {key!r}: {e}", tensor=tensor, offset=stream.section.offset) from None
 
@@ -353,7 +356,7 @@ def decode_tensor(buf: Any, info: TensorInfo, tables: TableCache, *, copy: bool 
     gaps = decode_stream(buf, info.gaps, tables, info.name, "gaps")
     try:
         if info.codebook is not None:
-            codebook = np.frombuffer(check_section(buf, info.codebook, "codebook", info.name), dtype=dtype)
+            codebook = _sparse_codebook(buf, info, dtype)
             indices = decode_stream(buf, info.indices, tables, info.name, "indices")
             flat = relindex.decode_dense_codebook(gaps, indices, codebook, rows, cols, info.layout)
         else:
@@ -366,6 +369,15 @@ def decode_tensor(buf: Any, info: TensorInfo, tables: TableCache, *, copy: bool 
             raise CorruptDataError(str(e), tensor=info.name, offset=info.gaps.section.offset) from None
         raise
     return flat.reshape(info.shape)
+
+
+def _sparse_codebook(buf: Any, info: TensorInfo, dtype: np.dtype) -> np.ndarray:
+    """A sparse tensor's codebook, whose entry 0 (the fillers' value) must be all zero bits (§5.3)."""
+    codebook = np.frombuffer(check_section(buf, info.codebook, "codebook", info.name), dtype=dtype)
+    if _bits_view(codebook[:1]).any():
+        raise CorruptDataError("sparse codebook[0] is not all zero bits (§5.3: fillers must decode to zero)",
+                               tensor=info.name, offset=info.codebook.offset)
+    return codebook
 
 
 def _check_bool(a: np.ndarray, info: TensorInfo, offset: int) -> None:
@@ -415,17 +427,23 @@ def decode_sparse(buf: Any, info: TensorInfo, tables: TableCache) -> SparseTenso
     dtype = numpy_dtype(info.dtype)
     rows, cols = relindex.matrix_shape(info.shape)
     gaps = decode_stream(buf, info.gaps, tables, info.name, "gaps")
-    positions = relindex.decode_positions(gaps, rows * cols)
+    try:
+        positions = relindex.decode_positions(gaps, rows * cols)
+    except CorruptDataError as e:
+        raise CorruptDataError(str(e), tensor=info.name, offset=info.gaps.section.offset) from None
     codes = codebook = None
     if info.codebook is not None:
-        codebook = np.frombuffer(check_section(buf, info.codebook, "codebook", info.name), dtype=dtype).copy()
+        codebook = _sparse_codebook(buf, info, dtype).copy()
         codes = decode_stream(buf, info.indices, tables, info.name, "indices")
         if len(codes) and int(codes.max()) >= len(codebook):
             j = int(np.argmax(codes >= len(codebook)))
-            raise CorruptDataError(f"entry {j} has codebook index {int(codes[j])}, the codebook holds {len(codebook)}", tensor=info.name)
+            raise CorruptDataError(f"entry {j} has codebook index {int(codes[j])}, the codebook holds {len(codebook)}",
+                                   tensor=info.name, offset=info.indices.section.offset)
         values = codebook[codes]
     else:
         values = np.frombuffer(check_section(buf, info.values, "values", info.name), dtype=dtype).copy()
+        if info.dtype == "bool":
+            _check_bool(values, info, info.values.offset)
     keep = _bits_view(values) != 0
     positions, values = positions[keep], values[keep]
     if codes is not None:

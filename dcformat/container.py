@@ -50,6 +50,16 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+def _numpy_max_rank() -> int:
+    """The most dimensions a numpy array can have: 64 since numpy 2.0, 32 before."""
+    import numpy as np
+
+    return 64 if int(np.__version__.split(".")[0]) >= 2 else 32
+
+
+NUMPY_MAX_RANK = _numpy_max_rank()
+
+
 # ---------------------------------------------------------------------------------------------
 # The parsed header
 
@@ -299,6 +309,16 @@ def _require_int(value: Any, what: str, lo: int = 0, hi: int | None = None, *, t
     return value
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a string with a lone surrogate: JSON can escape one (\\ud800), UTF-8 cannot hold it,
+    and it would make every later print or encode of the name fail."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _require_str(value: Any, what: str, *, tensor: str | None = None) -> str:
     if not isinstance(value, str):
         raise HeaderError(f"{what} must be a JSON string", tensor=tensor)
@@ -409,6 +429,9 @@ def _validate_document(doc: Any, version: tuple[int, int], header_length: int, d
     metadata = top["metadata"]
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise HeaderError("header: 'metadata' must be an object of strings")
+    for key, value in metadata.items():
+        if not (_is_unicode(key) and _is_unicode(value)):
+            raise HeaderError(f"header: metadata entry {key!r} holds a lone surrogate (\\uD800-\\uDFFF escape), not text")
     tables = _validate_tables(top["tables"])
     raw_tensors = top["tensors"]
     if not isinstance(raw_tensors, list):
@@ -455,29 +478,39 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
     if not isinstance(obj, dict):
         raise HeaderError(f"{what} must be a JSON object")
     name = _require_str(obj.get("name"), f"{what}.name")
-    if not name or len(name.encode("utf-8", "surrogatepass")) > K.MAX_NAME_BYTES:
+    if not name or not _is_unicode(name) or len(name.encode("utf-8")) > K.MAX_NAME_BYTES:
         raise HeaderError(f"{what}.name must be 1..{K.MAX_NAME_BYTES} UTF-8 bytes")
     encoding = obj.get("encoding")
-    keys = {K.RAW: K.RAW_KEYS, K.SHARED: K.SHARED_KEYS}.get(encoding)
+    # isinstance first: a dict or list here is unhashable and must not reach a set or dict lookup
+    keys = {K.RAW: K.RAW_KEYS, K.SHARED: K.SHARED_KEYS}.get(encoding) if isinstance(encoding, str) else None
     if encoding == K.SPARSE:
         keys = K.SPARSE_CODEBOOK_KEYS if "codebook" in obj else K.SPARSE_VALUES_KEYS
     if keys is None:
         raise HeaderError(f"encoding {encoding!r} is not one of {list(K.ENCODINGS)}", tensor=name)
     _require_object(obj, "tensor", K.TENSOR_COMMON_KEYS | keys, tensor=name)
     dtype = obj["dtype"]
-    if dtype not in K.DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in K.DTYPE_SIZES:
         raise HeaderError(f"dtype {dtype!r} is not one of {sorted(K.DTYPE_SIZES)}", tensor=name)
     shape = obj["shape"]
     if not isinstance(shape, list):
         raise HeaderError("shape must be a JSON array", tensor=name)
     if len(shape) > limits.max_rank:
         raise LimitError(f"rank {len(shape)} exceeds the limit of {limits.max_rank}", tensor=name)
+    if len(shape) > NUMPY_MAX_RANK:  # even when a caller raised max_rank: numpy cannot hold the array
+        raise LimitError(f"rank {len(shape)} exceeds the {NUMPY_MAX_RANK} dimensions a numpy array can have", tensor=name)
     shape_t = tuple(_require_int(d, "shape dimension", tensor=name) for d in shape)
     numel = math.prod(shape_t)
     itemsize = K.DTYPE_SIZES[dtype]
     if numel * itemsize > budget:
         raise LimitError(f"tensor of shape {list(shape_t)} would decode to {numel * itemsize} bytes, more than the "
                          f"limit of {budget} bytes for this file", tensor=name)
+    # A zero dimension makes numel 0 whatever the others are, but numpy cannot even represent a shape
+    # whose non-zero dimensions overflow, and a sparse view allocates one pointer per row or column:
+    # so the product of the non-zero dimensions is held to the same limit.
+    extent = math.prod(d for d in shape_t if d)
+    if extent * itemsize > budget:
+        raise LimitError(f"tensor of shape {list(shape_t)} has dimensions too large: their non-zero product "
+                         f"{extent} x {itemsize} bytes exceeds the limit of {budget} bytes for this file", tensor=name)
     base = dict(name=name, dtype=dtype, shape=shape_t, encoding=encoding)
 
     if encoding == K.RAW:
@@ -496,8 +529,13 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
 
     # sparse (§5.3)
     layout = obj["layout"]
-    if layout not in K.LAYOUTS:
+    if not isinstance(layout, str) or layout not in K.LAYOUTS:
         raise HeaderError(f"layout {layout!r} is not one of {list(K.LAYOUTS)}", tensor=name)
+    rows, cols = matrix_view(shape_t)
+    pointers = 8 * ((cols if layout == K.CSC else rows) + 1)  # the int64 indptr of get_sparse
+    if pointers > budget:
+        raise LimitError(f"a {layout} view of shape {list(shape_t)} needs {pointers} bytes of row/column pointers, "
+                         f"more than the limit of {budget} bytes for this file", tensor=name)
     index_bits = _require_int(obj["index_bits"], "index_bits", K.MIN_BITS, K.MAX_BITS, tensor=name)
     entries = _require_int(obj["entries"], "entries", tensor=name)
     if entries > numel:
@@ -517,6 +555,17 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
     values = _section(obj["values"], "values", name)
     _expect_length(values, entries * itemsize, "values", name)
     return TensorInfo(**base, **extra, gaps=gaps, values=values)
+
+
+def matrix_view(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The (R, C) matrix view of a sparse tensor's shape (§5.3), in Python integers."""
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return 1, shape[0]
+    if shape[0] == 0:
+        return 0, 0
+    return shape[0], math.prod(shape[1:])
 
 
 def _expect_length(section: Section, expected: int, key: str, tensor: str) -> None:

@@ -179,6 +179,10 @@ def test_bad_inputs_raise_encode_error():
         dcformat.save({"": np.zeros(3)})
     with pytest.raises(dcformat.EncodeError, match="metadata"):
         dcformat.save({"a": np.zeros(3)}, metadata={"k": 1})
+    with pytest.raises(dcformat.EncodeError, match="lone surrogate"):
+        dcformat.save({"\ud800": np.zeros(2)})
+    with pytest.raises(dcformat.EncodeError, match="lone surrogate"):
+        dcformat.save({"a": np.zeros(2)}, metadata={"k": "\udc00"})
     nan = np.full((4, 4), np.nan, np.float32)
     nan[0, 0] = 1.0
     with pytest.warns(UserWarning, match="non-finite"):

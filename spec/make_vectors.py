@@ -1,0 +1,1146 @@
+"""Write dcformat's test vectors into spec/vectors, once: it never overwrites a vector.
+
+    python spec/make_vectors.py            # write the vectors that are missing; refuse to change any
+    python spec/make_vectors.py --check    # only compare what is on disk with what would be written
+
+Valid vectors are `NN-name.dcf` with their expected tensors `NN-name.K.npy` (K = the tensor's place
+in the file; bfloat16 is stored as its uint16 bit pattern). They are built with dcformat's own
+writer (`codec.draft_explicit`, `codec.assemble`, `container.write_stream`) from the settings recorded
+in `index.json`, so re-encoding the expected tensors with those settings reproduces them byte for
+byte; a few ("reencode": false) are assembled by hand here to hold what a reader must accept but
+dcformat never writes. Invalid vectors (`invalid/NN-name.dcf`) are valid files with exactly one
+rule broken; `index.json` names the error kind (spec §8.1) a reader must raise.
+
+Arrays come from a fixed LCG, not numpy's generators, so the same script writes the same bytes on
+any machine. Once written, vectors are frozen: a change to the format or the writer that would alter
+one is a new vector (or a new format version), never a silent rewrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import struct
+import sys
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ml_dtypes
+import numpy as np
+
+from dcformat import codec, container
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT = os.path.join(HERE, "vectors")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+SECTION_ORDER = ("data", "codebook", "gaps", "indices", "values")
+DEFAULT_BLOCK = 1 << 16
+
+
+# ------------------------------------------------------------------------------------------------
+# Deterministic inputs
+
+
+class Lcg:
+    """Knuth's MMIX linear congruential generator: the same numbers on every machine, forever."""
+
+    def __init__(self, seed: int):
+        self.state = seed
+
+    def below(self, n: int) -> int:
+        self.state = (self.state * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+        return (self.state >> 33) % n
+
+    def chance(self, numerator: int, denominator: int) -> bool:
+        return self.below(denominator) < numerator
+
+
+def np_dtype(name: str) -> np.dtype:
+    return BF16 if name == "bfloat16" else np.dtype(name)
+
+
+def from_bits(bits: list[int], dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """An array of `dtype` with these element bit patterns."""
+    size = np_dtype(dtype).itemsize
+    return np.array(bits, dtype=f"<u{size}").view(np_dtype(dtype)).reshape(shape)
+
+
+def levels(k: int, dtype: str, *, zero_first: bool = False) -> np.ndarray:
+    """k distinct, exactly representable values (multiples of 1/16); with zero_first, [0, ...] for sparse."""
+    if zero_first:
+        vals = [0.0] + [(i + 1) / 16 * (1 if i % 2 else -1) for i in range(k - 1)]
+    else:
+        vals = [(i - k // 2) / 16 + (1 / 32 if i >= k // 2 else 0) for i in range(k)]
+    out = np.array(vals, dtype=np.float64)
+    if dtype in ("int8", "int16", "int32", "int64"):
+        out = out * 16
+    return out.astype(np_dtype(dtype))
+
+
+def pick(rng: Lcg, weights: list[int]) -> int:
+    """An index drawn with the given integer weights."""
+    r = rng.below(sum(weights))
+    for i, w in enumerate(weights):
+        if r < w:
+            return i
+        r -= w
+    raise AssertionError
+
+
+def coded(codebook: np.ndarray, indices: list[int], shape: tuple[int, ...]) -> np.ndarray:
+    """codebook[indices] in `shape`."""
+    return codebook[np.array(indices, dtype=np.int64)].reshape(shape)
+
+
+def uniform_indices(seed: int, n: int, k: int) -> list[int]:
+    rng = Lcg(seed)
+    return [rng.below(k) for _ in range(n)]
+
+
+def sparse_indices(seed: int, n: int, k: int, keep: tuple[int, int], skew: bool = False) -> list[int]:
+    """0 (zero) for most elements; kept ones (numerator/denominator) get 1..k-1, skewed towards 1."""
+    rng = Lcg(seed)
+    weights = [1 << max(0, 12 - i) for i in range(k - 1)] if skew else [1] * (k - 1)
+    return [1 + pick(rng, weights) if rng.chance(*keep) else 0 for _ in range(n)]
+
+
+def sparse_values(seed: int, shape: tuple[int, ...], keep: tuple[int, int], dtype: str = "float32") -> np.ndarray:
+    """Mostly zeros; kept elements are small non-zero multiples of 1/8 (or integers)."""
+    rng = Lcg(seed)
+    n = int(np.prod(shape))
+    vals = [((rng.below(15) + 1) * (1 if rng.chance(1, 2) else -1)) if rng.chance(*keep) else 0 for _ in range(n)]
+    a = np.array(vals, dtype=np.float64)
+    if np.dtype(np_dtype(dtype)).kind == "f":
+        a = a / 8
+    return a.astype(np_dtype(dtype)).reshape(shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# Vector definitions
+
+
+@dataclass
+class T:
+    """One tensor of a valid vector: its array and the exact form to store it in."""
+
+    name: str
+    array: np.ndarray
+    encoding: str  # "raw", "shared" or "sparse"
+    codebook: np.ndarray | None = None  # shared, sparse with codebook (element bit patterns must be unique)
+    layout: str = "csr"
+    index_bits: int = 5
+
+
+@dataclass
+class Valid:
+    name: str
+    description: str
+    tensors: list[T]
+    mode: str = "off"  # codec.assemble's Huffman mode
+    block_size: int = DEFAULT_BLOCK
+    metadata: dict[str, str] = field(default_factory=dict)
+    expect: Callable[[dict, bytes], None] | None = None  # asserts the file exercises what it claims
+    build: Callable[[], bytes] | None = None  # hand-assembled (not reproducible by the writer) ...
+    expected: Callable[[], list[np.ndarray]] | None = None  # ... and the tensors it decodes to
+
+
+def streams(doc: dict) -> list[dict]:
+    return [t[k] for t in doc["tensors"] for k in ("gaps", "indices") if k in t]
+
+
+def expect_all(coding: str) -> Callable[[dict, bytes], None]:
+    def check(doc: dict, data: bytes) -> None:
+        assert all(s["coding"] == coding for s in streams(doc)), [s["coding"] for s in streams(doc)]
+
+    return check
+
+
+def spec_example() -> T:
+    """The 4x4 matrix of spec §5.3's worked example."""
+    cb = np.array([0.0, -2.0, 1.5], np.float32)
+    idx = [0] * 16
+    idx[6], idx[15] = 2, 1
+    return T("w", coded(cb, idx, (4, 4)), "sparse", cb, "csr", 2)
+
+
+def _expect_spec_example(doc: dict, data: bytes) -> None:
+    t = doc["tensors"][0]
+    assert (t["entries"], t["fillers"]) == (5, 3)
+    gaps, idx = t["gaps"]["section"], t["indices"]["section"]
+    assert data[gaps["offset"] : gaps["offset"] + 2] == b"\xfb\x00"
+    assert data[idx["offset"] : idx["offset"] + 2] == b"\x08\x01"
+
+
+def _raw_floats() -> list[T]:
+    f64 = [0x7FF8000000000001, 0xFFF0000000000000, 0x8000000000000000, 0x0000000000000001,
+           0x7FEFFFFFFFFFFFFF, 0x3FF0000000000000, 0x7FF0000000000001, 0x400921FB54442D18]
+    f32 = [0x7FC00001, 0xFF800000, 0x80000000, 0x00000001, 0x7F7FFFFF, 0x3F800000, 0x7F800001, 0x40490FDB]
+    f16 = [0x7E01, 0xFC00, 0x8000, 0x0001, 0x7BFF, 0x3C00, 0x7C01, 0x4248]
+    bf16 = [0x7FC1, 0xFF80, 0x8000, 0x0001, 0x7F7F, 0x3F80, 0x7F81, 0x4049]
+    return [
+        T("f64", from_bits(f64, "float64", (2, 4)), "raw"),
+        T("f32", from_bits(f32, "float32", (8,)), "raw"),
+        T("f16", from_bits(f16, "float16", (2, 2, 2)), "raw"),
+        T("bf16", from_bits(bf16, "bfloat16", (4, 2)), "raw"),
+    ]
+
+
+def _raw_ints() -> list[T]:
+    return [
+        T("i8", np.array([-128, 127, 0, -1, 1], np.int8), "raw"),
+        T("i16", np.array([[-32768, 32767], [0, -1]], np.int16), "raw"),
+        T("i32", np.array([-(2**31), 2**31 - 1, 0, -1, 123456789], np.int32), "raw"),
+        T("i64", np.array([[-(2**63), 2**63 - 1], [0, -1]], np.int64), "raw"),
+        T("u8", np.array([0, 255, 1, 128], np.uint8), "raw"),
+        T("u16", np.array([0, 65535, 1, 0x8000], np.uint16), "raw"),
+        T("u32", np.array([0, 2**32 - 1, 1, 2**31], np.uint32), "raw"),
+        T("u64", np.array([0, 2**64 - 1, 1, 2**63], np.uint64), "raw"),
+        T("bool", np.array([[True, False, True], [False, False, True]]), "raw"),
+    ]
+
+
+def _scalars() -> list[T]:
+    return [
+        T("raw", np.array(3.5, np.float32), "raw"),
+        T("shared", np.array(-1.25, np.float64), "shared", np.array([-1.25])),
+        T("sparse_values", np.array(7, np.int16), "sparse", None, "csr", 1),
+        T("sparse_zero", np.array(0.0, np.float32), "sparse", None, "csr", 1),
+        T("sparse_codebook", np.array(2.0, np.float32), "sparse", np.array([0.0, 2.0], np.float32), "csc", 3),
+    ]
+
+
+def _empty_tensors() -> list[T]:
+    return [
+        T("raw_0", np.zeros((0,), np.float32), "raw"),
+        T("raw_bool_2_0", np.zeros((2, 0), np.bool_), "raw"),
+        T("shared_0_5", np.zeros((0, 5), np.float32), "shared", np.array([1.0], np.float32)),
+        T("sparse_5_0", np.zeros((5, 0), np.float32), "sparse", None, "csr", 5),
+        T("sparse_3_0_2", np.zeros((3, 0, 2), np.float16), "sparse", np.array([0.0, 1.0], np.float16), "csc", 2),
+        T("sparse_0", np.zeros((0,), np.int8), "sparse", None, "csc", 16),
+    ]
+
+
+def _shared_widths() -> list[T]:
+    out = []
+    for seed, (k, shape) in enumerate([(2, (4, 6)), (16, (8, 8)), (17, (5, 7)), (256, (16, 20))]):
+        cb = levels(k, "float32")
+        out.append(T(f"k{k}", coded(cb, uniform_indices(seed, int(np.prod(shape)), k), shape), "shared", cb))
+    return out
+
+
+def _sparse_widths() -> list[T]:
+    out = []
+    for seed, (k, shape, layout) in enumerate([(2, (6, 5), "csr"), (16, (8, 8), "csc"), (32, (10, 9), "csr"), (256, (20, 16), "csr")]):
+        cb = levels(k, "float32", zero_first=True)
+        idx = sparse_indices(100 + seed, int(np.prod(shape)), k, (1, 3))
+        out.append(T(f"k{k}", coded(cb, idx, shape), "sparse", cb, layout, 4))
+    return out
+
+
+def _index_widths() -> list[T]:
+    out = []
+    for seed, (b, shape, keep) in enumerate([(1, (4, 5), (1, 3)), (2, (6, 6), (1, 4)), (4, (8, 10), (1, 6)),
+                                            (5, (10, 12), (1, 10)), (8, (20, 30), (1, 40)), (16, (4, 50), (1, 20))]):
+        a = sparse_values(200 + seed, shape, keep)
+        if b == 8:  # one gap longer than 2^8 - 1 zeros, so that b = 8 needs a filler
+            a.reshape(-1)[1:400] = 0
+            a.reshape(-1)[0] = a.reshape(-1)[400] = 0.5
+        out.append(T(f"b{b}", a, "sparse", None, "csr", b))
+    return out
+
+
+def _expect_index_widths(doc: dict, data: bytes) -> None:
+    expect_all("fixed")(doc, data)
+    fillers = {t["name"]: t["fillers"] for t in doc["tensors"]}
+    assert fillers["b1"] > 0 and fillers["b2"] > 0 and fillers["b8"] == 1, fillers
+
+
+def _gap_run(*parts: list[int] | float, dtype: str = "int8") -> np.ndarray:
+    """A 1-D array from runs: `[n]` stands for n zeros, a number for itself."""
+    vals: list[float] = []
+    for p in parts:
+        if isinstance(p, list):
+            vals += [0] * p[0]
+        else:
+            vals.append(p)
+    return np.array(vals, dtype=np_dtype(dtype))
+
+
+def _filler_boundaries() -> list[T]:
+    cb = np.array([0.0, 0.5], np.float32)
+    with_cb = _gap_run([8], 0.5, [8], 0.5, [2], dtype="float32").reshape(1, 20)
+    return [
+        T("gap7", _gap_run([7], 1, [7], 2, [5]), "sparse", None, "csr", 3),
+        T("gap8", _gap_run([8], 1, [8], 2), "sparse", None, "csr", 3),
+        T("gap9", _gap_run([9], 1, [9], 2, [3]), "sparse", None, "csr", 3),
+        T("gap16", _gap_run([16], 1, [17], 2), "sparse", None, "csr", 3),
+        T("b1_gap2", _gap_run([2], 1.0, [3], dtype="float32").reshape(2, 3), "sparse", None, "csr", 1),
+        T("all_zero", np.zeros((4, 4), np.float32), "sparse", None, "csr", 3),
+        T("dense", np.arange(1, 7, dtype=np.float32).reshape(2, 3), "sparse", None, "csc", 1),
+        T("codebook_gap8", with_cb, "sparse", cb, "csr", 3),
+    ]
+
+
+def _expect_fillers(doc: dict, data: bytes) -> None:
+    got = {t["name"]: (t["entries"], t["fillers"]) for t in doc["tensors"]}
+    assert got == {"gap7": (2, 0), "gap8": (4, 2), "gap9": (4, 2), "gap16": (6, 4), "b1_gap2": (2, 1),
+                   "all_zero": (0, 0), "dense": (6, 0), "codebook_gap8": (4, 2)}, got
+
+
+def _csc() -> list[T]:
+    cb = levels(4, "float32", zero_first=True)
+    idx = sparse_indices(300, 30, 4, (1, 3))
+    m = coded(cb, idx, (5, 6))
+    return [
+        T("t3d_csc", sparse_values(301, (3, 4, 2), (1, 3)), "sparse", None, "csc", 2),
+        T("m_csc", m, "sparse", cb, "csc", 2),
+        T("m_csr", m, "sparse", cb, "csr", 2),
+    ]
+
+
+def _sparse_specials() -> list[T]:
+    f32 = sparse_values(400, (4, 4), (1, 3))
+    flat = f32.reshape(-1)
+    flat[1], flat[6], flat[11] = -0.0, np.nan, np.inf
+    f64 = sparse_values(401, (3, 3), (1, 2), "float64")
+    f64.reshape(-1)[4] = -0.0
+    bf = sparse_values(402, (4, 3), (1, 3), "bfloat16")
+    bf.reshape(-1)[0] = -0.0
+    u64 = np.array([[0, 2**64 - 1, 0, 0], [0, 0, 0, 2**63]], np.uint64)
+    boolean = np.array([[0, 1, 0, 0], [0, 0, 0, 1], [1, 0, 0, 0]], np.bool_)
+    return [
+        T("f32", f32, "sparse", None, "csr", 3),
+        T("f64", f64, "sparse", None, "csc", 2),
+        T("i32", sparse_values(403, (3, 5), (1, 2), "int32"), "sparse", None, "csr", 4),
+        T("u64", u64, "sparse", None, "csr", 2),
+        T("bool", boolean, "sparse", None, "csc", 2),
+        T("bf16", bf, "sparse", None, "csr", 3),
+        T("f16", sparse_values(404, (2, 2, 3), (1, 2), "float16"), "sparse", None, "csc", 1),
+    ]
+
+
+def _coded_other_dtypes() -> list[T]:
+    out = []
+    for seed, (name, dtype, k, shape, enc, layout, b) in enumerate([
+        ("f16_shared", "float16", 8, (6, 5), "shared", "csr", 5),
+        ("bf16_shared", "bfloat16", 5, (5, 6), "shared", "csr", 5),
+        ("f16_sparse", "float16", 4, (7, 4), "sparse", "csc", 3),
+        ("bf16_sparse", "bfloat16", 6, (4, 7), "sparse", "csr", 2),
+        ("f64_shared", "float64", 3, (3, 3), "shared", "csr", 5),
+        ("i8_shared", "int8", 3, (4, 4), "shared", "csr", 5),
+        ("i32_sparse", "int32", 5, (6, 6), "sparse", "csr", 3),
+    ]):
+        n = int(np.prod(shape))
+        if enc == "shared":
+            cb = levels(k, dtype)
+            idx = uniform_indices(500 + seed, n, k)
+        else:
+            cb = levels(k, dtype, zero_first=True)
+            idx = sparse_indices(500 + seed, n, k, (1, 3))
+        out.append(T(name, coded(cb, idx, shape), enc, cb, layout, b))
+    return out
+
+
+def _one_symbol() -> list[T]:
+    cb = levels(4, "float32")
+    return [
+        T("shared", coded(cb, [3] * 128, (8, 16)), "shared", cb),
+        T("sparse", np.full((4, 32), 0.25, np.float32), "sparse", None, "csr", 5),
+    ]
+
+
+def _expect_one_symbol(doc: dict, data: bytes) -> None:
+    assert sorted(doc["tables"]) == ["0001", "1"], doc["tables"]
+    assert all(s["coding"] == "huffman" for s in streams(doc))
+
+
+def _fallback() -> list[T]:
+    cb = levels(16, "float32")
+    return [
+        T("uniform_shared", coded(cb, [i % 16 for i in range(256)], (16, 16)), "shared", cb),
+        T("uniform_gaps", _gap_run(*[x for i in range(40) for x in ([i % 8], 1.0)], dtype="float32"), "sparse", None, "csr", 3),
+    ]
+
+
+def _expect_fallback(doc: dict, data: bytes) -> None:
+    expect_all("fixed")(doc, data)
+    assert doc["tables"] == []
+
+
+def _blocks() -> list[T]:
+    cb = levels(32, "float16")
+    rng = Lcg(600)
+    idx = [pick(rng, [1 << max(0, 10 - i) for i in range(32)]) for _ in range(32 * 40)]
+    cb2 = levels(16, "float16", zero_first=True)
+    return [
+        T("shared", coded(cb, idx, (32, 40)), "shared", cb),
+        T("sparse", coded(cb2, sparse_indices(601, 40 * 50, 16, (3, 10), skew=True), (40, 50)), "sparse", cb2, "csr", 5),
+    ]
+
+
+def _expect_blocks(doc: dict, data: bytes) -> None:
+    for s in streams(doc):
+        assert s["coding"] == "huffman" and len(s["block_bytes"]) > 2, s
+    shared = doc["tensors"][0]["indices"]
+    assert len(shared["block_bytes"]) == 13  # 1280 symbols in blocks of 100: the last holds 80
+
+
+def _shared_table() -> list[T]:
+    cb = levels(8, "float32")
+    weights = [64, 32, 16, 8, 4, 2, 1, 1]
+    rng = Lcg(700)
+    a = [pick(rng, weights) for _ in range(256)]
+    b = [pick(rng, weights) for _ in range(240)]
+    return [T("a", coded(cb, a, (16, 16)), "shared", cb), T("b", coded(cb, b, (12, 20)), "shared", cb)]
+
+
+def _expect_shared_table(doc: dict, data: bytes) -> None:
+    assert len(doc["tables"]) == 1
+    assert [t["indices"]["coding"] for t in doc["tensors"]] == ["huffman", "huffman"]
+    assert [t["indices"]["table"] for t in doc["tensors"]] == [0, 0]
+
+
+def _max_length() -> list[T]:
+    fib = [1, 1]
+    while len(fib) < 16:
+        fib.append(fib[-1] + fib[-2])
+    symbols = [s for s, c in enumerate(fib) for _ in range(c)]  # 2583 symbols, counts 1, 1, 2, 3, 5, ...
+    rng = Lcg(800)
+    for i in range(len(symbols) - 1, 0, -1):  # Fisher-Yates, so the stream is not sorted
+        j = rng.below(i + 1)
+        symbols[i], symbols[j] = symbols[j], symbols[i]
+    cb = levels(16, "float16")
+    return [T("fib", coded(cb, symbols, (41, 63)), "shared", cb)]
+
+
+def _expect_max_length(doc: dict, data: bytes) -> None:
+    assert doc["tensors"][0]["indices"]["coding"] == "huffman"
+    assert max(doc["tables"][0]) == "f", doc["tables"]
+
+
+def _spec_table() -> list[T]:
+    cb = np.array([-1.0, -0.5, 0.5, 1.0], np.float32)
+    rest = [0] * 159 + [1] * 15 + [2] * 15 + [3] * 31  # counts 161, 16, 16, 32 in all: lengths 1, 3, 3, 2
+    rng = Lcg(900)
+    for i in range(len(rest) - 1, 0, -1):
+        j = rng.below(i + 1)
+        rest[i], rest[j] = rest[j], rest[i]
+    return [T("x", coded(cb, [0, 3, 1, 0, 2] + rest, (15, 15)), "shared", cb)]
+
+
+def _expect_spec_table(doc: dict, data: bytes) -> None:
+    assert doc["tables"] == ["1332"]
+    s = doc["tensors"][0]["indices"]
+    assert s["coding"] == "huffman" and data[s["section"]["offset"]] == 0x9A
+    assert 161 * 1 + 16 * 3 + 16 * 3 + 32 * 2 == 8 * s["section"]["length"] - 7  # 7 padding bits in the last byte
+
+
+def _paper_model() -> list[T]:
+    cb = levels(32, "float32", zero_first=True)
+    fc1 = coded(cb, sparse_indices(1000, 30 * 64, 32, (1, 10), skew=True), (30, 64))
+    cb2 = levels(32, "float32")
+    rng = Lcg(1001)
+    fc2 = coded(cb2, [min(31, 12 + pick(rng, [1, 2, 4, 8, 16, 8, 4, 2, 1])) for _ in range(300)], (10, 30))
+    return [
+        T("fc1.weight", fc1, "sparse", cb, "csr", 5),
+        T("fc1.bias", np.arange(30, dtype=np.float32) / 64 - 0.25, "raw"),
+        T("fc2.weight", fc2, "shared", cb2),
+        T("fc2.bias", np.arange(10, dtype=np.float32) / 32, "raw"),
+    ]
+
+
+def _expect_paper(doc: dict, data: bytes) -> None:
+    fc1 = doc["tensors"][0]
+    assert fc1["indices"]["coding"] == "huffman" and fc1["fillers"] > 0
+    assert doc["tensors"][2]["indices"]["coding"] == "huffman"
+
+
+# --- hand-assembled vectors (what a reader must accept, though dcformat never writes it) -----------
+
+
+def _reader_latitude() -> bytes:
+    """Vector 01 with keys in reverse order, whitespace everywhere, unused tables, extra header padding."""
+    doc, payloads = split_file(build_valid(VALID_BY_NAME["01-spec-example"]))
+    doc["tables"] = ["11", "2210"]
+    doc["metadata"] = {"tensors": "a metadata key may be any string", "tables": ""}
+
+    def reverse(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: reverse(v[k]) for k in reversed(list(v))}
+        if isinstance(v, list):
+            return [reverse(x) for x in v]
+        return v
+
+    return assemble_file(reverse(doc), payloads, dumps=lambda d: "\r\n" + json.dumps(d, indent="\t") + "\n",
+                         pad=b"\n", extra_pad=128)
+
+
+def _minor_version() -> bytes:
+    return with_preamble(build_valid(VALID_BY_NAME["01-spec-example"]), minor=1)
+
+
+def _extra_fillers() -> bytes:
+    """Zero entries where the filler rule needs none and after the last non-zero; a 0-symbol Huffman stream."""
+    doc = {"metadata": {}, "tables": ["1"], "tensors": [
+        # csr, b = 2: gaps 0 0 0 3 3 0 -> positions 0 1 2 6 10 11; only position 2 is non-zero
+        {"name": "values", "dtype": "float32", "shape": [1, 12], "encoding": "sparse", "layout": "csr",
+         "index_bits": 2, "entries": 6, "fillers": 5, "gaps": fixed(), "values": sec()},
+        # csc, R = C = 3, b = 3: gaps 0 3 0 2 -> positions 0 4 5 8 = elements (0,0) (1,1) (2,1) (2,2)
+        {"name": "codebook", "dtype": "float32", "shape": [3, 3], "encoding": "sparse", "layout": "csc",
+         "index_bits": 3, "entries": 4, "fillers": 2, "bits": 1, "codebook": sec(), "gaps": fixed(), "indices": fixed()},
+        {"name": "empty_huffman", "dtype": "float32", "shape": [2, 2], "encoding": "sparse", "layout": "csr",
+         "index_bits": 1, "entries": 0, "fillers": 0,
+         "gaps": {"coding": "huffman", "section": sec(), "table": 0, "block_size": 1, "block_bytes": []}, "values": sec()},
+    ]}
+    payloads = [
+        pack([0, 0, 0, 3, 3, 0], 2), np.array([0, 0, 5, 0, 0, 0], np.float32).tobytes(),
+        np.array([0.0, 7.0], np.float32).tobytes(), pack([0, 3, 0, 2], 3), pack([0, 1, 1, 0], 1),
+        b"", b"",
+    ]
+    return assemble_file(doc, payloads)
+
+
+def _expected_extra_fillers() -> list[np.ndarray]:
+    v = np.zeros((1, 12), np.float32)
+    v[0, 2] = 5
+    c = np.zeros((3, 3), np.float32)
+    c[1, 1] = c[2, 1] = 7
+    return [v, c, np.zeros((2, 2), np.float32)]
+
+
+ODD_CODEBOOK = np.array([5.0, -5.0, 0.5, 0.25], np.float32)
+
+
+def _odd_streams() -> bytes:
+    """A one-symbol table with a trailing 0 digit, a block larger than its stream, `bits` wider than needed."""
+    doc = {"metadata": {}, "tables": ["10", "1220"], "tensors": [
+        {"name": "dense", "dtype": "float32", "shape": [2, 4], "encoding": "sparse", "layout": "csr",
+         "index_bits": 4, "entries": 8, "fillers": 0,
+         "gaps": {"coding": "huffman", "section": sec(), "table": 0, "block_size": 1000, "block_bytes": [1]},
+         "values": sec()},
+        {"name": "wide_bits", "dtype": "float32", "shape": [5], "encoding": "shared", "bits": 4,
+         "codebook": sec(), "indices": fixed()},
+        {"name": "two_blocks", "dtype": "float32", "shape": [6], "encoding": "shared", "bits": 2, "codebook": sec(),
+         "indices": {"coding": "huffman", "section": sec(), "table": 1, "block_size": 4, "block_bytes": [1, 1]}},
+    ]}
+    # table "1220": symbol 0 -> 0, symbol 1 -> 10, symbol 2 -> 11 (symbol 3 unused; 4 digits <= k = 4)
+    codes = {0: (1, 0b0), 1: (2, 0b10), 2: (2, 0b11)}
+    payloads = [
+        pack_codes([0] * 8, {0: (1, 0)}), np.arange(1, 9, dtype=np.float32).tobytes(),
+        ODD_CODEBOOK[:3].tobytes(), pack([0, 1, 2, 1, 0], 4),
+        ODD_CODEBOOK.tobytes(), pack_codes([0, 1, 2, 0], codes) + pack_codes([2, 1], codes),
+    ]
+    return assemble_file(doc, payloads)
+
+
+def _expected_odd_streams() -> list[np.ndarray]:
+    return [np.arange(1, 9, dtype=np.float32).reshape(2, 4), ODD_CODEBOOK[[0, 1, 2, 1, 0]], ODD_CODEBOOK[[0, 1, 2, 0, 2, 1]]]
+
+
+def _expected_v01() -> list[np.ndarray]:
+    return [spec_example().array]
+
+
+VALID: list[Valid] = [
+    Valid("01-spec-example", "The worked example of spec §5.3 (4x4 float32, sparse CSR, b = 2, 3 fillers, codebook "
+          "[0, -2, 1.5]); the complete file shown in spec Appendix A.", [spec_example()], expect=_expect_spec_example),
+    Valid("02-empty-file", "No tensors, no metadata, no tables: the smallest valid file (128 bytes).", []),
+    Valid("03-metadata", "User metadata: non-ASCII text, JSON escapes, an empty key and an empty value; one raw "
+          "float32 tensor.", [T("bias", np.array([0.5, -1.0, 2.0], np.float32), "raw")],
+          metadata={"arch": "lenet-300-100", "unicode ☃": "naïve — 日本語", "escapes \"\\/": "line\nbreak\ttab\u0001",
+                    "": "empty key", "empty value": ""}),
+    Valid("04-raw-floats", "Raw float64/float32/float16/bfloat16 with NaN payloads (quiet, signalling, negative), "
+          "±inf, -0.0, the smallest subnormal and the largest finite value.", _raw_floats()),
+    Valid("05-raw-ints-bool", "Raw int8..int64, uint8..uint64 at their extremes, and bool.", _raw_ints()),
+    Valid("06-scalars", "Scalar (shape []) tensors in every form: raw, shared (k = 1), sparse with values (one entry, "
+          "and a zero scalar with no entries), sparse with a codebook (CSC).", _scalars()),
+    Valid("07-empty-tensors", "Tensors with no elements (shapes [0], [2,0], [0,5], [5,0], [3,0,2]) raw, shared and "
+          "sparse: zero-length sections and streams.", _empty_tensors()),
+    Valid("08-shared-code-widths", "Shared (dense weight sharing) float32 with k = 2, 16, 17, 256: code widths 1, 4, "
+          "5, 8; fixed-width streams.", _shared_widths(), expect=expect_all("fixed")),
+    Valid("09-sparse-code-widths", "Sparse with codebooks of k = 2, 16, 32, 256 (code widths 1, 4, 5, 8), CSR and "
+          "CSC, b = 4.", _sparse_widths(), expect=expect_all("fixed")),
+    Valid("10-index-widths", "Sparse with raw values at index widths b = 1, 2, 4, 5, 8, 16 (fillers at b = 1, 2 "
+          "and one long gap at b = 8).", _index_widths(), expect=_expect_index_widths),
+    Valid("11-filler-boundaries", "b = 3: gaps of exactly 7, 8, 9 and 16/17 zeros (2^b - 1, 2^b, 2^b + 1, ...), "
+          "trailing zeros, b = 1 with a gap of 2, an all-zero and a fully dense tensor, fillers with a codebook.",
+          _filler_boundaries(), expect=_expect_fillers),
+    Valid("12-csc", "CSC layout: a 3-D tensor (R = 3, C = 8) with raw values, and one matrix stored both CSC and "
+          "CSR with a codebook.", _csc()),
+    Valid("13-sparse-values-special", "Sparse with raw values: -0.0, NaN and inf stored as entries; float64, "
+          "int32, uint64, bool, bfloat16, float16.", _sparse_specials()),
+    Valid("14-coded-other-dtypes", "Codebooks of float16, bfloat16, float64, int8 and int32 values, shared and "
+          "sparse.", _coded_other_dtypes()),
+    Valid("15-huffman-one-symbol", "One-symbol Huffman tables (\"0001\" for shared indices, \"1\" for sparse "
+          "gaps): every codeword is the single bit 0.", _one_symbol(), mode="auto", expect=_expect_one_symbol),
+    Valid("16-huffman-fallback", "Huffman mode \"auto\" on uniform symbols: fixed-width coding is smaller, so "
+          "every stream is fixed and the file has no tables.", _fallback(), mode="auto",
+          expect=_expect_fallback),
+    Valid("17-huffman-blocks", "Huffman streams cut into blocks of 100 symbols (13 blocks, the last partial), for "
+          "shared indices and for sparse gaps and indices.", _blocks(), mode="auto", block_size=100,
+          expect=_expect_blocks),
+    Valid("18-huffman-shared-table", "Huffman mode \"shared\": two tensors' index streams use one table.",
+          _shared_table(), mode="shared", expect=_expect_shared_table),
+    Valid("19-huffman-max-length", "Fibonacci symbol counts: a table whose longest code has 15 bits (digit f).",
+          _max_length(), mode="auto", expect=_expect_max_length),
+    Valid("20-huffman-spec-table", "The table \"1332\" of the worked example of spec §6.2; the stream starts with "
+          "the example's symbols 0 3 1 0 2 (first byte 0x9A).", _spec_table(), mode="auto", expect=_expect_spec_table),
+    Valid("21-paper-model", "A small Deep Compression model: a pruned fc layer (5-bit codebook, b = 5 with "
+          "fillers, Huffman indices; its gaps stay fixed-width, Huffman would not pay), a shared fc layer with "
+          "Huffman indices, raw biases.", _paper_model(), mode="auto", expect=_expect_paper),
+    Valid("22-reader-latitude", "Vector 01 as another writer might lay it out: keys in reverse order, CR LF, "
+          "tabs and newlines in the JSON, newline padding, a data start 128 bytes later than needed, unused "
+          "tables, metadata keys named like header keys. A reader must accept all of it.", [], build=_reader_latitude, expected=_expected_v01),
+    Valid("23-minor-version", "Vector 01 labelled version 1.1: a 1.0 reader reads a newer minor version.", [],
+          build=_minor_version, expected=_expected_v01),
+    Valid("24-extra-fillers", "Zero entries where the filler rule needs none and after the last non-zero "
+          "element (raw values, and a codebook in CSC); a Huffman stream of zero symbols.", [], build=_extra_fillers,
+          expected=_expected_extra_fillers),
+    Valid("25-odd-streams", "A one-symbol table with a trailing 0 digit, a Huffman block larger than its "
+          "stream, shared `bits` wider than the codebook needs, a table with a trailing 0 digit used in "
+          "two blocks.", [], build=_odd_streams, expected=_expected_odd_streams),
+]
+VALID_BY_NAME = {v.name: v for v in VALID}
+
+
+# ------------------------------------------------------------------------------------------------
+# Building valid vectors with dcformat's writer
+
+
+def lookup(array: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Each element's index in the codebook, by bit pattern (codebook bit patterns are unique)."""
+    size = array.dtype.itemsize
+    keys = [bytes(codebook[i : i + 1].view(np.uint8)) for i in range(len(codebook))]
+    assert len(set(keys)) == len(keys), "codebook bit patterns must be unique"
+    where = {k: i for i, k in enumerate(keys)}
+    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8).reshape(-1, size)
+    return np.array([where[bytes(row)] for row in flat], dtype=np.int64)
+
+
+def draft(t: T) -> codec.TensorDraft:
+    """The draft of one tensor in exactly the recorded form (the same call the tests make)."""
+    if t.codebook is None:
+        if t.encoding == "raw":
+            return codec.draft_explicit(t.name, t.array, "raw")
+        return codec.draft_explicit(t.name, t.array, t.encoding, layout=t.layout, index_bits=t.index_bits)
+    cb = np.asarray(t.codebook).astype(t.array.dtype)
+    return codec.draft_explicit(t.name, t.array, t.encoding, codebook=cb, indices=lookup(t.array, cb),
+                                layout=t.layout, index_bits=t.index_bits)
+
+
+_BUILT: dict[str, bytes] = {}
+
+
+def build_valid(v: Valid) -> bytes:
+    """The bytes of a valid vector (cached: invalid vectors are made from them)."""
+    if v.name not in _BUILT:
+        if v.build is not None:
+            data = v.build()
+        else:
+            tables, encoded = codec.assemble([draft(t) for t in v.tensors], v.mode, v.block_size)
+            f = io.BytesIO()
+            container.write_stream(f, v.metadata, tables, encoded)
+            data = f.getvalue()
+            assert assemble_file(*split_file(data)) == data  # the surgery helpers below agree with the writer
+        if v.expect is not None:
+            v.expect(header_doc(data)[0], data)
+        _BUILT[v.name] = data
+    return _BUILT[v.name]
+
+
+def expected_arrays(v: Valid) -> list[np.ndarray]:
+    return v.expected() if v.expected is not None else [t.array for t in v.tensors]
+
+
+# ------------------------------------------------------------------------------------------------
+# File surgery (pure struct/json/zlib, independent of dcformat's writer)
+
+
+def align64(x: int) -> int:
+    return (x + 63) // 64 * 64
+
+
+def sec() -> dict:
+    """A section object to be filled in by assemble_file."""
+    return {"offset": 0, "length": 0, "crc32": 0}
+
+
+def fixed() -> dict:
+    return {"coding": "fixed", "section": sec()}
+
+
+def pack(values: list[int], width: int) -> bytes:
+    """Fixed-width values, each LSB first, into bytes (spec §1, §6.1)."""
+    bits = [(v >> i) & 1 for v in values for i in range(width)]
+    return bits_to_bytes(bits)
+
+
+def pack_codes(symbols: list[int], codes: dict[int, tuple[int, int]]) -> bytes:
+    """Huffman codewords (length, code), each most significant code bit first, into one block (spec §6.3)."""
+    bits = [(code >> (length - 1 - i)) & 1 for s in symbols for length, code in [codes[s]] for i in range(length)]
+    return bits_to_bytes(bits)
+
+
+def bits_to_bytes(bits: list[int]) -> bytes:
+    """Bits in stream order, packed LSB first, the last byte padded with zeros."""
+    out = bytearray((len(bits) + 7) // 8)
+    for i, b in enumerate(bits):
+        out[i // 8] |= b << (i % 8)
+    return bytes(out)
+
+
+def compact(doc: dict) -> str:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def header_doc(data: bytes) -> tuple[dict, int]:
+    n = struct.unpack_from("<Q", data, 16)[0]
+    return json.loads(data[32 : 32 + n]), n
+
+
+def section_objects(doc: dict) -> list[dict]:
+    """The section objects of a header, in file order (spec §4)."""
+    out = []
+    for t in doc["tensors"]:
+        for key in SECTION_ORDER:
+            if key in t:
+                out.append(t[key]["section"] if key in ("gaps", "indices") else t[key])
+    return out
+
+
+def split_file(data: bytes) -> tuple[dict, list[bytes]]:
+    """A file's header document and its sections' payloads in file order."""
+    doc, _ = header_doc(data)
+    return doc, [data[s["offset"] : s["offset"] + s["length"]] for s in section_objects(doc)]
+
+
+def assemble_file(doc: dict, payloads: list[bytes], *, dumps: Callable[[dict], str] = compact, pad: bytes = b" ",
+                  extra_pad: int = 0, place: Callable[[int, int], int] | None = None) -> bytes:
+    """A file from a header document and payloads: offsets, lengths and CRCs filled in, sections placed by
+    `place(i, end)` (default: the next multiple of 64), the JSON text padded with `pad`."""
+    slots = section_objects(doc)
+    assert len(slots) == len(payloads)
+    place = place or (lambda i, end: align64(end))
+    data_start = -1
+    for _ in range(32):
+        end = max(data_start, 0)
+        for i, (s, p) in enumerate(zip(slots, payloads)):
+            s["offset"], s["length"], s["crc32"] = place(i, end), len(p), zlib.crc32(p)
+            end = s["offset"] + len(p)
+        text = dumps(doc).encode("utf-8")
+        start = align64(32 + len(text)) + extra_pad
+        if start == data_start:
+            break
+        data_start = start
+    else:
+        raise AssertionError("layout did not converge")
+    out = bytearray(end)
+    header = text + pad * (data_start - 32 - len(text))
+    out[0:32] = struct.pack("<8sHHIQQ", b"\x89DCF\r\n\x1a\n", 1, 0, zlib.crc32(header), len(header), end)
+    out[32:data_start] = header
+    for s, p in zip(slots, payloads):
+        out[s["offset"] : s["offset"] + len(p)] = p
+    return bytes(out)
+
+
+def with_preamble(data: bytes, **fields: Any) -> bytes:
+    names = ["magic", "major", "minor", "header_crc", "header_length", "file_length"]
+    values = dict(zip(names, struct.unpack_from("<8sHHIQQ", data)))
+    values.update(fields)
+    return struct.pack("<8sHHIQQ", *(values[k] for k in names)) + data[32:]
+
+
+def with_header_text(data: bytes, edit: Callable[[bytes], bytes]) -> bytes:
+    """The file with its JSON text edited (same header length, re-padded with spaces, CRC fixed)."""
+    n = struct.unpack_from("<Q", data, 16)[0]
+    text = edit(data[32 : 32 + n].rstrip(b" "))
+    assert len(text) <= n, "the edited header must fit the old header length"
+    header = text + b" " * (n - len(text))
+    return with_preamble(data[:32] + header + data[32 + n :], header_crc=zlib.crc32(header))
+
+
+def replace_once(old: bytes, new: bytes) -> Callable[[bytes], bytes]:
+    def edit(text: bytes) -> bytes:
+        assert text.count(old) == 1, (old, text)
+        return text.replace(old, new)
+
+    return edit
+
+
+def poke(data: bytes, offset: int, value: bytes) -> bytes:
+    return data[:offset] + value + data[offset + len(value) :]
+
+
+def with_doc(data: bytes, mutate: Callable[[dict], Any]) -> bytes:
+    """The file re-assembled after `mutate(doc)` (payloads unchanged, CRCs and offsets recomputed)."""
+    doc, payloads = split_file(data)
+    mutate(doc)
+    return assemble_file(doc, payloads)
+
+
+def with_payload(data: bytes, tensor: int, key: str, edit: Callable[[bytes], bytes],
+                 mutate: Callable[[dict], Any] | None = None) -> bytes:
+    """The file with one section's payload edited (its CRC fixed), re-assembled."""
+    doc, payloads = split_file(data)
+    slot = doc["tensors"][tensor][key]
+    slot = slot["section"] if key in ("gaps", "indices") else slot
+    i = next(j for j, s in enumerate(section_objects(doc)) if s is slot)
+    payloads[i] = edit(payloads[i])
+    if mutate is not None:
+        mutate(doc)
+    return assemble_file(doc, payloads)
+
+
+def set_bits(mask: int, at: int) -> Callable[[bytes], bytes]:
+    """Edit: OR `mask` into byte `at` (negative: from the end)."""
+    def edit(p: bytes) -> bytes:
+        b = bytearray(p)
+        assert b[at] & mask == 0
+        b[at] |= mask
+        return bytes(b)
+
+    return edit
+
+
+# ------------------------------------------------------------------------------------------------
+# Invalid vectors: each a valid vector with exactly one rule broken
+
+
+@dataclass
+class Invalid:
+    name: str
+    error: str  # the error kind of spec §8.1 (a dcformat.errors class name)
+    rule: str  # the spec section of the broken rule
+    description: str
+    make: Callable[[], bytes]
+
+
+def V(name: str) -> bytes:
+    return build_valid(VALID_BY_NAME[name])
+
+
+def _v01() -> bytes:
+    return V("01-spec-example")
+
+
+def _bool_codebook() -> bytes:
+    doc = {"metadata": {}, "tables": [], "tensors": [
+        {"name": "b", "dtype": "bool", "shape": [3], "encoding": "shared", "bits": 1, "codebook": sec(), "indices": fixed()}]}
+    return assemble_file(doc, [b"\x00\x01", pack([0, 1, 1], 1)])
+
+
+def _entries_exceed_numel() -> bytes:
+    doc, payloads = split_file(_v01())
+    doc["tensors"][0]["entries"] = 17
+    payloads[1] = pack([0] * 17, 2)
+    payloads[2] = pack([0] * 17, 2)
+    return assemble_file(doc, payloads)
+
+
+def _set(path: list[Any], value: Any) -> Callable[[dict], None]:
+    def mutate(doc: dict) -> None:
+        obj = doc
+        for p in path[:-1]:
+            obj = obj[p]
+        obj[path[-1]] = value
+
+    return mutate
+
+
+def _delete(path: list[Any]) -> Callable[[dict], None]:
+    def mutate(doc: dict) -> None:
+        obj = doc
+        for p in path[:-1]:
+            obj = obj[p]
+        del obj[path[-1]]
+
+    return mutate
+
+
+def _empty_v02() -> tuple[bytes, int]:
+    data = V("02-empty-file")
+    return data, struct.unpack_from("<Q", data, 16)[0]
+
+
+def _unaligned_data_start() -> bytes:
+    data, n = _empty_v02()
+    header = data[32 : 32 + n - 1]
+    return with_preamble(data[:32] + header, header_length=n - 1, file_length=32 + n - 1, header_crc=zlib.crc32(header))
+
+
+def _header_past_end() -> bytes:
+    data, n = _empty_v02()
+    return with_preamble(data, header_length=n + 64)
+
+
+def _huffman_block(edit: Callable[[bytes], bytes], delta: int) -> bytes:
+    def fix(doc: dict) -> None:
+        doc["tensors"][0]["indices"]["block_bytes"][-1] += delta
+
+    return with_payload(V("20-huffman-spec-table"), 0, "indices", edit, fix)
+
+
+INVALID: list[Invalid] = [
+    Invalid("01-bad-magic", "FormatError", "§2", "Magic \\x89dCF... (one letter changed).", lambda: poke(_v01(), 1, b"d")),
+    Invalid("02-version-2", "VersionError", "§2.3", "version_major = 2.", lambda: with_preamble(_v01(), major=2)),
+    Invalid("03-truncated", "TruncatedError", "§2", "The last byte of vector 01 removed (file_length says 578).",
+            lambda: _v01()[:-1]),
+    Invalid("04-trailing-byte", "FormatError", "§2", "One byte appended to vector 01 (file_length says 578).",
+            lambda: _v01() + b"\x00"),
+    Invalid("05-short-file", "TruncatedError", "§2", "The first 20 bytes of vector 01: shorter than the preamble.",
+            lambda: _v01()[:20]),
+    Invalid("06-header-length-zero", "FormatError", "§2", "A 32-byte file whose header_length is 0.",
+            lambda: struct.pack("<8sHHIQQ", b"\x89DCF\r\n\x1a\n", 1, 0, 0, 0, 32)),
+    Invalid("07-data-start-unaligned", "FormatError", "§2", "Vector 02 with one padding space removed: "
+            "32 + header_length is not a multiple of 64.", _unaligned_data_start),
+    Invalid("08-header-past-end", "TruncatedError", "§2", "header_length runs past the end of the file.",
+            _header_past_end),
+    Invalid("09-header-crc", "ChecksumError", "§2", "header_crc32 off by one bit.",
+            lambda: with_preamble(_v01(), header_crc=struct.unpack_from("<I", _v01(), 12)[0] ^ 1)),
+    Invalid("10-header-not-utf8", "HeaderError", "§3", "The tensor name is the byte 0xFF (not UTF-8).",
+            lambda: with_header_text(_v01(), replace_once(b'"name":"w"', b'"name":"\xff"'))),
+    Invalid("11-header-bom", "HeaderError", "§3", "The JSON text starts with a UTF-8 byte-order mark.",
+            lambda: with_header_text(_v01(), lambda t: b"\xef\xbb\xbf" + t)),
+    Invalid("12-json-nan", "HeaderError", "§3", "\"fillers\": NaN (not JSON).",
+            lambda: with_header_text(_v01(), replace_once(b'"fillers":3', b'"fillers":NaN'))),
+    Invalid("13-duplicate-key", "HeaderError", "§3", "The tensor object has \"dtype\" twice.",
+            lambda: with_header_text(_v01(), replace_once(b'"dtype":"float32",', b'"dtype":"float32","dtype":"float32",'))),
+    Invalid("14-unknown-key", "HeaderError", "§3.4", "The tensor object has an unknown key \"comment\".",
+            lambda: with_doc(_v01(), _set(["tensors", 0, "comment"], "x"))),
+    Invalid("15-unknown-coding", "HeaderError", "§3.4", "A stream's coding is \"rans\".",
+            lambda: with_doc(_v01(), _set(["tensors", 0, "gaps", "coding"], "rans"))),
+    Invalid("16-missing-key", "HeaderError", "§3.1", "The sparse tensor lacks \"fillers\".",
+            lambda: with_doc(_v01(), _delete(["tensors", 0, "fillers"]))),
+    Invalid("17-non-integer", "HeaderError", "§3", "\"entries\": 5.0 (a number with a fraction).",
+            lambda: with_header_text(_v01(), replace_once(b'"entries":5', b'"entries":5.0'))),
+    Invalid("18-duplicate-name", "HeaderError", "§3", "Two tensors named \"m_csc\" (vector 12).",
+            lambda: with_doc(V("12-csc"), _set(["tensors", 2, "name"], "m_csc"))),
+    Invalid("19-unpaired-surrogate", "HeaderError", "§3", "The tensor name is the escape \\ud800 (not a Unicode "
+            "scalar value).", lambda: with_header_text(_v01(), replace_once(b'"name":"w"', b'"name":"\\ud800"'))),
+    Invalid("20-bool-codebook", "HeaderError", "§5.2", "A shared bool tensor (codebook [0x00, 0x01]).", _bool_codebook),
+    Invalid("21-misaligned-section", "FormatError", "§4", "Vector 01's gaps section starts right after the "
+            "codebook (offset 460, not a multiple of 64).", lambda: assemble_file(
+                *split_file(_v01()), place=lambda i, end: end if i == 1 else align64(end))),
+    Invalid("22-hole", "FormatError", "§4", "Vector 01's gaps section starts 64 bytes later than it must (a hole "
+            "of zeros).", lambda: assemble_file(*split_file(_v01()), place=lambda i, end: align64(end) + (64 if i == 1 else 0))),
+    Invalid("23-nonzero-padding", "FormatError", "§4", "A padding byte between two sections is 0x01.",
+            lambda: poke(_v01(), 460, b"\x01")),
+    Invalid("24-bytes-after-sections", "FormatError", "§4", "64 zero bytes after the last section, file_length "
+            "counting them.", lambda: with_preamble(_v01() + bytes(64), file_length=len(_v01()) + 64)),
+    Invalid("25-raw-length", "FormatError", "§5.1", "A raw float32 tensor of shape [4] whose data is 12 bytes.",
+            lambda: with_doc(V("03-metadata"), _set(["tensors", 0, "shape"], [4]))),
+    Invalid("26-fixed-length", "FormatError", "§6.1", "A fixed-width gaps stream one byte longer than "
+            "ceil(5 x 2 / 8).", lambda: with_payload(_v01(), 0, "gaps", lambda p: p + b"\x00")),
+    Invalid("27-entries-exceed-numel", "FormatError", "§5.3", "entries = 17 in a 4x4 tensor (streams sized to "
+            "match).", _entries_exceed_numel),
+    Invalid("28-codebook-too-large", "FormatError", "§5.3", "A 5-value codebook with bits = 2.",
+            lambda: with_payload(_v01(), 0, "codebook", lambda p: p + np.array([1, 2], np.float32).tobytes())),
+    Invalid("29-block-count", "FormatError", "§6.3", "block_bytes lists one block more than the stream has.",
+            lambda: with_doc(V("20-huffman-spec-table"), lambda d: d["tensors"][0]["indices"]["block_bytes"].append(0))),
+    Invalid("30-section-crc", "ChecksumError", "§3.3", "One bit of vector 01's indices section flipped.",
+            lambda: poke(_v01(), 576, b"\x09")),
+    Invalid("31-table-oversubscribed", "HuffmanTableError", "§6.2", "Table \"1331\": Kraft sum 5/4.",
+            lambda: with_doc(V("20-huffman-spec-table"), _set(["tables", 0], "1331"))),
+    Invalid("32-table-incomplete", "HuffmanTableError", "§6.2", "Table \"1333\": Kraft sum 7/8.",
+            lambda: with_doc(V("20-huffman-spec-table"), _set(["tables", 0], "1333"))),
+    Invalid("33-table-lone-length-2", "HuffmanTableError", "§6.2", "Table \"0002\": a lone symbol with code length 2.",
+            lambda: with_doc(V("15-huffman-one-symbol"), lambda d: d["tables"].__setitem__(d["tables"].index("0001"), "0002"))),
+    Invalid("34-table-longer-than-alphabet", "HuffmanTableError", "§6.2", "Table \"13320\" (5 digits) used by an "
+            "indices stream whose codebook holds 4 values.",
+            lambda: with_doc(V("20-huffman-spec-table"), _set(["tables", 0], "13320"))),
+    Invalid("35-table-uppercase", "HuffmanTableError", "§6.2", "Vector 19's table in uppercase hex.",
+            lambda: with_doc(V("19-huffman-max-length"), lambda d: d["tables"].__setitem__(0, d["tables"][0].upper()))),
+    Invalid("36-one-symbol-codeword-1", "CorruptDataError", "§6.2", "A one-symbol stream (table \"0001\") holding "
+            "the codeword 1.", lambda: with_payload(V("15-huffman-one-symbol"), 0, "indices", set_bits(0x01, 0))),
+    Invalid("37-huffman-padding", "CorruptDataError", "§6.3", "A padding bit of the last Huffman block is 1.",
+            lambda: with_payload(V("20-huffman-spec-table"), 0, "indices", set_bits(0x80, -1))),
+    Invalid("38-huffman-out-of-bits", "CorruptDataError", "§6.3", "The last byte of a Huffman block removed "
+            "(block_bytes and the section shortened to match).", lambda: _huffman_block(lambda p: p[:-1], -1)),
+    Invalid("39-huffman-leftover", "CorruptDataError", "§6.3", "A zero byte appended to a Huffman block "
+            "(block_bytes and the section lengthened to match): 8 bits left over.",
+            lambda: _huffman_block(lambda p: p + b"\x00", +1)),
+    Invalid("40-fixed-padding", "CorruptDataError", "§6.1", "The top padding bit of vector 01's gaps stream is 1.",
+            lambda: with_payload(_v01(), 0, "gaps", set_bits(0x80, 1))),
+    Invalid("41-gap-past-end", "CorruptDataError", "§5.3", "Vector 01's last gap is 1, not 0: position 16 in a "
+            "4x4 tensor.", lambda: with_payload(_v01(), 0, "gaps", set_bits(0x01, 1))),
+    Invalid("42-codebook-index-out-of-range", "CorruptDataError", "§6.1", "Vector 01's last codebook index is 3; "
+            "the codebook holds 3 values.", lambda: with_payload(_v01(), 0, "indices", set_bits(0x02, 1))),
+    Invalid("43-bool-byte-2", "CorruptDataError", "§3.2", "A raw bool element stored as the byte 0x02.",
+            lambda: with_payload(V("05-raw-ints-bool"), 8, "data", set_bits(0x02, 1))),
+    Invalid("44-sparse-bool-byte-2", "CorruptDataError", "§3.2", "A sparse bool value stored as the byte 0x03.",
+            lambda: with_payload(V("13-sparse-values-special"), 4, "values", set_bits(0x02, 0))),
+    Invalid("45-sparse-codebook-zero", "CorruptDataError", "§5.3", "Vector 01 with codebook[0] = 7.0: a sparse "
+            "codebook must start with all zero bits.",
+            lambda: with_payload(_v01(), 0, "codebook", lambda p: np.float32(7).tobytes() + p[4:])),
+    Invalid("46-decompression-bomb", "LimitError", "§7", "An empty sparse tensor of shape [65536, 65536] "
+            "float32: 16 GiB from a 1.5 kB file (valid by the format, refused by the default limit).",
+            lambda: with_doc(V("07-empty-tensors"), _set(["tensors", 3, "shape"], [65536, 65536]))),
+    Invalid("47-fillers-exceed-entries", "HeaderError", "§5.3", "fillers = 6 > entries = 5.",
+            lambda: with_doc(_v01(), _set(["tensors", 0, "fillers"], 6))),
+    Invalid("48-table-index-out-of-range", "HeaderError", "§6", "A stream refers to table 1; the file has one "
+            "table.", lambda: with_doc(V("20-huffman-spec-table"), _set(["tensors", 0, "indices", "table"], 1))),
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# The index and the files
+
+
+def hexbits(values: np.ndarray) -> list[str]:
+    """Element bit patterns as big-endian hex strings (exact for every dtype)."""
+    size = values.dtype.itemsize
+    return [f"{int(x):0{2 * size}x}" for x in np.ascontiguousarray(values).reshape(-1).view(f"<u{size}")]
+
+
+def dtype_name(a: np.ndarray) -> str:
+    return "bfloat16" if a.dtype == BF16 else a.dtype.name
+
+
+def stored_summary(t: dict, tables: list[str]) -> str:
+    """One line on how a tensor is stored, read back from its header object."""
+    def stream(key: str) -> str:
+        s = t[key]
+        if s["coding"] == "fixed":
+            return f"{key} fixed"
+        return (f"{key} huffman table {s['table']} \"{tables[s['table']]}\", {len(s['block_bytes'])} block(s) "
+                f"of {s['block_size']}")
+
+    parts = [t["encoding"]]
+    if t["encoding"] == "sparse":
+        parts.append(f"{t['layout']} b={t['index_bits']} entries={t['entries']} fillers={t['fillers']}")
+    if "codebook" in t:
+        parts.append(f"codebook k={t['codebook']['length'] // np_dtype(t['dtype']).itemsize} bits={t['bits']}")
+    parts += [stream(k) for k in ("gaps", "indices") if k in t]
+    if "values" in t:
+        parts.append("raw values")
+    return "; ".join(parts)
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    a = np.array(a, order="C", copy=True)  # not ascontiguousarray: it turns a scalar into shape (1,)
+    if a.dtype == BF16:
+        a = a.view(np.uint16)
+    elif a.dtype.itemsize > 1:
+        a = a.astype(a.dtype.newbyteorder("<"))
+    f = io.BytesIO()
+    np.save(f, a, allow_pickle=False)
+    return f.getvalue()
+
+
+def generate() -> tuple[dict[str, bytes], dict]:
+    """Every file (path relative to the vectors directory -> bytes) and the index document."""
+    files: dict[str, bytes] = {}
+    valid = []
+    for v in VALID:
+        data = build_valid(v)
+        doc, _ = header_doc(data)
+        files[f"{v.name}.dcf"] = data
+        arrays = expected_arrays(v)
+        assert len(arrays) == len(doc["tensors"])
+        entry: dict[str, Any] = {"name": v.name, "file": f"{v.name}.dcf", "description": v.description,
+                                 "reencode": v.build is None, "metadata": doc["metadata"]}
+        if v.build is None:
+            entry["settings"] = {"huffman": v.mode, "block_size": v.block_size}
+        tensors = []
+        for k, (obj, a) in enumerate(zip(doc["tensors"], arrays)):
+            assert obj["name"] == (v.tensors[k].name if v.tensors else obj["name"])
+            assert obj["dtype"] == dtype_name(a) and obj["shape"] == list(a.shape)
+            files[f"{v.name}.{k}.npy"] = npy_bytes(a)
+            te: dict[str, Any] = {"name": obj["name"], "dtype": obj["dtype"], "shape": obj["shape"],
+                                  "expected": f"{v.name}.{k}.npy"}
+            if v.build is None:
+                t = v.tensors[k]
+                te["encoding"] = t.encoding
+                if t.encoding == "sparse":
+                    te["layout"], te["index_bits"] = t.layout, t.index_bits
+                te["codebook"] = None if t.codebook is None else hexbits(np.asarray(t.codebook).astype(a.dtype))
+            te["stored"] = stored_summary(obj, doc["tables"])
+            tensors.append(te)
+        entry["tensors"] = tensors
+        valid.append(entry)
+    invalid = []
+    for inv in INVALID:
+        files[f"invalid/{inv.name}.dcf"] = inv.make()
+        e = {"name": inv.name, "file": f"invalid/{inv.name}.dcf", "error": inv.error, "rule": inv.rule,
+             "description": inv.description}
+        invalid.append(e)
+    index = {"format_version": "1.0", "valid": valid, "invalid": invalid}
+    return files, index
+
+
+def esc(text: str) -> str:
+    """Text for a markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def index_markdown(index: dict) -> str:
+    """spec/vectors/index.md: the index as tables."""
+    lines = ["# dcformat test vectors (format 1.0)", "",
+             "Generated by `spec/make_vectors.py` from `index.json`, which is the machine-readable form of this",
+             "page. Valid vectors decode to `NN-name.K.npy` (tensor K in file order; bfloat16 as its uint16 bit",
+             "pattern). Vectors marked *re-encode* are reproduced byte for byte by dcformat's writer from the",
+             "expected tensors and the recorded settings (Huffman mode, block size, and per tensor the encoding,",
+             "layout, index width and codebook, listed in `index.json`).", "",
+             "## Valid", "", "| vector | exercises | tensors: how they are stored |", "|---|---|---|"]
+    for v in index["valid"]:
+        how = "<br>".join(f"`{t['name']}` {t['dtype']} {t['shape']}: {t['stored']}" for t in v["tensors"]) or "—"
+        mode = (f" *re-encode: huffman={v['settings']['huffman']}, block_size={v['settings']['block_size']}*"
+                if v["reencode"] else " *hand-assembled*")
+        lines.append(f"| `{v['file']}` | {esc(v['description'])}{mode} | {esc(how)} |")
+    lines += ["", "## Invalid", "", "A reader must reject each file with the error kind shown (spec §8.1). Each is a",
+              "valid file with exactly one rule broken (checksums and lengths fixed up to match).", "", "| vector | error | rule | what is wrong |", "|---|---|---|---|"]
+    for e in index["invalid"]:
+        lines.append(f"| `{e['file']}` | {e['error']} | {e['rule']} | {esc(e['description'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write the missing test vectors; never overwrite one.")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="the vectors directory (default: spec/vectors)")
+    parser.add_argument("--check", action="store_true", help="only compare; write nothing")
+    args = parser.parse_args(argv)
+    files, index = generate()
+    index_path = os.path.join(args.out, "index.json")
+    new_index = json.dumps(index, indent=1, ensure_ascii=False) + "\n"
+    problems = []
+    # The index may grow (new vectors appended) but an existing entry must never change.
+    if os.path.exists(index_path):
+        with open(index_path, encoding="utf-8") as f:
+            old = json.load(f)
+        for kind in ("valid", "invalid"):
+            new_by_name = {e["name"]: e for e in index[kind]}
+            for e in old[kind]:
+                if new_by_name.get(e["name"]) != e:
+                    problems.append(f"index.json: entry {e['name']!r} would change")
+    files["index.json"] = new_index.encode("utf-8")
+    files["index.md"] = index_markdown(index).encode("utf-8")
+    written = 0
+    for rel, data in files.items():
+        path = os.path.join(args.out, rel)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                same = f.read() == data
+            if not same and rel not in ("index.json", "index.md"):
+                problems.append(f"{rel}: differs from what this script writes; not overwritten")
+            if same or rel not in ("index.json", "index.md"):
+                continue
+        if args.check:
+            problems.append(f"{rel}: missing or out of date")
+            continue
+        if rel in ("index.json", "index.md") and any("index.json" in p for p in problems):
+            continue  # never rewrite an index whose existing entries would change
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        written += 1
+    for p in problems:
+        print(p, file=sys.stderr)
+    print(f"{len(files)} files, {written} written, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
