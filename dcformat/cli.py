@@ -152,7 +152,7 @@ def _policy_from_args(args: argparse.Namespace):
             key = key.strip().replace("-", "_")
             if key in ("bits", "index_bits") and value != "auto":
                 rule[key] = int(value)
-            elif key in ("prune", "threshold"):
+            elif key in ("prune", "threshold", "lam"):
                 rule[key] = float(value)
             elif key == "raw":
                 rule[key] = value.lower() in ("1", "true", "yes", "")
@@ -162,6 +162,7 @@ def _policy_from_args(args: argparse.Namespace):
     kwargs: dict[str, Any] = dict(
         prune=args.prune, threshold=args.threshold, index_bits=args.index_bits, layout=args.layout,
         raw=tuple(args.raw or ()), rules=rules, huffman=args.huffman, lossless=args.lossless,
+        quantizer=args.quantizer, init=args.init, lam=args.lam,
     )
     kwargs["conv_bits"] = args.bits if args.bits is not None else args.conv_bits
     kwargs["fc_bits"] = args.bits if args.bits is not None else args.fc_bits
@@ -350,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--huffman", choices=("auto", "shared", "off"), default="auto",
                    help="Huffman tables per stream (auto), one per stream kind for the model (shared), or none (off)")
     c.add_argument("--lossless", action="store_true", help="store every tensor raw")
+    c.add_argument("--quantizer", choices=("kmeans", "optimal", "ecsq"), default="kmeans",
+                   help="codebook choice: the paper's k-means (default), optimal least squares, or entropy-constrained")
+    c.add_argument("--init", choices=("linear", "density", "random", "kmeans++"), default="linear",
+                   help="k-means initialisation (default linear, the paper's)")
+    c.add_argument("--lam", type=float, default=0.0,
+                   help="ecsq: squared error (in units of the tensor's variance) one index bit must buy (e.g. 0.001)")
     c.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="add user metadata (repeatable)")
     c.add_argument("--json", action="store_true", help="print the summary and layout as JSON")
     c.set_defaults(func=cmd_compress)

@@ -173,7 +173,8 @@ def draft_tensor(name: str, value: Any, plan: TensorPlan, block_size: int = K.DE
         warnings.warn(f"tensor {name!r} has non-finite values: stored without weight sharing", stacklevel=3)
         bits = None
     if bits is not None:
-        codebook, indices = quantize.quantize(x, bits, sparse=has_zeros)
+        codebook, indices = quantize.quantize(x, bits, sparse=has_zeros, method=plan.quantizer, init=plan.init,
+                                              lam=plan.lam)
         bits = max(1, int(len(codebook) - 1).bit_length())
         decoded = codebook[indices].reshape(a.shape)
         candidates.append(_shared_draft(base, codebook, indices, bits))

@@ -13,6 +13,8 @@ from .errors import EncodeError
 
 AUTO = "auto"
 HUFFMAN_MODES = ("auto", "shared", "off")
+QUANTIZERS = ("kmeans", "optimal", "ecsq")  # dcformat.quantize.METHODS
+INITS = ("linear", "density", "random", "kmeans++")  # dcformat.quantize.INITS
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,9 @@ class TensorPlan:
     bits: int | None = None  # None: no weight sharing (pruned values stored raw)
     index_bits: int | str = 5
     layout: str = AUTO
+    quantizer: str = "kmeans"
+    init: str = "linear"
+    lam: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,10 @@ class Policy:
     - `huffman`: "auto" (a table per stream, fixed width when smaller), "shared" (one table per
       stream kind for the whole model) or "off".
     - `lossless`: store every tensor raw.
+    - `quantizer`: how codebooks are chosen — "kmeans" (the paper's Lloyd, empty clusters re-seeded),
+      "optimal" (least squares by dynamic programming) or "ecsq" (entropy-constrained: squared error +
+      `lam`·σ²·bits, for Huffman-coded indices); `init`: k-means initialisation ("linear", "density",
+      "random", "kmeans++"). All three may also be set per rule.
     """
 
     prune: float = 0.0
@@ -59,6 +68,9 @@ class Policy:
     huffman: str = "auto"
     lossless: bool = False
     block_size: int = K.DEFAULT_BLOCK_SIZE
+    quantizer: str = "kmeans"
+    init: str = "linear"
+    lam: float = 0.0
 
     def __post_init__(self) -> None:
         if self.bits is not None:
@@ -75,14 +87,18 @@ class Policy:
             raise EncodeError(f"policy: huffman must be one of {HUFFMAN_MODES}, not {self.huffman!r}")
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise EncodeError(f"policy: block_size must be a positive integer, not {self.block_size!r}")
+        _check_quantizer(self.quantizer, self.init, self.lam, "policy")
         for pattern, settings in self.rules.items():
-            unknown = set(settings) - {"prune", "threshold", "bits", "index_bits", "layout", "raw"}
+            unknown = set(settings) - {"prune", "threshold", "bits", "index_bits", "layout", "raw",
+                                       "quantizer", "init", "lam"}
             if unknown:
                 raise EncodeError(f"policy rule {pattern!r}: unknown setting(s) {sorted(unknown)}")
             _check_settings(
                 settings.get("prune", 0.0), settings.get("threshold"), settings.get("bits"),
                 settings.get("index_bits", 5), settings.get("layout", AUTO), f"policy rule {pattern!r}",
             )
+            _check_quantizer(settings.get("quantizer", "kmeans"), settings.get("init", "linear"),
+                             settings.get("lam", 0.0), f"policy rule {pattern!r}")
 
     def plan(self, name: str, array: np.ndarray) -> TensorPlan:
         """Decide how to store the tensor `name`."""
@@ -93,7 +109,8 @@ class Policy:
             return TensorPlan(K.RAW)
         bits = self.fc_bits if array.ndim == 2 else self.conv_bits
         settings: dict[str, Any] = dict(
-            prune=self.prune, threshold=self.threshold, bits=bits, index_bits=self.index_bits, layout=self.layout
+            prune=self.prune, threshold=self.threshold, bits=bits, index_bits=self.index_bits, layout=self.layout,
+            quantizer=self.quantizer, init=self.init, lam=self.lam,
         )
         for pattern, rule in self.rules.items():
             if fnmatch.fnmatchcase(name, pattern):
@@ -106,7 +123,8 @@ class Policy:
             return TensorPlan(K.RAW)
         return TensorPlan(
             "coded", prune=float(settings["prune"]), threshold=settings["threshold"], bits=bits,
-            index_bits=settings["index_bits"], layout=settings["layout"],
+            index_bits=settings["index_bits"], layout=settings["layout"], quantizer=settings["quantizer"],
+            init=settings["init"], lam=float(settings["lam"]),
         )
 
     def with_(self, **changes: Any) -> "Policy":
@@ -127,6 +145,15 @@ def _check_settings(prune: Any, threshold: Any, bits: Any, index_bits: Any, layo
         raise EncodeError(f"{what}: index_bits must be 1..16 or 'auto', not {index_bits!r}")
     if layout not in (AUTO, K.CSR, K.CSC):
         raise EncodeError(f"{what}: layout must be 'csr', 'csc' or 'auto', not {layout!r}")
+
+
+def _check_quantizer(quantizer: Any, init: Any, lam: Any, what: str) -> None:
+    if quantizer not in QUANTIZERS:
+        raise EncodeError(f"{what}: quantizer must be one of {QUANTIZERS}, not {quantizer!r}")
+    if init not in INITS:
+        raise EncodeError(f"{what}: init must be one of {INITS}, not {init!r}")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 <= lam < float("inf"):
+        raise EncodeError(f"{what}: lam must be a finite non-negative number, not {lam!r}")
 
 
 def dtype_name(dtype: np.dtype) -> str:

@@ -1,8 +1,18 @@
-"""Weight sharing: 1-D k-means codebooks with linear initialisation (Deep Compression §3).
+"""Weight sharing: a 1-D codebook per tensor (Deep Compression §3), and two better ways to choose it.
 
-Lloyd's algorithm in one dimension is exact and cheap on sorted data: the clusters are runs of the
-sorted values split at the midpoints between adjacent centroids, so after one sort each iteration is a
-``searchsorted`` of the k−1 midpoints plus differences of prefix sums, O(k log n) instead of O(n k).
+- ``kmeans``: Lloyd's algorithm, the paper's method, with its three initialisations (``linear``,
+  ``density``, ``random`` = Forgy) and ``kmeans++``. In one dimension the clusters are runs of the
+  sorted values split at the midpoints between adjacent centroids, so after one sort each iteration is
+  a ``searchsorted`` of the k−1 midpoints plus differences of prefix sums: O(k log n), not O(n k).
+  A cluster that empties (linear initialisation on pruned weights leaves centroids in the empty band
+  around zero) is re-seeded by cutting the cluster of largest squared error at its best 2-means split,
+  so that all k centroids are used (``empty="split"``; ``"drop"`` keeps the textbook behaviour).
+- ``optimal``: the least-squares optimum, by dynamic programming over the sorted distinct values
+  weighted by their counts (the recurrence of Wang & Song's Ckmeans.1d.dp; the best split points are
+  monotone, so each of the k rows is filled by divide and conquer in O(n log n)).
+- ``ecsq``: entropy-constrained scalar quantization (Chou, Lookabaugh & Gray 1989): Lloyd iterations
+  on squared error + λ·σ²·(−log2 p), where p is the cluster's share of the values — the ideal code
+  length the Huffman stage pays for. Clusters that do not pay for themselves vanish.
 
 Non-finite values are rejected: a centroid is a mean, and one inf or NaN would turn its whole cluster
 into inf or NaN (and make the nearest-centroid assignment of every other value meaningless).
@@ -10,26 +20,152 @@ into inf or NaN (and make the nearest-centroid assignment of every other value m
 
 from __future__ import annotations
 
+import fnmatch
+import heapq
+import math
+from typing import Any, Mapping
+
+import numba
 import numpy as np
 
 from .constants import MAX_BITS, MIN_BITS
 from .errors import EncodeError
 
-__all__ = ["linear_init", "kmeans_1d", "assign", "quantize", "quantization_error"]
+__all__ = [
+    "METHODS", "INITS", "linear_init", "initial_centroids", "kmeans_1d", "optimal_1d", "ecsq_1d",
+    "assign", "quantize", "quantize_tensors", "quantization_error", "quantization_report",
+]
+
+METHODS = ("kmeans", "optimal", "ecsq")
+INITS = ("linear", "density", "random", "kmeans++")
+EMPTY_RULES = ("split", "drop")
+# Above this many distinct values, optimal_1d clusters equal-count groups of neighbouring values and
+# refines the result with Lloyd on all of them: the DP's table holds k * points split positions.
+DEFAULT_MAX_POINTS = 1 << 16
+MAX_DP_CELLS = 1 << 26  # split positions the DP may store (int32): 256 MiB; caps k at 8191
 
 _UINT_OF_SIZE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 _FLOAT_NAMES = ("float64", "float32", "float16", "bfloat16")
 
 
+# ------------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_count(value: Any, what: str, minimum: int) -> int:
+    """value as an int >= minimum (bools and floats rejected)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        qualifier = "positive" if minimum == 1 else "non-negative"
+        raise EncodeError(f"{what} must be a {qualifier} integer, not {value!r}")
+    return int(value)
+
+
+def _check_choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise EncodeError(f"{what} must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
+    return value
+
+
+def _check_lam(lam: Any) -> float:
+    if isinstance(lam, (bool, np.bool_)) or not isinstance(lam, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(lam)) or float(lam) < 0:
+        raise EncodeError(f"lam must be a finite non-negative number, not {lam!r}")
+    return float(lam)
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise EncodeError(f"seed must be a non-negative integer, not {seed!r}")
+    return int(seed)
+
+
+def _finite_float64(values: Any) -> np.ndarray:
+    """values flattened to float64, rejecting non-real dtypes and non-finite values."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "fiu" and values.dtype.name != "bfloat16":
+        raise EncodeError(f"values must be real numbers, not {values.dtype}")
+    values = values.astype(np.float64, copy=False).reshape(-1)
+    if not np.all(np.isfinite(values)):
+        raise EncodeError("clustering needs finite values: an inf or NaN would poison its cluster's mean")
+    return values
+
+
+def _power_of_two_scale(sorted_values: np.ndarray) -> float:
+    """A power of two taking max |value| to [0.5, 1): exact, and keeps squares and sums finite."""
+    top = max(-float(sorted_values[0]), float(sorted_values[-1]))
+    if top == 0.0:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(top)[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Initialisations
+
+
 def linear_init(lo: float, hi: float, k: int) -> np.ndarray:
     """k centroids evenly spaced over [lo, hi]: the paper's best initialisation (keeps rare large weights)."""
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise EncodeError(f"k must be a positive integer, not {k!r}")
+    k = _check_count(k, "k", 1)
     lo, hi = float(lo), float(hi)
     if np.isfinite(hi - lo):
-        return np.linspace(lo, hi, int(k), dtype=np.float64)
+        return np.linspace(lo, hi, k, dtype=np.float64)
     # hi − lo overflows only when both are huge: halving them first is exact.
-    return np.linspace(lo * 0.5, hi * 0.5, int(k), dtype=np.float64) * 2.0
+    return np.linspace(lo * 0.5, hi * 0.5, k, dtype=np.float64) * 2.0
+
+
+def _kmeanspp(sorted_values: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii): each next centre drawn with probability ∝ D(x)²."""
+    distinct, counts = np.unique(sorted_values, return_counts=True)
+    scaled = distinct * _power_of_two_scale(distinct)  # squared distances stay finite
+    weights = counts.astype(np.float64)
+    chosen = [_draw(np.cumsum(weights), rng)]
+    d2 = (scaled - scaled[chosen[0]]) ** 2
+    for _ in range(1, k):
+        cumulative = np.cumsum(weights * d2)
+        if not cumulative[-1] > 0:
+            break  # every distinct value is a centre already
+        i = _draw(cumulative, rng)
+        chosen.append(i)
+        np.minimum(d2, (scaled - scaled[i]) ** 2, out=d2)
+    return np.unique(distinct[np.array(chosen)])
+
+
+def _draw(cumulative: np.ndarray, rng: np.random.Generator) -> int:
+    """Index drawn with probability proportional to the increments of the cumulative weights."""
+    i = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    i = min(i, cumulative.size - 1)
+    while i > 0 and cumulative[i] == cumulative[i - 1]:
+        i -= 1  # rounding can land on a zero-weight index (a centre already): take the one it follows
+    return i
+
+
+def _initial_centroids(sorted_values: np.ndarray, k: int, init: str, seed: int) -> np.ndarray:
+    """Sorted distinct starting centroids (at most k) of sorted finite float64 values."""
+    n = sorted_values.size
+    if init == "linear":  # unique: k steps over a range of a few ulps would repeat values
+        return np.unique(linear_init(sorted_values[0], sorted_values[-1], k))
+    if init == "density":  # even steps on the empirical CDF
+        ranks = np.round(np.linspace(0, n - 1, k)).astype(np.int64)
+        return np.unique(sorted_values[ranks])
+    rng = np.random.default_rng(seed)
+    if init == "random":  # Forgy: k of the observations, drawn without replacement
+        return np.unique(sorted_values[rng.choice(n, size=min(k, n), replace=False)])
+    if init == "kmeans++":
+        return _kmeanspp(sorted_values, k, rng)
+    raise EncodeError(f"init must be one of {', '.join(repr(i) for i in INITS)}, not {init!r}")
+
+
+def initial_centroids(values: np.ndarray, k: int, init: str = "linear", *, seed: int = 0) -> np.ndarray:
+    """Sorted distinct float64 starting centroids (at most k) by the paper's inits or k-means++."""
+    k = _check_count(k, "k", 1)
+    _check_choice(init, "init", INITS)
+    values = _finite_float64(values)
+    if values.size == 0:
+        return np.empty(0, dtype=np.float64)
+    return _initial_centroids(np.sort(values), k, init, _check_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------------
+# Assignment
 
 
 def _midpoints(centroids: np.ndarray) -> np.ndarray:
@@ -43,8 +179,47 @@ def _midpoints(centroids: np.ndarray) -> np.ndarray:
     return mid
 
 
-def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index (int64) of the nearest sorted centroid for each value; ties go to the lower index."""
+@numba.njit(cache=True, nogil=True)
+def _envelope(centroids, penalties, active, bounds):  # pragma: no cover - compiled
+    """Lower envelope of (x − c_j)² + b_j over sorted c: returns m; active[:m] win, in order, below bounds[:m-1].
+
+    Between c_i < c_j, j wins above t = (c_i + c_j)/2 + (b_j − b_i) / (2 (c_j − c_i)); a centroid whose
+    threshold against its successor is not above the one against its predecessor never wins.
+    """
+    m = 0
+    for j in range(centroids.size):
+        while m > 0:
+            i = active[m - 1]
+            # The callers scale centroids to |c| < 1, so the sum cannot overflow; with equal penalties
+            # t is exactly the midpoint _midpoints computes.
+            t = (centroids[i] + centroids[j]) * 0.5 + (penalties[j] - penalties[i]) / (
+                2.0 * (centroids[j] - centroids[i]))
+            if m > 1 and t <= bounds[m - 2]:
+                m -= 1  # i wins nowhere: j takes over at or below where i would start
+                continue
+            bounds[m - 1] = t
+            break
+        active[m] = j
+        m += 1
+    return m
+
+
+def _boundaries(centroids: np.ndarray, penalties: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the centroids that win somewhere, the thresholds between them)."""
+    if penalties is None:
+        return np.arange(centroids.size), _midpoints(centroids)
+    active = np.empty(centroids.size, dtype=np.int64)
+    bounds = np.empty(max(centroids.size - 1, 0), dtype=np.float64)
+    m = _envelope(centroids, penalties.astype(np.float64), active, bounds)
+    return active[:m], bounds[: max(m - 1, 0)]
+
+
+def assign(values: np.ndarray, centroids: np.ndarray, penalties: np.ndarray | None = None) -> np.ndarray:
+    """Index (int64) of the nearest sorted centroid for each value; ties go to the lower index.
+
+    With ``penalties`` b (one per centroid, squared value units), the index minimises (x − c)² + b:
+    the entropy-constrained rule, under which some centroids may win no value at all.
+    """
     centroids = np.asarray(centroids, dtype=np.float64).reshape(-1)
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     if centroids.size == 0:
@@ -53,74 +228,384 @@ def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         return np.empty(0, dtype=np.int64)
     if centroids.size > 1 and not np.all(centroids[1:] > centroids[:-1]):
         raise EncodeError("centroids must be strictly increasing")
-    # side="left": the number of midpoints strictly below a value, so a value at a midpoint stays low.
+    if penalties is not None:
+        penalties = np.asarray(penalties, dtype=np.float64).reshape(-1)
+        if penalties.size != centroids.size or not np.all(np.isfinite(penalties)):
+            raise EncodeError(f"penalties must be {centroids.size} finite numbers, one per centroid")
+        scale = _power_of_two_scale(centroids)  # thresholds computed where squares cannot overflow
+        active, bounds = _boundaries(centroids * scale, penalties * scale * scale)
+        # side="left": the number of thresholds strictly below a value, so a value at one stays low.
+        return active[np.searchsorted(bounds, values * scale, side="left")].astype(np.int64, copy=False)
     return np.searchsorted(_midpoints(centroids), values, side="left").astype(np.int64, copy=False)
 
 
-def _initial_centroids(sorted_values: np.ndarray, k: int, init: str) -> np.ndarray:
-    """Starting centroids: 'linear' (even steps over [min, max]) or 'density' (even steps over the CDF)."""
-    if init == "linear":
-        return linear_init(sorted_values[0], sorted_values[-1], k)
-    if init == "density":
-        n = sorted_values.size
-        ranks = np.round(np.linspace(0, n - 1, k)).astype(np.int64)
-        return np.unique(sorted_values[ranks])
-    raise EncodeError(f"init must be 'linear' or 'density', not {init!r}")
+# ------------------------------------------------------------------------------------------------
+# Lloyd iterations (k-means and ECSQ) on sorted data
 
 
-def _lloyd_sorted(sorted_values: np.ndarray, centroids: np.ndarray, max_iter: int) -> np.ndarray:
-    """Lloyd iterations on sorted float64 data until the cluster boundaries stop moving."""
-    n = sorted_values.size
-    # Prefix sums of the values shifted by their mean: cluster sums become two lookups, and the shift
-    # keeps the prefix sums small so their differences lose little precision. Values near the float64
-    # limit are scaled by a power of two first (exact) so that the sums cannot overflow.
-    scale = 2.0 ** -64 if max(-sorted_values[0], sorted_values[-1]) > 2.0 ** 960 else 1.0
-    shift = (sorted_values * scale).mean()
-    prefix = np.concatenate(([0.0], np.cumsum(sorted_values * scale - shift)))
+class _Runs:
+    """Sorted values scaled by a power of two, with prefix sums for O(1) cluster sums."""
+
+    def __init__(self, sorted_values: np.ndarray):
+        self.scale = _power_of_two_scale(sorted_values)
+        self.values = sorted_values * self.scale  # exact: a power of two
+        # Prefix sums of the values shifted by their mean: cluster sums become two lookups, and the
+        # shift keeps the prefix sums small so their differences lose little precision.
+        self.shift = self.values.mean()
+        self.prefix = np.concatenate(([0.0], np.cumsum(self.values - self.shift)))
+        self.variance = float(np.mean((self.values - self.shift) ** 2))
+
+    def means(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Means of the non-empty runs [start, end), clamped into their ranges (rounding can leave them)."""
+        sums = self.prefix[ends] - self.prefix[starts]
+        means = sums / (ends - starts) + self.shift
+        return np.clip(means, self.values[starts], self.values[ends - 1])
+
+
+def _run_sse(run: np.ndarray) -> float:
+    """Sum of squared deviations of a run from its mean, computed directly for accuracy."""
+    return float(np.sum((run - run.mean()) ** 2))
+
+
+def _best_cut(run: np.ndarray) -> int:
+    """Position p (0 < p < len) between distinct values minimising the SSE of run[:p] and run[p:]."""
+    r = run - run.mean()
+    n = r.size
+    p = np.arange(1, n)
+    left = np.cumsum(r)[:-1]  # sum of the first p deviations; the rest sum to −left (up to rounding)
+    # SSE(left) + SSE(right) = total − left²/p − right²/(n−p): maximise the subtracted part.
+    gain = left * left / p + left * left / (n - p)
+    gain[run[1:] == run[:-1]] = -np.inf  # never split equal values
+    return int(np.argmax(gain)) + 1
+
+
+def _split_largest(runs: _Runs, starts: np.ndarray, ends: np.ndarray, means: np.ndarray,
+                   k: int) -> np.ndarray:
+    """Means after cutting, until there are k, the cluster of largest SSE at its best 2-means split."""
+    v = runs.values
+    # SSE of every run at once; a heap of (−SSE, start) then yields the largest, the lowest first on ties.
+    sse = np.add.reduceat((v - np.repeat(means, ends - starts)) ** 2, starts)
+    clusters = {int(a): (int(b), float(m)) for a, b, m in zip(starts, ends, means)}  # start -> (end, mean)
+    heap = [(-float(e), int(a)) for e, a in zip(sse, starts)]
+    heapq.heapify(heap)
+    while len(clusters) < k and heap:
+        negative_sse, a = heapq.heappop(heap)
+        if not negative_sse < 0:
+            break  # every cluster holds one distinct value: nothing left to split
+        b = clusters[a][0]
+        cut = a + _best_cut(v[a:b])
+        left, right = v[a:cut], v[cut:b]
+        clusters[a] = (cut, min(max(left.mean(), left[0]), left[-1]))
+        clusters[cut] = (b, min(max(right.mean(), right[0]), right[-1]))
+        heapq.heappush(heap, (-_run_sse(left), a))
+        heapq.heappush(heap, (-_run_sse(right), cut))
+    return np.array([clusters[a][1] for a in sorted(clusters)])
+
+
+def _lloyd(runs: _Runs, centroids: np.ndarray, max_iter: int, *, k: int, empty: str,
+           lam: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids, cluster sizes) after Lloyd iterations from `centroids` (in scaled units).
+
+    lam = 0: k-means, empty clusters split (``empty="split"``) or dropped. lam > 0: ECSQ, where a value
+    goes to the centroid minimising (x − c)² + lam·σ²·ℓ with ℓ = −log2(cluster share), and empty
+    clusters are dropped (that is how the rate falls).
+    """
+    v = runs.values
+    n = v.size
+    lengths = np.full(centroids.size, math.log2(max(centroids.size, 1)))
+    weight = lam * runs.variance
+    counts = np.array([n])
     splits = None
     for _ in range(max_iter):
-        # Cluster i is sorted_values[bounds[i]:bounds[i+1]]; side="right" puts ties at a midpoint low,
-        # as assign() does.
-        inner = np.searchsorted(sorted_values, _midpoints(centroids), side="right")
+        _, bounds = _boundaries(centroids, weight * lengths if lam > 0 else None)  # bounds of the winners
+        # Cluster i is v[bounds[i-1]:bounds[i]]; side="right" puts ties at a boundary low, as assign() does.
+        inner = np.searchsorted(v, bounds, side="right")
         new_splits = np.concatenate(([0], inner, [n]))
         if splits is not None and np.array_equal(new_splits, splits):
             break  # same clusters as the last iteration: the centroids are their means already
         splits = new_splits
         counts = np.diff(splits)
         occupied = counts > 0  # empty clusters are dropped, deterministically
-        sums = prefix[splits[1:]] - prefix[splits[:-1]]
-        means = (sums[occupied] / counts[occupied] + shift) / scale
-        # Rounding can push a mean a hair outside its cluster's range; clamping keeps the centroids
-        # strictly increasing, since clusters are disjoint runs of the sorted values.
-        lo = sorted_values[splits[:-1][occupied]]
-        hi = sorted_values[splits[1:][occupied] - 1]
-        centroids = np.clip(means, lo, hi)
-    return centroids
+        starts, ends = splits[:-1][occupied], splits[1:][occupied]
+        counts = counts[occupied]
+        centroids = runs.means(starts, ends)
+        lengths = -np.log2(counts / n)
+        if lam == 0 and empty == "split" and centroids.size < k:
+            centroids = _split_largest(runs, starts, ends, centroids, k)
+            splits = None  # the cut clusters are not a Lloyd partition yet: iterate again
+    return centroids, counts
 
 
-def kmeans_1d(values: np.ndarray, k: int, *, init: str = "linear",
-              max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
-    """Exact 1-D k-means: (sorted distinct float64 centroids, at most k; int64 label of each value)."""
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise EncodeError(f"k must be a positive integer, not {k!r}")
-    if isinstance(max_iter, (bool, np.bool_)) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
-        raise EncodeError(f"max_iter must be a non-negative integer, not {max_iter!r}")
-    values = np.asarray(values)
-    if values.dtype.kind not in "fiu" and values.dtype.name != "bfloat16":
-        raise EncodeError(f"values must be real numbers, not {values.dtype}")
-    values = values.astype(np.float64, copy=False).reshape(-1)
+def _prepare(values: Any, k: Any, max_iter: Any) -> tuple[np.ndarray, int, int]:
+    k = _check_count(k, "k", 1)
+    max_iter = _check_count(max_iter, "max_iter", 0)
+    return _finite_float64(values), k, max_iter
+
+
+def _few_distinct(values: np.ndarray, sorted_values: np.ndarray, k: int):
+    """(centroids, labels) when at most k distinct values: each is its own centroid (lossless); else None."""
+    distinct = np.concatenate(([True], sorted_values[1:] != sorted_values[:-1]))
+    if np.count_nonzero(distinct) > k:
+        return None
+    centroids = sorted_values[distinct]
+    return centroids, np.searchsorted(centroids, values).astype(np.int64)
+
+
+def kmeans_1d(values: np.ndarray, k: int, *, init: str = "linear", max_iter: int = 300, seed: int = 0,
+              empty: str = "split") -> tuple[np.ndarray, np.ndarray]:
+    """Exact 1-D k-means: (sorted distinct float64 centroids, at most k; int64 label of each value).
+
+    ``init``: "linear" (the paper's default), "density", "random" (Forgy) or "kmeans++" (the last two
+    draw from ``seed``). ``empty="split"`` re-seeds empty clusters so that k centroids are used whenever
+    there are at least k distinct values; ``"drop"`` lets them vanish.
+    """
+    values, k, max_iter = _prepare(values, k, max_iter)
+    _check_choice(init, "init", INITS)
+    _check_choice(empty, "empty", EMPTY_RULES)
+    seed = _check_seed(seed)
     if values.size == 0:
         return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
-    if not np.all(np.isfinite(values)):
-        raise EncodeError("k-means needs finite values: an inf or NaN would poison its cluster's mean")
     sorted_values = np.sort(values)
-    distinct = np.concatenate(([True], sorted_values[1:] != sorted_values[:-1]))
-    if np.count_nonzero(distinct) <= k:
-        centroids = sorted_values[distinct]  # every value is its own centroid: lossless
-        return centroids, np.searchsorted(centroids, values).astype(np.int64)
-    centroids = _initial_centroids(sorted_values, int(k), init)
-    centroids = _lloyd_sorted(sorted_values, centroids, int(max_iter))
+    exact = _few_distinct(values, sorted_values, k)
+    if exact is not None:
+        return exact
+    centroids = _kmeans_sorted(sorted_values, k, init, seed, max_iter, empty)
     return centroids, assign(values, centroids)
+
+
+def _kmeans_sorted(sorted_values: np.ndarray, k: int, init: str, seed: int, max_iter: int,
+                   empty: str) -> np.ndarray:
+    runs = _Runs(sorted_values)
+    start = _initial_centroids(sorted_values, k, init, seed) * runs.scale
+    if empty == "split" and start.size < k and max_iter > 0:
+        # An init with repeated picks (Forgy, density on ties) is topped up before the first step.
+        starts, ends = _split_points(runs.values, start)
+        occupied = ends > starts
+        start = _split_largest(runs, starts[occupied], ends[occupied], runs.means(starts[occupied], ends[occupied]), k)
+    centroids, _ = _lloyd(runs, start, max_iter, k=k, empty=empty)
+    return centroids / runs.scale
+
+
+def _split_points(v: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the nearest-centroid runs of sorted values v."""
+    inner = np.searchsorted(v, _midpoints(centroids), side="right")
+    splits = np.concatenate(([0], inner, [v.size]))
+    return splits[:-1], splits[1:]
+
+
+def ecsq_1d(values: np.ndarray, k: int, lam: float, *, init: str = "linear", max_iter: int = 300,
+            seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entropy-constrained 1-D quantizer: (centroids, at most k; int64 labels; code length of each, bits).
+
+    Minimises Σ (x − c)² + lam·σ²·Σ ℓ, σ² the variance of the values and ℓ = −log2 p the ideal code
+    length of each value's cluster: lam is the squared error, in units of σ², that one bit must buy.
+    The iterations start from kmeans_1d's codebook (``init``, ``seed``), so lam = 0 is k-means.
+    Labels follow the same penalised rule.
+    """
+    values, k, max_iter = _prepare(values, k, max_iter)
+    lam = _check_lam(lam)
+    _check_choice(init, "init", INITS)
+    seed = _check_seed(seed)
+    if values.size == 0:
+        return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    sorted_values = np.sort(values)
+    exact = _few_distinct(values, sorted_values, k)
+    if exact is not None:
+        centroids, labels = exact
+        return centroids, labels, _code_lengths(labels, centroids.size)
+    centroids, lengths = _ecsq_sorted(sorted_values, k, lam, init, seed, max_iter)
+    labels = assign(values, centroids, _penalties(lam, sorted_values, lengths))
+    return centroids, labels, lengths
+
+
+def _ecsq_sorted(sorted_values: np.ndarray, k: int, lam: float, init: str, seed: int,
+                 max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids, code lengths in bits) of the ECSQ iterations on sorted values."""
+    runs = _Runs(sorted_values)
+    # Start from the k-means codebook (all k clusters used): lam = 0 then is k-means itself.
+    start = _kmeans_sorted(sorted_values, k, init, seed, max_iter, "split") * runs.scale
+    centroids, counts = _lloyd(runs, start, max_iter, k=k, empty="drop", lam=lam)
+    if counts.size != centroids.size:  # max_iter = 0: no clusters measured yet; use the nearest rule
+        starts, ends = _split_points(runs.values, centroids)
+        counts = ends - starts
+        centroids = centroids[counts > 0]
+        counts = counts[counts > 0]
+    return centroids / runs.scale, -np.log2(counts / sorted_values.size)
+
+
+def _penalties(lam: float, sorted_values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """lam·σ²·ℓ per centroid, in the values' own (squared) units."""
+    if lam == 0:
+        return np.zeros(lengths.size)
+    scale = _power_of_two_scale(sorted_values)
+    scaled = sorted_values * scale
+    variance = float(np.mean((scaled - scaled.mean()) ** 2))
+    return lam * variance * lengths / (scale * scale)
+
+
+def _code_lengths(labels: np.ndarray, k: int) -> np.ndarray:
+    counts = np.bincount(labels, minlength=k)
+    with np.errstate(divide="ignore"):
+        return -np.log2(counts / max(labels.size, 1))
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimal clustering by dynamic programming
+
+
+@numba.njit(cache=True, nogil=True)
+def _optimal_kernel(x, w, k, opt):  # pragma: no cover - compiled
+    """Fill opt[m, j] (first point of the last of m+1 clusters of points [0, j)); return the least SSE.
+
+    D[m][j] = min over i of D[m−1][i] + cost(i, j), cost the weighted SSE of points [i, j) from prefix
+    sums. The minimising i is non-decreasing in j (the cost is Monge), so each row is filled by divide
+    and conquer: solve the middle j, then the left half searches i only up to its argmin, the right half
+    only from it.
+    """
+    n = x.size
+    cw = np.zeros(n + 1)
+    cs = np.zeros(n + 1)
+    cq = np.zeros(n + 1)
+    for i in range(n):
+        cw[i + 1] = cw[i] + w[i]
+        cs[i + 1] = cs[i] + w[i] * x[i]
+        cq[i + 1] = cq[i] + w[i] * x[i] * x[i]
+    prev = np.empty(n + 1)
+    cur = np.empty(n + 1)
+    prev[0] = 0.0
+    for j in range(1, n + 1):
+        s = cs[j]
+        prev[j] = max(cq[j] - s * s / cw[j], 0.0)
+        opt[0, j] = 0
+    stack = np.empty((n + 2, 4), dtype=np.int64)  # pending (j_lo, j_hi, i_lo, i_hi); depth <= log2 n + 1
+    for m in range(1, k):
+        top = 0
+        stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = m + 1, n, m, n - 1
+        top = 1
+        while top > 0:
+            top -= 1
+            jlo, jhi, ilo, ihi = stack[top, 0], stack[top, 1], stack[top, 2], stack[top, 3]
+            if jlo > jhi:
+                continue
+            j = (jlo + jhi) // 2
+            best = np.inf
+            besti = ilo
+            for i in range(ilo, min(ihi, j - 1) + 1):
+                ww = cw[j] - cw[i]
+                s = cs[j] - cs[i]
+                c = cq[j] - cq[i] - s * s / ww
+                if c < 0.0:
+                    c = 0.0
+                c += prev[i]
+                if c < best:
+                    best = c
+                    besti = i
+            cur[j] = best
+            opt[m, j] = besti
+            stack[top, 0], stack[top, 1], stack[top, 2], stack[top, 3] = jlo, j - 1, ilo, besti
+            stack[top + 1, 0], stack[top + 1, 1], stack[top + 1, 2], stack[top + 1, 3] = j + 1, jhi, besti, ihi
+            top += 2
+        prev, cur = cur, prev
+    return prev[n]
+
+
+def _optimal_weighted(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """Start index of each of the k clusters of the optimal partition of sorted weighted points (n > k)."""
+    scale = _power_of_two_scale(points)
+    x = points * scale
+    x = x - np.sum(x * weights) / np.sum(weights)  # centred: prefix sums of squares lose less
+    opt = np.empty((k, points.size + 1), dtype=np.int32)
+    _optimal_kernel(x, weights.astype(np.float64), k, opt)
+    starts = np.empty(k, dtype=np.int64)
+    j = points.size
+    for m in range(k - 1, -1, -1):
+        j = int(opt[m, j])
+        starts[m] = j
+    return starts
+
+
+def _group(distinct: np.ndarray, counts: np.ndarray, max_points: int) -> np.ndarray:
+    """Index of the first distinct value of each group of neighbours (at most about max_points groups).
+
+    Group boundaries are the union of max_points/2 equal-count and max_points/2 equal-width cuts: the
+    first keep groups narrow where values are dense, the second where they are sparse — in the tails,
+    where optimal clusters are few values wide and equal-count groups would be far too coarse.
+    """
+    half = max_points // 2
+    below = np.cumsum(counts) - counts  # values before each distinct value
+    by_count = below * half // int(counts.sum())
+    lo, hi = float(distinct[0]), float(distinct[-1])
+    by_width = np.floor((distinct - lo) / (hi - lo) * half) if hi > lo else np.zeros(distinct.size)
+    new = np.concatenate(([True], (by_count[1:] != by_count[:-1]) | (by_width[1:] != by_width[:-1])))
+    return np.flatnonzero(new)
+
+
+def optimal_1d(values: np.ndarray, k: int, *, max_points: int | None = DEFAULT_MAX_POINTS,
+               max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares optimal 1-D clustering: (sorted distinct float64 centroids, int64 labels).
+
+    Solved exactly on the sorted distinct values weighted by their counts when there are at most
+    ``max_points`` of them (None: as many as the DP table allows, MAX_DP_CELLS / k). Beyond that,
+    neighbouring values are grouped (see _group), the groups are clustered optimally, and Lloyd (at
+    most ``max_iter`` steps) refines the result on all values: near-optimal, never worse than its start.
+    k is limited to MAX_DP_CELLS // (k + 2) > k, i.e. k <= 8191.
+    """
+    values, k, max_iter = _prepare(values, k, max_iter)
+    if max_points is not None:
+        max_points = _check_count(max_points, "max_points", 1)
+    if values.size == 0:
+        return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
+    sorted_values = np.sort(values)
+    exact = _few_distinct(values, sorted_values, k)
+    if exact is not None:
+        return exact
+    centroids = _optimal_sorted(sorted_values, k, max_points, max_iter)
+    return centroids, assign(values, centroids)
+
+
+def _optimal_sorted(sorted_values: np.ndarray, k: int, max_points: int | None, max_iter: int) -> np.ndarray:
+    """Optimal (or, beyond the point budget, grouped and refined) centroids of > k distinct sorted values."""
+    budget = MAX_DP_CELLS // k - 1
+    if budget <= k:
+        raise EncodeError(f"optimal clustering into {k} clusters needs a table of more than {MAX_DP_CELLS} "
+                          f"entries; use method='kmeans' for more than {_max_optimal_k()} clusters")
+    limit = budget if max_points is None else min(max(max_points, 2 * k + 2), budget)
+    distinct, first = np.unique(sorted_values, return_index=True)
+    counts = np.diff(np.append(first, sorted_values.size))
+    grouped = distinct.size > limit
+    if grouped:
+        heads = _group(distinct, counts, limit)
+        sums = np.add.reduceat(distinct * counts, heads)  # exact enough: only a starting point
+        weights = np.add.reduceat(counts, heads)
+        points = np.clip(sums / weights, distinct[heads], distinct[np.append(heads[1:], distinct.size) - 1])
+        if points.size <= k:  # a few values repeated very often: too few groups to hold k clusters
+            if distinct.size > budget:
+                return _kmeans_sorted(sorted_values, k, "linear", 0, max_iter, "split")
+            grouped = False  # solve exactly instead
+    if not grouped:
+        heads = np.arange(distinct.size)
+        points, weights = distinct, counts
+    starts = _optimal_weighted(points, weights.astype(np.float64), k)
+    # Cluster means over the original values: the runs [first[heads[start]], next start).
+    value_starts = first[heads[starts]]
+    value_ends = np.append(value_starts[1:], sorted_values.size)
+    runs = _Runs(sorted_values)
+    centroids = runs.means(value_starts, value_ends)
+    if grouped:
+        centroids, _ = _lloyd(runs, centroids, max_iter, k=k, empty="split")
+    return centroids / runs.scale
+
+
+def _max_optimal_k() -> int:
+    """The largest k whose DP table fits MAX_DP_CELLS with more points than clusters."""
+    k = int(math.isqrt(MAX_DP_CELLS))
+    while MAX_DP_CELLS // k - 1 <= k:
+        k -= 1
+    return k
+
+
+# ------------------------------------------------------------------------------------------------
+# Codebooks for tensors
 
 
 def _float_dtype(x: np.ndarray) -> np.dtype:
@@ -159,18 +644,40 @@ def _distinct_count(sorted_values: np.ndarray) -> int:
     return distinct
 
 
-def quantize(x: np.ndarray, bits: int, *, sparse: bool) -> tuple[np.ndarray, np.ndarray]:
+def _ecsq_codebook(sorted_values: np.ndarray, k: int, lam: float, init: str, seed: int, max_iter: int,
+                   dtype: np.dtype, sparse: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(codebook body in float64 after the cast to dtype, the penalty of each entry)."""
+    centroids, lengths = _ecsq_sorted(sorted_values, k, lam, init, seed, max_iter)
+    rounded = centroids.astype(dtype).astype(np.float64) + 0.0
+    body, which = np.unique(rounded, return_inverse=True)
+    # Centroids that round onto one value share it: their probabilities add.
+    share = np.bincount(which.reshape(-1), weights=np.exp2(-lengths), minlength=body.size)
+    keep = body != 0 if sparse else np.ones(body.size, dtype=bool)  # sparse: the zero is codebook[0]
+    return body[keep], _penalties(lam, sorted_values, -np.log2(share[keep]))
+
+
+def quantize(x: np.ndarray, bits: int, *, sparse: bool, method: str = "kmeans", init: str = "linear",
+             lam: float = 0.0, seed: int = 0, max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
     """Weight sharing: (codebook of x.dtype, uint16 index of each element in C order).
 
     ``sparse=False`` (§5.2): up to 2^bits centroids for all elements. ``sparse=True`` (§5.3):
     ``codebook[0]`` is all zero bits, zero-bit elements get index 0 and up to 2^bits − 1 centroids
     cluster the others. A tensor with few enough distinct bit patterns is coded exactly (-0.0 too).
-    Otherwise the centroids are rounded to x.dtype and each element gets the nearest entry of that
-    final codebook (in sparse mode this may be codebook[0] for a tiny weight).
+    Otherwise the centroids come from ``method`` — "kmeans" (``init`` and ``seed`` as in kmeans_1d,
+    empty clusters re-seeded), "optimal" (optimal_1d) or "ecsq" (ecsq_1d with ``lam``) — are rounded to
+    x.dtype, and each element gets the nearest entry of that final codebook (in sparse mode this may be
+    codebook[0] for a tiny weight). For "ecsq" an element gets the non-zero entry of least penalised
+    error (squared error + lam·σ²·code length), and entries no element chose are dropped.
+    "optimal" needs a DP table of k × points entries and so supports bits <= 13 (see optimal_1d).
     """
     if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (int, np.integer)) \
             or not MIN_BITS <= bits <= MAX_BITS:
         raise EncodeError(f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, not {bits!r}")
+    _check_choice(method, "method", METHODS)
+    _check_choice(init, "init", INITS)
+    lam = _check_lam(lam)
+    seed = _check_seed(seed)
+    max_iter = _check_count(max_iter, "max_iter", 0)
     x = np.asarray(x)
     dtype = _float_dtype(x)
     flat = np.ascontiguousarray(x).reshape(-1)
@@ -189,14 +696,22 @@ def quantize(x: np.ndarray, bits: int, *, sparse: bool) -> tuple[np.ndarray, np.
         raise EncodeError("weight sharing needs finite values: an inf or NaN would poison its cluster's mean")
 
     sorted_values = np.sort(element_values)
+    penalties = None
     if _distinct_count(sorted_values) <= k:
         codebook, element_indices = _exact_codebook(elements)
     else:
-        centroids = _lloyd_sorted(sorted_values, _initial_centroids(sorted_values, k, "linear"), 300)
-        codebook = _cast_centroids(centroids, dtype)
-        if sparse:
-            codebook = codebook[codebook != 0]  # the zero lives at index 0 only
-        codebook = codebook.astype(dtype)
+        if method == "ecsq":
+            body, penalties = _ecsq_codebook(sorted_values, k, lam, init, seed, max_iter, dtype, sparse)
+            codebook = body.astype(dtype)
+        else:
+            if method == "optimal":
+                centroids = _optimal_sorted(sorted_values, k, DEFAULT_MAX_POINTS, max_iter)
+            else:
+                centroids = _kmeans_sorted(sorted_values, k, init, seed, max_iter, "split")
+            codebook = _cast_centroids(centroids, dtype)
+            if sparse:
+                codebook = codebook[codebook != 0]  # the zero lives at index 0 only
+            codebook = codebook.astype(dtype)
         element_indices = None
 
     if sparse:
@@ -205,10 +720,22 @@ def quantize(x: np.ndarray, bits: int, *, sparse: bool) -> tuple[np.ndarray, np.
         codebook = zero  # an empty tensor still needs k >= 1 (§5.2)
 
     if element_indices is None:
-        # Nearest entry of the final codebook: search the sorted codebook, then map back to its order.
         codebook_values = codebook.astype(np.float64)
-        order = np.argsort(codebook_values, kind="stable")
-        element_indices = order[assign(element_values, codebook_values[order])]
+        if penalties is not None and codebook.size == (1 if sparse else 0):
+            element_indices = np.zeros(element_values.size, dtype=np.int64)  # every centroid rounded to 0
+        elif penalties is not None:
+            # ECSQ: the sorted body (and, if sparse, the zero) with its penalties; keep the used entries.
+            offset = 1 if sparse else 0
+            chosen = assign(element_values, codebook_values[offset:], penalties) + offset
+            used = np.unique(chosen)
+            keep = np.concatenate(([0], used)) if sparse else used
+            remap = np.zeros(codebook.size, dtype=np.int64)
+            remap[keep] = np.arange(keep.size)
+            codebook, element_indices = codebook[keep], remap[chosen]
+        else:
+            # Nearest entry of the final codebook: search the sorted codebook, then map back to its order.
+            order = np.argsort(codebook_values, kind="stable")
+            element_indices = order[assign(element_values, codebook_values[order])]
     elif sparse:
         element_indices = element_indices + 1
 
@@ -221,10 +748,83 @@ def quantize(x: np.ndarray, bits: int, *, sparse: bool) -> tuple[np.ndarray, np.
 
 def quantization_error(x: np.ndarray, codebook: np.ndarray, indices: np.ndarray) -> float:
     """Mean squared error between x and its weight-shared version codebook[indices]."""
-    values = np.asarray(x).astype(np.float64).reshape(-1)
-    decoded = np.asarray(codebook).astype(np.float64)[np.asarray(indices).reshape(-1)]
-    if decoded.size != values.size:
-        raise EncodeError(f"indices must hold one index per element ({values.size}), not {decoded.size}")
+    values, decoded = _decoded_pair(x, codebook, indices)
     if values.size == 0:
         return 0.0
     return float(np.mean((values - decoded) ** 2))
+
+
+def _decoded_pair(x: np.ndarray, codebook: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(x).astype(np.float64).reshape(-1)
+    codebook = np.asarray(codebook).astype(np.float64).reshape(-1)
+    indices = np.asarray(indices).reshape(-1)
+    if indices.size != values.size:
+        raise EncodeError(f"indices must hold one index per element ({values.size}), not {indices.size}")
+    if indices.size and (indices.dtype.kind not in "iu" or int(indices.min()) < 0
+                         or int(indices.max()) >= codebook.size):
+        raise EncodeError(f"indices must be integers in 0..{codebook.size - 1}")
+    return values, codebook[indices]
+
+
+def quantization_report(x: np.ndarray, codebook: np.ndarray, indices: np.ndarray, *,
+                        sparse: bool | None = None) -> dict[str, Any]:
+    """How well codebook[indices] stands for x: errors, signal-to-noise, entries used, index entropy.
+
+    ``mse``, ``rmse``, ``max_abs`` are over all elements; ``relative_mse`` is mse / mean(x²) and
+    ``sqnr_db`` its −10·log10. ``entropy_bits`` is the empirical entropy of the indices of the coded
+    elements — all of them, or with ``sparse`` (default: codebook[0] is zero) those not at index 0 —
+    which is about what a Huffman-coded index costs per element.
+    """
+    values, decoded = _decoded_pair(x, codebook, indices)
+    idx = np.asarray(indices).reshape(-1).astype(np.int64)
+    codebook = np.asarray(codebook)
+    if sparse is None:
+        sparse = codebook.size > 0 and float(codebook.astype(np.float64).reshape(-1)[0]) == 0.0
+    coded = idx[idx != 0] if sparse else idx
+    counts = np.bincount(coded, minlength=codebook.size)
+    p = counts[counts > 0] / max(coded.size, 1)
+    err = values - decoded
+    mse = float(np.mean(err ** 2)) if values.size else 0.0
+    power = float(np.mean(values ** 2)) if values.size else 0.0
+    relative = mse / power if power > 0 else (0.0 if mse == 0 else math.inf)
+    return {
+        "elements": int(values.size), "coded": int(coded.size), "codebook": int(codebook.size),
+        "used": int(np.unique(idx).size),
+        "mse": mse, "rmse": math.sqrt(mse), "max_abs": float(np.max(np.abs(err))) if values.size else 0.0,
+        "relative_mse": relative, "sqnr_db": (-10 * math.log10(relative) if 0 < relative < math.inf else math.inf),
+        "entropy_bits": float(-np.sum(p * np.log2(p))) + 0.0,
+    }
+
+
+def quantize_tensors(tensors: Mapping[str, np.ndarray], bits: int | Mapping[str, int], *,
+                     method: str = "kmeans", init: str = "linear", lam: float = 0.0, seed: int = 0,
+                     ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """Weight-share a state dict: (tensors as codebook[indices], a quantization_report per shared tensor).
+
+    ``bits`` is one width for every float tensor of rank >= 2, or {name pattern: bits} (fnmatch, the
+    first match wins; unmatched tensors are left alone). A tensor with zero elements is coded sparsely
+    (its zeros stay zero). The result has at most 2^bits distinct values per tensor, so saving it with a
+    Policy of the same widths stores exactly these values: this is how a codebook from any ``method``
+    reaches a file.
+    """
+    out: dict[str, np.ndarray] = {}
+    reports: dict[str, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        x = np.asarray(value)
+        if isinstance(bits, Mapping):
+            b = next((v for pattern, v in bits.items() if fnmatch.fnmatchcase(name, pattern)), None)
+        else:
+            b = bits if x.ndim >= 2 and x.dtype.name in _FLOAT_NAMES else None
+        if b is None:
+            out[name] = x
+            continue
+        x = np.ascontiguousarray(x)
+        sparse = x.dtype.name in _FLOAT_NAMES and bool(np.any(x.reshape(-1).view(_UINT_OF_SIZE[x.dtype.itemsize]) == 0))
+        try:
+            codebook, indices = quantize(x, b, sparse=sparse, method=method, init=init, lam=lam, seed=seed)
+        except EncodeError as e:
+            raise EncodeError(str(e), tensor=name) from None
+        out[name] = codebook[indices].reshape(x.shape)
+        reports[name] = {"bits": int(b), "sparse": sparse, "method": method,
+                         **quantization_report(x, codebook, indices, sparse=sparse)}
+    return out, reports

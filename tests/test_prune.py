@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dcformat.errors import EncodeError
-from dcformat.prune import magnitude_mask, prune
+from dcformat.prune import gradual_schedule, magnitude_mask, prune, prune_tensors, std_threshold
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FLOATS = [np.float64, np.float32, np.float16, ml_dtypes.bfloat16]
@@ -146,3 +146,101 @@ def test_bad_arguments(kwargs):
 def test_non_float_dtype_is_rejected(dtype):
     with pytest.raises(EncodeError):
         magnitude_mask(np.ones(4, dtype), sparsity=0.5)
+
+
+# ------------------------------------------------------------------------------------------------
+# quality × std rule, previous masks, schedules, whole state dicts
+
+
+def test_std_threshold():
+    x = np.array([[1.0, -1.0], [3.0, -3.0]], dtype=np.float32)  # mean 0, std sqrt(5)
+    assert std_threshold(x, 1.0) == pytest.approx(np.sqrt(5.0))
+    assert std_threshold(x, 0.5) == pytest.approx(0.5 * np.sqrt(5.0))
+    assert std_threshold(np.zeros((2, 2)), 3.0) == 0.0 and std_threshold(np.zeros(0), 1.0) == 0.0
+    huge = np.array([1e308, -1e308, 0.0])  # the squares overflow float64 unless scaled
+    assert std_threshold(huge, 1.0) == pytest.approx(np.sqrt(2 / 3) * 1e308)
+    for q in (-1.0, np.nan, np.inf, True, "1"):
+        with pytest.raises(EncodeError):
+            std_threshold(x, q)
+    with pytest.raises(EncodeError):
+        std_threshold(np.array([1.0, np.nan]), 1.0)
+
+
+@given(tensors(), st.sampled_from([0.0, 0.25, 0.7, 1.0, 2.0]))
+@SETTINGS
+def test_quality_is_threshold_times_std(x, quality):
+    if not np.all(np.isfinite(x.astype(np.float64))):
+        return
+    keep = magnitude_mask(x, quality=quality)
+    assert keep.tolist() == magnitude_mask(x, threshold=std_threshold(x, quality)).tolist()
+    pruned = prune(x, quality=quality)
+    assert np.all(bits_of(pruned)[~keep.reshape(-1)] == 0)
+
+
+def test_quality_rule_on_a_normal_layer():
+    # |w| < 0.7 std of a normal sample: about erf(0.7 / sqrt 2) = 51.6% pruned.
+    w = np.random.default_rng(0).standard_normal((300, 200)).astype(np.float32)
+    share = 1 - magnitude_mask(w, quality=0.7).mean()
+    assert abs(share - 0.516) < 0.01
+
+
+@given(tensors(), st.floats(0, 1), st.floats(0, 1))
+@SETTINGS
+def test_keep_mask_only_prunes_more(x, first, second):
+    keep1 = magnitude_mask(x, sparsity=first)
+    keep2 = magnitude_mask(x, sparsity=second, keep=keep1)
+    assert np.all(keep2 <= keep1)  # once pruned, always pruned
+    assert np.count_nonzero(~keep2) == max(np.count_nonzero(~keep1), round(second * x.size))
+    # Pruning the pruned tensor again gives the same result as passing the mask (zeros go first).
+    if second * x.size >= np.count_nonzero(~keep1):
+        again = magnitude_mask(prune(x, sparsity=first), sparsity=second)
+        assert np.count_nonzero(~again) == np.count_nonzero(~keep2)
+    keep3 = magnitude_mask(x, threshold=0.0, keep=keep1)
+    assert keep3.tolist() == keep1.tolist()
+
+
+def test_keep_mask_is_checked():
+    x = np.ones((2, 3), np.float32)
+    for bad in (np.ones((3, 2), bool), np.ones((2, 3), np.int8), np.ones(6, bool)):
+        with pytest.raises(EncodeError, match="keep"):
+            magnitude_mask(x, sparsity=0.5, keep=bad)
+    with pytest.raises(EncodeError):
+        magnitude_mask(x, sparsity=0.5, quality=1.0)
+
+
+def test_gradual_schedule():
+    s = gradual_schedule(0.9, 4)
+    assert s[-1] == 0.9 and len(s) == 4
+    expected = [0.9 - 0.9 * (1 - t / 4) ** 3 for t in range(1, 5)]
+    assert s == pytest.approx(expected)
+    assert all(a < b for a, b in zip(s, s[1:]))
+    assert all(a - b >= c - d for (a, b), (c, d) in zip(zip(s[1:], s), zip(s[2:], s[1:])))  # steps shrink
+    assert gradual_schedule(0.8, 4, initial=0.4, power=1) == pytest.approx([0.5, 0.6, 0.7, 0.8])
+    assert gradual_schedule(0.5, 1) == [0.5]
+    for kwargs in ({"final": 1.5, "steps": 3}, {"final": 0.5, "steps": 0}, {"final": 0.5, "steps": 2.0},
+                   {"final": 0.5, "steps": 2, "power": 0}, {"final": 0.5, "steps": 2, "initial": -0.1}):
+        with pytest.raises(EncodeError):
+            gradual_schedule(**kwargs)
+
+
+def test_prune_tensors():
+    rng = np.random.default_rng(4)
+    tensors = {"fc1.weight": rng.standard_normal((50, 20)).astype(np.float32),
+               "fc1.bias": rng.standard_normal(50).astype(np.float32),
+               "conv.weight": rng.standard_normal((4, 3, 3, 3)),
+               "fc2.weight": rng.standard_normal((10, 50)).astype(np.float32)}
+    out, masks = prune_tensors(tensors, {"fc1.*": {"sparsity": 0.9}, "conv*": {"quality": 1.0}},
+                               default={"threshold": 0.5})
+    assert set(masks) == {"fc1.weight", "conv.weight", "fc2.weight"}
+    assert out["fc1.bias"] is tensors["fc1.bias"]  # 1-D: never pruned, even when a pattern matches
+    assert np.count_nonzero(out["fc1.weight"]) == 100
+    assert masks["conv.weight"].tolist() == magnitude_mask(tensors["conv.weight"], quality=1.0).tolist()
+    assert np.all((out["fc2.weight"] == 0) == (np.abs(tensors["fc2.weight"]) < 0.5))
+    out2, masks2 = prune_tensors(out, {"fc1.*": {"sparsity": 0.5}}, keep=masks)
+    assert np.count_nonzero(out2["fc1.weight"]) == 100  # already 90% pruned: a lower target prunes nothing more
+    untouched, none = prune_tensors(tensors)
+    assert none == {} and all(untouched[k] is tensors[k] for k in tensors)
+    with pytest.raises(EncodeError, match="fc2.weight"):
+        prune_tensors(tensors, {"fc2.weight": {"fraction": 0.5}})
+    with pytest.raises(EncodeError, match="fc2.weight"):
+        prune_tensors(tensors, {"fc2.weight": {"sparsity": 2.0}})

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+
 import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from . import strategies
 from dcformat.errors import EncodeError
-from dcformat.quantize import assign, kmeans_1d, linear_init, quantization_error, quantize
+from dcformat.quantize import (
+    assign, ecsq_1d, initial_centroids, kmeans_1d, linear_init, optimal_1d, quantization_error, quantization_report,
+    quantize, quantize_tensors,
+)
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FLOATS = [np.float64, np.float32, np.float16, ml_dtypes.bfloat16]
@@ -20,8 +26,9 @@ def bits_of(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(-1).view(UINT[a.dtype.itemsize])
 
 
-def ref_lloyd(x: np.ndarray, k: int, max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
-    """Textbook Lloyd: linear init, argmin-distance assignment (ties to the lower), drop empty clusters."""
+def ref_lloyd(x: np.ndarray, k: int, max_iter: int = 300, empty: str = "split") -> tuple[np.ndarray, np.ndarray]:
+    """Textbook Lloyd: linear init, argmin-distance assignment (ties to the lower); empty clusters dropped,
+    then (empty="split") the cluster of largest SSE cut at its best 2-means split until k are used."""
     x = np.asarray(x, dtype=np.float64)
     if np.unique(x).size <= k:  # kmeans_1d's rule: few distinct values are kept exactly
         return np.unique(x), np.searchsorted(np.unique(x), x)
@@ -35,6 +42,18 @@ def ref_lloyd(x: np.ndarray, k: int, max_iter: int = 300) -> tuple[np.ndarray, n
         used = np.unique(labels)
         centroids = np.array([x[labels == i].mean() for i in used])
         labels = np.searchsorted(used, labels)  # renumber after dropping empty clusters
+        if empty == "split" and centroids.size < k:
+            members = [np.sort(x[labels == i]) for i in range(centroids.size)]
+            while len(members) < k:
+                errors = [np.sum((m - m.mean()) ** 2) for m in members]
+                i = int(np.argmax(errors))
+                m = members[i]
+                cuts = [p for p in range(1, m.size) if m[p - 1] < m[p]]
+                cost = [np.sum((m[:p] - m[:p].mean()) ** 2) + np.sum((m[p:] - m[p:].mean()) ** 2) for p in cuts]
+                p = cuts[int(np.argmin(cost))]
+                members[i:i + 1] = [m[:p], m[p:]]
+            centroids = np.array([m.mean() for m in members])
+            labels = None  # iterate again from the cut clusters
     return centroids, np.argmin(np.abs(x[:, None] - centroids[None, :]), axis=1)
 
 
@@ -112,7 +131,18 @@ def test_kmeans_equals_reference_lloyd(case):
     x, k = case
     centroids, labels = kmeans_1d(x, k)
     ref_centroids, ref_labels = ref_lloyd(x, k)
+    assert centroids.size == min(k, np.unique(x).size)  # every cluster used
     assert labels.dtype == np.int64 and centroids.dtype == np.float64
+    assert labels.tolist() == ref_labels.tolist()
+    np.testing.assert_allclose(centroids, ref_centroids, rtol=1e-12, atol=1e-12)
+
+
+@given(continuous_samples())
+@SETTINGS
+def test_kmeans_drop_equals_reference_lloyd(case):
+    x, k = case
+    centroids, labels = kmeans_1d(x, k, empty="drop")
+    ref_centroids, ref_labels = ref_lloyd(x, k, empty="drop")
     assert labels.tolist() == ref_labels.tolist()
     np.testing.assert_allclose(centroids, ref_centroids, rtol=1e-12, atol=1e-12)
 
@@ -366,3 +396,394 @@ def test_quantization_error():
     assert quantization_error(np.zeros(0), np.zeros(1), np.zeros(0, np.uint16)) == 0.0
     with pytest.raises(EncodeError):
         quantization_error(x, np.array([1.0]), np.array([0, 0]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Initialisations and re-seeding of empty clusters
+
+
+def pruned_normal(n: int, seed: int = 0, cut: float = 1.0) -> np.ndarray:
+    """Non-zero weights after magnitude pruning: a normal sample with the band |x| < cut removed."""
+    x = np.random.default_rng(seed).standard_normal(4 * n)
+    return x[np.abs(x) >= cut][:n]
+
+
+@pytest.mark.parametrize("init", ["linear", "density", "random", "kmeans++"])
+def test_each_init_is_deterministic_for_a_seed(init):
+    x = np.random.default_rng(1).standard_t(3, 2000)
+    a = initial_centroids(x, 16, init, seed=7)
+    b = initial_centroids(x, 16, init, seed=7)
+    assert a.tobytes() == b.tobytes()
+    assert 1 <= a.size <= 16 and np.all(np.diff(a) > 0)
+    assert a.min() >= x.min() and a.max() <= x.max()
+    ca, la = kmeans_1d(x, 16, init=init, seed=7)
+    cb, lb = kmeans_1d(x, 16, init=init, seed=7)
+    assert ca.tobytes() == cb.tobytes() and la.tobytes() == lb.tobytes()
+    if init in ("random", "kmeans++"):  # drawn from the data; another seed draws others
+        assert np.all(np.isin(a, x))
+        assert initial_centroids(x, 16, init, seed=8).tobytes() != a.tobytes()
+    else:  # no randomness: the seed does not matter
+        assert initial_centroids(x, 16, init, seed=8).tobytes() == a.tobytes()
+
+
+def test_linear_and_density_init_values():
+    x = np.arange(11.0)
+    assert initial_centroids(x, 3, "linear").tolist() == [0.0, 5.0, 10.0]
+    assert initial_centroids(x, 3, "density").tolist() == [0.0, 5.0, 10.0]
+    skewed = np.array([0.0] * 8 + [1.0, 100.0])
+    assert initial_centroids(skewed, 3, "linear").tolist() == [0.0, 50.0, 100.0]
+    assert initial_centroids(skewed, 3, "density").tolist() == [0.0, 100.0]  # the CDF sits at 0
+    assert initial_centroids(np.array([]), 3).size == 0
+    with pytest.raises(EncodeError):
+        initial_centroids(x, 3, "forgy")
+    with pytest.raises(EncodeError):
+        initial_centroids(x, 3, "random", seed=-1)
+
+
+def test_kmeanspp_spreads_over_far_groups():
+    # Three tight groups far apart: D² sampling picks one centre in each, whatever the seed.
+    x = np.concatenate((np.full(500, -100.0), np.full(500, 0.0), np.full(5, 100.0)))
+    x = x + np.random.default_rng(0).uniform(-1e-3, 1e-3, x.size)
+    for seed in range(5):
+        c = initial_centroids(x, 3, "kmeans++", seed=seed)
+        assert np.round(c, -1).tolist() == [-100.0, 0.0, 100.0]
+
+
+def test_linear_init_on_pruned_weights_uses_every_cluster():
+    """The known issue: linear centroids in the empty band around zero. Dropping them wastes codes."""
+    x = pruned_normal(3000)
+    dropped, _ = kmeans_1d(x, 31, empty="drop")
+    assert dropped.size < 31  # the band |x| < 1 swallows several initial centroids
+    centroids, labels = kmeans_1d(x, 31)
+    assert centroids.size == 31 and np.unique(labels).size == 31
+    assert sse(x, centroids, labels) < sse(x, dropped, assign(x, dropped))
+
+
+@given(continuous_samples(), st.sampled_from(["linear", "density", "random", "kmeans++"]),
+       st.integers(0, 3))
+@SETTINGS
+def test_reseeding_uses_all_k_clusters(case, init, seed):
+    x, k = case
+    centroids, labels = kmeans_1d(x, k, init=init, seed=seed)
+    assert centroids.size == min(k, np.unique(x).size)
+    assert np.unique(labels).size == centroids.size  # each centroid has values
+    assert np.all(np.diff(centroids) > 0)
+    assert labels.tolist() == assign(x, centroids).tolist()
+
+
+def test_reseeding_with_heavy_ties():
+    # 40 distinct values, most of the mass on two of them: every init still ends with k clusters.
+    x = np.concatenate((np.zeros(1000), np.ones(1000), np.arange(2.0, 40.0)))
+    for init in ("linear", "density", "random", "kmeans++"):
+        centroids, labels = kmeans_1d(x, 12, init=init, seed=3)
+        assert centroids.size == 12 and np.unique(labels).size == 12
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimal clustering (dynamic programming)
+
+
+def brute_force_sse(x: np.ndarray, k: int) -> float:
+    """Least SSE over every assignment of the values to k labels (not only contiguous runs)."""
+    labels = np.array(list(itertools.product(range(k), repeat=x.size)))  # (k^n, n)
+    total = np.zeros(labels.shape[0])
+    for j in range(k):
+        member = (labels == j).astype(np.float64)
+        count, s, q = member.sum(1), member @ x, member @ (x * x)
+        total += np.where(count > 0, q - s * s / np.maximum(count, 1), 0.0)
+    return float(total.min())
+
+
+@given(st.lists(st.integers(-50, 50), min_size=2, max_size=7), st.integers(1, 3))
+@settings(max_examples=60, deadline=None)
+def test_optimal_equals_brute_force(values, k):
+    x = np.array(values, dtype=np.float64) / 4  # repeated values included
+    centroids, labels = optimal_1d(x, k)
+    assert centroids.size == min(k, np.unique(x).size)
+    assert sse(x, centroids, labels) == pytest.approx(brute_force_sse(x, k), rel=1e-9, abs=1e-12)
+    assert labels.tolist() == assign(x, centroids).tolist()
+
+
+@given(continuous_samples(), st.sampled_from(["linear", "density", "random", "kmeans++"]))
+@SETTINGS
+def test_optimal_is_no_worse_than_kmeans(case, init):
+    x, k = case
+    centroids, labels = optimal_1d(x, k)
+    assert centroids.size == min(k, np.unique(x).size) and np.all(np.diff(centroids) > 0)
+    assert labels.tolist() == assign(x, centroids).tolist()
+    best = sse(x, centroids, labels)
+    kc, kl = kmeans_1d(x, k, init=init, seed=1)
+    assert best <= sse(x, kc, kl) * (1 + 1e-9) + 1e-12
+    # The optimum is a fixed point of Lloyd: each centroid is the mean of its values.
+    means = np.array([x[labels == j].mean() for j in range(centroids.size)])
+    np.testing.assert_allclose(centroids, means, rtol=1e-9, atol=1e-12)
+
+
+def test_optimal_counts_repeated_values_as_weights():
+    # Weight matters: 0 repeated 100 times pulls the left cluster's mean towards 0.
+    x = np.concatenate((np.zeros(100), [1.0, 10.0, 11.0]))
+    centroids, labels = optimal_1d(x, 2)
+    assert centroids.tolist() == [pytest.approx(1 / 101), 10.5]
+    centroids, labels = optimal_1d(np.array([5.0, 5.0, 5.0, 7.0]), 3)  # fewer distinct values than k
+    assert centroids.tolist() == [5.0, 7.0] and labels.tolist() == [0, 0, 0, 1]
+
+
+def test_optimal_grouped_is_near_optimal_and_valid():
+    x = np.random.default_rng(3).laplace(0, 1, 20000)
+    exact, exact_labels = optimal_1d(x, 32, max_points=None)
+    grouped, grouped_labels = optimal_1d(x, 32, max_points=2000)  # 20000 distinct values -> groups
+    assert grouped.size == 32 and np.all(np.diff(grouped) > 0)
+    km, km_labels = kmeans_1d(x, 32)
+    e, g, m = sse(x, exact, exact_labels), sse(x, grouped, grouped_labels), sse(x, km, km_labels)
+    assert e <= g <= e * 1.01  # within 1% of the optimum
+    assert e <= m
+
+
+def test_optimal_rejects_bad_arguments():
+    x = np.arange(10.0)
+    for bad in ({"max_points": 0}, {"max_points": 2.5}, {"max_iter": -1}):
+        with pytest.raises(EncodeError):
+            optimal_1d(x, 3, **bad)
+    with pytest.raises(EncodeError, match="finite"):
+        optimal_1d(np.array([1.0, np.nan, 3.0]), 2)
+    with pytest.raises(EncodeError, match="kmeans"):  # the DP table would not fit
+        optimal_1d(np.arange(20000.0), 10000)
+    assert optimal_1d(np.array([]), 3)[0].size == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Entropy-constrained scalar quantization
+
+
+def brute_penalised(x, centroids, penalties):
+    cost = (x[:, None] - centroids[None, :]) ** 2 + penalties[None, :]
+    return np.argmin(cost, axis=1)  # the first minimum: ties to the lower index
+
+
+@given(st.lists(st.integers(-2**10, 2**10), min_size=1, max_size=12, unique=True),
+       st.lists(st.integers(0, 64), min_size=12, max_size=12),
+       st.lists(st.integers(-2**12, 2**12), max_size=40))
+@SETTINGS
+def test_assign_with_penalties_is_brute_force(centroids, penalties, values):
+    """Multiples of 2^-4 and integer penalties: thresholds and costs are exact, ties included."""
+    c = np.sort(np.array(centroids, dtype=np.float64)) / 16
+    b = np.array(penalties[: c.size], dtype=np.float64) / 256
+    v = np.concatenate((np.array(values, dtype=np.float64) / 64, c, (c[:-1] + c[1:]) / 2))
+    assert assign(v, c, b).tolist() == brute_penalised(v, c, b).tolist()
+    assert assign(v, c, np.zeros(c.size)).tolist() == assign(v, c).tolist()
+
+
+def test_assign_penalty_errors():
+    with pytest.raises(EncodeError):
+        assign(np.array([1.0]), np.array([0.0, 2.0]), np.array([1.0]))
+    with pytest.raises(EncodeError):
+        assign(np.array([1.0]), np.array([0.0, 2.0]), np.array([1.0, np.inf]))
+
+
+@given(continuous_samples())
+@SETTINGS
+def test_ecsq_with_lam_zero_is_kmeans(case):
+    x, k = case
+    centroids, labels, lengths = ecsq_1d(x, k, 0.0)
+    kc, kl = kmeans_1d(x, k)
+    assert labels.tolist() == kl.tolist()
+    np.testing.assert_allclose(centroids, kc, rtol=1e-12, atol=1e-12)
+    assert sse(x, centroids, labels) == pytest.approx(sse(x, kc, kl), rel=1e-12, abs=1e-15)
+    np.testing.assert_allclose(np.exp2(-lengths).sum(), 1.0)
+
+
+@given(continuous_samples(), st.sampled_from([1e-4, 1e-3, 1e-2, 0.1]))
+@SETTINGS
+def test_ecsq_invariants(case, lam):
+    x, k = case
+    centroids, labels, lengths = ecsq_1d(x, k, lam)
+    assert 1 <= centroids.size <= k and np.all(np.diff(centroids) > 0)
+    assert lengths.shape == centroids.shape and np.all(lengths >= 0)
+    assert np.exp2(-lengths).sum() == pytest.approx(1.0)  # the shares of a partition
+    if np.unique(x).size > k:
+        # Labels minimise squared error + lam·σ²·length (brute force over the centroids).
+        penalties = lam * np.var(x) * lengths
+        cost = (x[:, None] - centroids[None, :]) ** 2 + penalties[None, :]
+        chosen = cost[np.arange(x.size), labels]
+        assert np.all(chosen <= cost.min(axis=1) * (1 + 1e-9) + 1e-15)
+
+
+def test_ecsq_trades_error_for_entropy():
+    x = np.random.default_rng(0).laplace(0, 1, 20000)
+    rows = []
+    for lam in (0.0, 1e-3, 1e-2, 1e-1):
+        centroids, labels, _ = ecsq_1d(x, 64, lam)
+        p = np.bincount(labels) / labels.size
+        p = p[p > 0]
+        rows.append((centroids.size, float(-(p * np.log2(p)).sum()), sse(x, centroids, labels)))
+    sizes, entropies, errors = zip(*rows)
+    assert sizes[0] == 64 and list(sizes) == sorted(sizes, reverse=True) and sizes[-1] < 32
+    assert list(entropies) == sorted(entropies, reverse=True) and entropies[-1] < entropies[0] - 2
+    assert list(errors) == sorted(errors)
+    # At equal entropy ECSQ beats fixed-rate k-means: 16-level k-means vs ECSQ at no more bits.
+    kc, kl = kmeans_1d(x, 16)
+    p = np.bincount(kl) / kl.size
+    h16 = float(-(p * np.log2(p)).sum())
+    for lam in (1e-2, 2e-2, 4e-2):
+        c, l, _ = ecsq_1d(x, 64, lam)
+        q = np.bincount(l) / l.size
+        q = q[q > 0]
+        if -(q * np.log2(q)).sum() <= h16:
+            assert sse(x, c, l) < sse(x, kc, kl)
+            break
+    else:
+        pytest.fail("no lam gave an entropy at or below 16-level k-means'")
+
+
+def test_ecsq_rejects_bad_arguments():
+    x = np.arange(10.0)
+    for lam in (-1.0, np.nan, np.inf, True, "0.1"):
+        with pytest.raises(EncodeError):
+            ecsq_1d(x, 3, lam)
+    with pytest.raises(EncodeError):
+        ecsq_1d(x, 3, 0.1, init="forgy")
+    c, l, lengths = ecsq_1d(np.array([2.0, 2.0, 3.0]), 4, 0.5)  # few distinct values: exact
+    assert c.tolist() == [2.0, 3.0] and l.tolist() == [0, 0, 1]
+    np.testing.assert_allclose(lengths, [np.log2(1.5), np.log2(3)])
+    c, l, lengths = ecsq_1d(np.array([]), 4, 0.5)
+    assert c.size == l.size == lengths.size == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# quantize() with each method, quantize_tensors, quantization_report
+
+
+@pytest.mark.parametrize("method", ["kmeans", "optimal", "ecsq"])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_quantize_each_method(method, sparse, dtype):
+    rng = np.random.default_rng(11)
+    x = rng.laplace(0, 1, (60, 50)).astype(dtype)
+    if sparse:
+        x[np.abs(x.astype(np.float64)) < 0.8] = 0
+    codebook, indices = quantize(x, 5, sparse=sparse, method=method, lam=0.01)
+    assert codebook.dtype == x.dtype and indices.dtype == np.uint16 and indices.shape == (x.size,)
+    assert 1 <= codebook.size <= 32 and indices.max() < codebook.size
+    body = codebook[1:] if sparse else codebook
+    assert np.all(np.diff(body.astype(np.float64)) > 0)
+    if sparse:
+        assert bits_of(codebook)[0] == 0 and np.all(bits_of(codebook)[1:] != 0)
+        assert np.all(indices[bits_of(x) == 0] == 0) and np.all(indices[bits_of(x) != 0] != 0)
+    if method == "ecsq":
+        assert np.unique(indices[indices != 0] if sparse else indices).size == body.size  # all used
+    else:
+        check_nearest(x, codebook, indices, sparse)
+    # Deterministic, and exact again once quantized (what a trained codebook relies on).
+    again = quantize(x, 5, sparse=sparse, method=method, lam=0.01)
+    assert again[0].tobytes() == codebook.tobytes() and again[1].tobytes() == indices.tobytes()
+    decoded = codebook[indices].reshape(x.shape)
+    cb2, idx2 = quantize(decoded, 5, sparse=sparse, method=method, lam=0.01)
+    assert bits_of(cb2[idx2]).tolist() == bits_of(decoded).tolist()
+
+
+def test_quantize_methods_rank_as_expected():
+    x = np.random.default_rng(5).standard_normal(5000)
+    x = x[np.abs(x) > 0.5]
+    err = {}
+    for method in ("kmeans", "optimal"):
+        cb, idx = quantize(x, 4, sparse=False, method=method)
+        err[method] = quantization_error(x, cb, idx)
+    cb, idx = quantize(x, 4, sparse=False, method="kmeans", init="linear")
+    assert err["optimal"] <= err["kmeans"]
+    # ECSQ with lam = 0 is the k-means codebook; with lam > 0 fewer bits per index.
+    k_report = quantization_report(x, *quantize(x, 4, sparse=False))
+    e0 = quantize(x, 4, sparse=False, method="ecsq", lam=0.0)
+    assert quantization_report(x, *e0)["mse"] == pytest.approx(k_report["mse"], rel=1e-9)
+    e1 = quantization_report(x, *quantize(x, 4, sparse=False, method="ecsq", lam=0.05))
+    assert e1["entropy_bits"] < k_report["entropy_bits"] - 0.3 and e1["mse"] > k_report["mse"]
+
+
+def test_quantize_ecsq_all_centroids_round_to_zero():
+    tiny = float(ml_dtypes.finfo(np.float16).smallest_subnormal)
+    x = np.array([tiny, -tiny, 0.0, tiny, 2 * tiny, -2 * tiny] * 3, dtype=np.float64).astype(np.float16)
+    codebook, indices = quantize(x, 1, sparse=True, method="ecsq", lam=0.5)
+    check = codebook[indices]
+    assert codebook.size >= 1 and bits_of(codebook)[0] == 0 and check.shape == (x.size,)
+
+
+@pytest.mark.parametrize("kwargs", [{"method": "fast"}, {"init": "forgy"}, {"lam": -0.1}, {"seed": -1},
+                                    {"seed": 1.5}, {"max_iter": -1}])
+def test_quantize_rejects_bad_options(kwargs):
+    with pytest.raises(EncodeError):
+        quantize(np.arange(40, dtype=np.float32), 3, sparse=False, **kwargs)
+
+
+def test_quantize_tensors():
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((40, 30)).astype(np.float32)
+    w[np.abs(w) < 1] = 0
+    tensors = {"fc.weight": w, "fc.bias": rng.standard_normal(40).astype(np.float32),
+               "emb": rng.standard_normal((20, 8)), "steps": np.arange(6).reshape(2, 3)}
+    out, reports = quantize_tensors(tensors, 3)
+    assert set(reports) == {"fc.weight", "emb"}
+    assert out["fc.bias"] is tensors["fc.bias"] and out["steps"] is tensors["steps"]
+    assert out["fc.weight"].dtype == np.float32 and out["emb"].dtype == np.float64
+    assert np.unique(out["fc.weight"]).size <= 8 and np.unique(out["emb"]).size <= 8
+    assert np.all((out["fc.weight"] == 0) == (w == 0))  # sparse: zeros stay, nothing else becomes zero
+    assert reports["fc.weight"]["sparse"] and not reports["emb"]["sparse"]
+    assert reports["fc.weight"]["mse"] == pytest.approx(float(np.mean((out["fc.weight"] - w) ** 2.0)))
+    out, reports = quantize_tensors(tensors, {"fc.*": 2}, method="optimal")
+    assert set(reports) == {"fc.weight", "fc.bias"} and np.unique(out["fc.bias"]).size <= 4
+    with pytest.raises(EncodeError, match="steps"):
+        quantize_tensors(tensors, {"steps": 2})
+
+
+def test_quantization_report_values():
+    x = np.array([0.0, 1.0, 2.0, 4.0])
+    report = quantization_report(x, np.array([0.0, 1.5, 4.0]), np.array([0, 1, 1, 2]))
+    assert report["coded"] == 3  # codebook[0] == 0: sparse by default, index 0 not counted
+    assert report["mse"] == pytest.approx(0.125) and report["max_abs"] == 0.5
+    assert report["relative_mse"] == pytest.approx(0.125 / 5.25)
+    assert report["sqnr_db"] == pytest.approx(-10 * np.log10(0.125 / 5.25))
+    assert report["entropy_bits"] == pytest.approx(-(2 / 3) * np.log2(2 / 3) - (1 / 3) * np.log2(1 / 3))
+    assert report["used"] == 3 and report["codebook"] == 3
+    dense = quantization_report(x, np.array([0.0, 1.5, 4.0]), np.array([0, 1, 1, 2]), sparse=False)
+    assert dense["coded"] == 4 and dense["entropy_bits"] == pytest.approx(1.5)
+    exact = quantization_report(x, x, np.arange(4), sparse=False)
+    assert exact["mse"] == 0 and exact["sqnr_db"] == np.inf
+    with pytest.raises(EncodeError):
+        quantization_report(x, np.array([0.0]), np.array([0, 0, 0, 1]))
+    with pytest.raises(EncodeError):
+        quantization_report(x, np.array([0.0, 1.0]), np.array([0, 0, 0]))
+
+
+def test_quantize_optimal_limits_the_codebook_size():
+    x = np.random.default_rng(0).standard_normal(20000)
+    with pytest.raises(EncodeError, match="kmeans"):
+        quantize(x, 14, sparse=False, method="optimal")
+    codebook, indices = quantize(x, 14, sparse=False)  # k-means has no such limit
+    assert codebook.size <= 2**14 and quantization_error(x, codebook, indices) < 1e-6
+
+
+@given(strategies.tensors(dtypes=strategies.FLOAT_DTYPES), st.integers(1, 8), st.booleans(),
+       st.sampled_from(["kmeans", "optimal", "ecsq"]), st.sampled_from(["linear", "density", "random", "kmeans++"]),
+       st.sampled_from([0.0, 1e-3, 0.1]))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_quantize_awkward_tensors(x, bits, sparse, method, init, lam):
+    """Random bit patterns (subnormals, huge values, ±0, NaN, inf) of every float dtype, every option."""
+    kwargs = dict(method=method, init=init, lam=lam, seed=3)
+    stored = bits_of(x) != 0 if sparse else np.ones(x.size, bool)
+    if not np.all(np.isfinite(x.reshape(-1)[stored].astype(np.float64))):
+        with pytest.raises(EncodeError, match="finite"):
+            quantize(x, bits, sparse=sparse, **kwargs)
+        return
+    codebook, indices = quantize(x, bits, sparse=sparse, **kwargs)
+    assert codebook.dtype == x.dtype and indices.dtype == np.uint16 and indices.shape == (x.size,)
+    assert 1 <= codebook.size <= 2**bits and int(indices.max(initial=0)) < codebook.size
+    decoded = codebook[indices]
+    assert np.all(np.isfinite(decoded.astype(np.float64)))
+    if sparse:
+        assert bits_of(codebook)[0] == 0 and np.all(indices[~stored] == 0)
+        assert np.all(np.diff(codebook[1:].astype(np.float64)) > 0)
+    if method != "ecsq":
+        check_nearest(x, codebook, indices, sparse)
+    # Deterministic, and a fixed point: the decoded tensor quantizes to itself, bit for bit.
+    again = quantize(x, bits, sparse=sparse, **kwargs)
+    assert again[0].tobytes() == codebook.tobytes() and again[1].tobytes() == indices.tobytes()
+    cb2, idx2 = quantize(decoded.reshape(x.shape), bits, sparse=sparse, **kwargs)
+    assert bits_of(cb2[idx2]).tolist() == bits_of(decoded).tolist()
