@@ -12,7 +12,7 @@ import numpy as np
 
 from . import constants as K
 from .container import DEFAULT_LIMITS, Header, Limits, TensorInfo, atomic_write, parse_header, write_stream
-from .errors import DCFError, EncodeError
+from .errors import DCFError, EncodeError, TruncatedError
 from .policy import Policy
 
 Progress = Callable[[str], None]
@@ -100,6 +100,7 @@ class SafeOpen:
     def __init__(self, source: str | os.PathLike | bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS):
         self._file = None
         self._map = None
+        self._closed = False
         if isinstance(source, (bytes, bytearray, memoryview)):
             self._buf: Any = memoryview(source).cast("B")
         else:
@@ -130,6 +131,7 @@ class SafeOpen:
 
     def close(self) -> None:
         """Release the file. Arrays returned with copy=False must not be used afterwards."""
+        self._closed = True
         buf, self._buf = getattr(self, "_buf", None), memoryview(b"")
         if isinstance(buf, memoryview):
             buf.release()
@@ -183,7 +185,9 @@ class SafeOpen:
         """Decode one tensor to a numpy array. copy=False returns raw tensors as read-only views of the map."""
         from .codec import decode_tensor
 
-        return decode_tensor(self._buf, self._info(name), self._table_cache(), copy=copy)
+        info = self._info(name)
+        self._check_readable(name)
+        return decode_tensor(self._buf, info, self._table_cache(), copy=copy)
 
     def get_sparse(self, name: str):
         """A sparse tensor's CSR/CSC arrays, codes and codebook, without densifying (a `SparseTensor`)."""
@@ -192,7 +196,23 @@ class SafeOpen:
         info = self._info(name)
         if info.encoding != K.SPARSE:
             raise DCFError(f"tensor {name!r} is stored {info.encoding}, not sparse", tensor=name)
+        self._check_readable(name)
         return decode_sparse(self._buf, info, self._table_cache())
+
+    def _check_readable(self, name: str) -> None:
+        """Refuse to read after close, or from the map of a file another program truncated in place.
+
+        Reading mapped pages past the new end of a file kills the process with SIGBUS; a file replaced
+        by a rename (as dcformat writes) keeps its old length here and is never affected.
+        """
+        if self._closed:
+            raise DCFError("the file is closed", tensor=name)
+        if self._map is None:  # bytes in memory, or an empty file: nothing can shrink under us
+            return
+        size = os.fstat(self._file.fileno()).st_size
+        if size < self.header.file_length:
+            raise TruncatedError(f"the file shrank to {size} bytes since it was opened ({self.header.file_length}): "
+                                 "another program overwrote it in place", tensor=name)
 
 
 def open(source: str | os.PathLike | bytes, *, limits: Limits = DEFAULT_LIMITS) -> SafeOpen:  # noqa: A001
