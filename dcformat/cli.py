@@ -108,13 +108,18 @@ def _fmt_bits(a: float | None, b: float | None) -> str:
     return f"{a:g} / {b:.2f}" if b is not None else f"{a:g} / -"
 
 
+def printable(text: str) -> str:
+    """Text from a file, safe for a terminal: control characters (escape sequences, newlines) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def format_report(report: dict[str, Any]) -> str:
     cols = ["name", "shape", "weights", "kept", "encoding", "layout", "w bits P+Q / +H", "idx bits P+Q / +H",
             "fillers", "bytes", "rate"]
     lines = []
     for r in report["tensors"]:
         lines.append([
-            r["name"], "x".join(map(str, r["shape"])) or "scalar", f"{r['weights']:,}",
+            printable(r["name"]), "x".join(map(str, r["shape"])) or "scalar", f"{r['weights']:,}",
             f"{100 * r['kept']:.1f}%" if r["kept"] is not None else "-", r["encoding"], r["layout"],
             _fmt_bits(r["weight_bits"], r["weight_bits_coded"]), _fmt_bits(r["index_bits"], r["index_bits_coded"]),
             f"{r['fillers']:,}", f"{r['bytes']:,}", f"{100 * r['rate']:.2f}%" if r["rate"] is not None else "-",
@@ -221,43 +226,47 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if report["metadata"]:
             print("metadata:")
             for k, v in report["metadata"].items():
-                print(f"  {k}: {v}")
+                print(f"  {printable(k)}: {printable(v)}")
     return 0
 
 
 def verify_file(path: str) -> dict[str, Any]:
     """Check the header, every section's CRC and every tensor's decoding; collect every problem."""
-    import numpy as np
-
-    from . import codec
     from .api import SafeOpen
+    from .container import check_section
 
     problems: list[dict[str, Any]] = []
     checked = 0
+
+    def problem(tensor: str | None, error: str, message: str) -> None:
+        problems.append({"tensor": tensor, "error": error, "message": message})
+
     try:
         f = SafeOpen(path)
     except (DCFError, OSError) as e:
-        return {"file": path, "ok": False, "tensors": 0, "problems": [{"tensor": None, "error": type(e).__name__, "message": str(e)}]}
+        problem(None, type(e).__name__, str(e))
+        return {"file": path, "ok": False, "tensors": 0, "problems": problems}
     with f:
         for info in f.header.tensors:
+            intact = True
             for key, section in info.sections():
                 try:
-                    from .container import check_section
-
                     check_section(f._buf, section, key, info.name)
                 except DCFError as e:
-                    problems.append({"tensor": info.name, "error": type(e).__name__, "message": str(e)})
+                    problem(info.name, type(e).__name__, str(e))
+                    intact = False
+            if not intact:  # decoding would only report the same checksum again
+                continue
             try:
                 f.get_tensor(info.name)
                 if info.encoding == K.SPARSE:
-                    s = f.get_sparse(info.name)
-                    fillers = info.entries - len(s.values)
+                    fillers = info.entries - len(f.get_sparse(info.name).values)
                     if fillers != info.fillers:
-                        problems.append({"tensor": info.name, "error": "FormatError",
-                                         "message": f"header says {info.fillers} fillers, the data has {fillers} zero entries"})
+                        problem(info.name, "FormatError",
+                                f"header says {info.fillers} fillers, the data has {fillers} zero entries")
                 checked += 1
             except DCFError as e:
-                problems.append({"tensor": info.name, "error": type(e).__name__, "message": str(e)})
+                problem(info.name, type(e).__name__, str(e))
     return {"file": path, "ok": not problems, "tensors": checked, "problems": problems}
 
 
@@ -269,7 +278,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"{args.file}: OK ({result['tensors']} tensors decoded, all checksums match)")
     else:
         for p in result["problems"]:
-            print(f"{args.file}: {p['error']}: {p['message']}")
+            print(f"{args.file}: {p['error']}: {printable(p['message'])}")
         print(f"{args.file}: {len(result['problems'])} problem(s)")
     return 0 if result["ok"] else 1
 

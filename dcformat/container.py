@@ -692,6 +692,20 @@ def write_stream(f: BinaryIO, metadata: dict[str, str], tables: list[str], tenso
     return file_length
 
 
+def _fsync_directory(directory: str) -> None:
+    """Make a rename durable: fsync the directory entry (where the platform allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Any) -> None:
     """Call write(f) on a temporary file beside `path`, then rename it over `path`.
 
@@ -714,6 +728,7 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
             mode = 0o666 & ~umask
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+        _fsync_directory(directory)
     except BaseException:
         try:
             os.unlink(tmp)

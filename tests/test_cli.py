@@ -161,3 +161,24 @@ def test_npz_output_takes_any_tensor_name(tmp_path):
     assert set(back) == set(tensors)
     for k in tensors:
         assert back[k].dtype == tensors[k].dtype and np.array_equal(back[k], tensors[k])
+
+
+def test_inspect_and_verify_escape_control_characters(tmp_path, capsys):
+    out = tmp_path / "m.dcf"
+    dcformat.save_file({"evil\x1b[2J\nname": np.zeros(3, np.float32)}, out, metadata={"k\x1b]0;x\x07": "v\r\n"})
+    code, text, _ = run(["inspect", out], capsys)
+    assert code == 0
+    assert "\x1b" not in text and "\\x1b[2J\\nname" in text and "v\\r\\n" in text
+
+
+def test_verify_reports_a_checksum_once(model_npz, tmp_path, capsys):
+    out = tmp_path / "m.dcf"
+    assert run(["compress", model_npz, "-o", out, "--lossless"], capsys)[0] == 0
+    data = out.read_bytes()
+    doc, _ = split(data)
+    t = doc["tensors"][0]
+    out.write_bytes(poke(data, t["data"]["offset"], bytes([data[t["data"]["offset"]] ^ 1])))
+    code, text, _ = run(["verify", out, "--json"], capsys)
+    result = json.loads(text)
+    assert code == 1 and [p["error"] for p in result["problems"]] == ["ChecksumError"]
+    assert result["tensors"] == len(doc["tensors"]) - 1
