@@ -47,6 +47,9 @@ def unpack(buf, count: int, width: int, alphabet: int) -> np.ndarray:
             f"fixed-width stream of {count} symbols of {width} bits needs {expected} bytes, got {data.size}"
         )
     out = np.empty(count, dtype=np.uint16)
+    if _unpack_fast(data, width, alphabet, out):
+        return out
+    # a symbol is too large or the padding is not zero: the exact kernel finds the first problem
     status, index, value = _unpack_kernel(data, width, alphabet, out)
     if status == _BAD_SYMBOL:
         raise CorruptDataError(f"fixed-width stream: symbol {index} has value {value}, not below the alphabet size {alphabet}")
@@ -139,3 +142,57 @@ def _unpack_kernel(data, width, alphabet, out):
     if acc != 0 or pos != n:
         return _BAD_PADDING, out.size, 0
     return _OK, 0, 0
+
+
+_U64 = numba.uint64
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _load_u64(data, p):
+    """Little-endian u64 from data[p:p+8], p a uint64 (caller guarantees p + 8 <= data.size)."""
+    return (
+        _U64(data[p])
+        | (_U64(data[p + _U64(1)]) << _U64(8))
+        | (_U64(data[p + _U64(2)]) << _U64(16))
+        | (_U64(data[p + _U64(3)]) << _U64(24))
+        | (_U64(data[p + _U64(4)]) << _U64(32))
+        | (_U64(data[p + _U64(5)]) << _U64(40))
+        | (_U64(data[p + _U64(6)]) << _U64(48))
+        | (_U64(data[p + _U64(7)]) << _U64(56))
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _unpack_fast(data, width, alphabet, out):
+    """Unpack data (exactly ceil(out.size * width / 8) bytes) into out; True if every symbol is below
+    `alphabet` and the padding is zero. Each symbol is read from its own 8-byte window, so there is no
+    chain from one symbol to the next (~2x the exact kernel); uint64 indices skip wraparound checks."""
+    n = _U64(out.size)
+    w = _U64(width)
+    mask = (_U64(1) << w) - _U64(1)
+    limit = _U64(alphabet)
+    nbytes = _U64(data.size)
+    # symbols whose 8-byte window data[bit // 8 : bit // 8 + 8] lies inside the data (bit = i * w)
+    safe = _U64(0)
+    if nbytes >= _U64(8):
+        safe = min(n, (nbytes - _U64(8)) * _U64(8) // w + _U64(1))
+    bad = False
+    for i in range(safe):
+        bit = _U64(i) * w
+        v = (_load_u64(data, bit >> _U64(3)) >> (bit & _U64(7))) & mask
+        bad |= v >= limit
+        out[i] = np.uint16(v)
+    for i in range(safe, n):  # the last few symbols: gather their (at most 3) bytes one by one
+        bit = _U64(i) * w
+        byte = bit >> _U64(3)
+        v = _U64(0)
+        for k in range(3):
+            if byte + _U64(k) < nbytes:
+                v |= _U64(data[byte + _U64(k)]) << _U64(8 * k)
+        v = (v >> (bit & _U64(7))) & mask
+        bad |= v >= limit
+        out[i] = np.uint16(v)
+    used = n * w
+    if used & _U64(7) and nbytes:
+        bad |= (_U64(data[nbytes - _U64(1)]) >> (used & _U64(7))) != _U64(0)  # padding bits of the last byte
+    return not bad

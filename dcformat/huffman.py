@@ -7,6 +7,9 @@ emits each codeword bit-reversed and the reader indexes a 2**L lookup table by t
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import numba
@@ -263,7 +266,11 @@ def encode(symbols: np.ndarray, lengths: np.ndarray, block_size: int) -> tuple[b
 def decode(
     buf, count: int, lengths: np.ndarray, block_size: int, block_bytes: list[int], *, parallel: bool = False
 ) -> np.ndarray:
-    """Decode `count` Huffman-coded symbols (uint16) from §6.3 blocks, rejecting every malformed stream."""
+    """Decode `count` Huffman-coded symbols (uint16) from §6.3 blocks, rejecting every malformed stream.
+
+    `parallel=True` decodes pairs of blocks on one thread per CPU (~1.6x on 2 idle cores; none when
+    the cores are busy with other work, so it is not the default).
+    """
     block_size = _check_block_size(block_size, CorruptDataError)
     validate_lengths(lengths)
     data = as_byte_array(buf)
@@ -274,6 +281,20 @@ def decode(
     out = np.empty(count, dtype=np.uint16)
     if count == 0:
         return out
+    table, max_len, multi, multi_bits = _decode_tables(lengths)
+    fast = _decode_fast_parallel if parallel else _decode_fast
+    if fast(data, starts, ends, multi, multi_bits, table, max_len, block_size, out):
+        return out
+    # Some block is malformed: the exact one-symbol-at-a-time decoder finds the first bad block and
+    # says what is wrong with it (the fast decoder only knows that something is).
+    code, b, detail = _decode_blocks(data, starts, ends, table, max_len, block_size, out)
+    if code != _OK:
+        _raise_block_error(code, b, detail, int(starts[b]), int(ends[b]))
+    return out
+
+
+def _decode_tables(lengths: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, int]:
+    """(one-symbol table, max code length, multi-symbol table, its index width) of a valid table."""
     lens = np.asarray(lengths).astype(np.uint32)
     max_len = int(lens.max())
     rev = _reversed_codes(canonical_codes(lengths), lens)
@@ -281,17 +302,9 @@ def decode(
     if lens.size <= _NARROW_TABLE_MAX_SYMBOLS:
         # symbol << 4 | length fits 16 bits: a half-size table stays in cache better (~30% faster at L=15)
         table = table.astype(np.uint16)
-    if parallel:
-        status, detail = _decode_blocks_parallel(data, starts, ends, table, max_len, block_size, out)
-        failed = np.flatnonzero(status)
-        if failed.size:
-            b = int(failed[0])
-            _raise_block_error(int(status[b]), b, int(detail[b]), int(starts[b]), int(ends[b]))
-    else:
-        code, b, detail = _decode_blocks(data, starts, ends, table, max_len, block_size, out)
-        if code != _OK:
-            _raise_block_error(code, b, detail, int(starts[b]), int(ends[b]))
-    return out
+    # an entry holds at most _MULTI_SYMBOLS codewords, so bits beyond that many longest codes are unused
+    multi_bits = min(_MULTI_BITS, _MULTI_SYMBOLS * max_len)
+    return table, max_len, _build_multi_table(table, max_len, multi_bits), multi_bits
 
 
 def _check_block_size(block_size, error: type) -> int:
@@ -377,6 +390,11 @@ def _reversed_codes(codes: np.ndarray, lens: np.ndarray) -> np.ndarray:
 
 # tables of at most this many symbols are decoded through uint16 entries (12-bit symbol, 4-bit length)
 _NARROW_TABLE_MAX_SYMBOLS = 1 << 12
+# The fast decoder looks up the next _MULTI_BITS stream bits in a table of 2**12 uint64 entries (32 KB,
+# L1-resident) that yields up to _MULTI_SYMBOLS whole codewords at once; codes longer than that take
+# the one-symbol table. Measured on 5-bit-ish streams: 12 bits beat 10, 11 and 13 (64 KB spills L1).
+_MULTI_BITS = 12
+_MULTI_SYMBOLS = 3
 
 _OK, _OUT_OF_BITS, _INVALID_CODE, _LEFTOVER, _PADDING, _OUT_OF_RANGE, _NO_SYMBOL = 0, 1, 2, 3, 4, 5, 6
 
@@ -536,17 +554,189 @@ def _decode_blocks(data, starts, ends, table, max_len, block_size, out):
     return _OK, 0, 0
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _decode_blocks_parallel(data, starts, ends, table, max_len, block_size, out):
-    """Decode blocks concurrently (they are independent, §6.3); return per-block (status, detail)."""
-    nblocks = starts.size
-    count = out.size
-    status = np.zeros(nblocks, dtype=np.int64)
-    detail = np.zeros(nblocks, dtype=np.int64)
-    for b in numba.prange(nblocks):
-        i0 = b * block_size
-        i1 = min(i0 + block_size, count)
-        st, de = _decode_block(data, starts[b], ends[b], table, max_len, out, i0, i1)
-        status[b] = st
-        detail[b] = de
-    return status, detail
+# ---------------------------------------------------------------------------------------------------
+# The fast decoder. Its state is all uint64 (numba then skips negative-index wraparound, and LLVM
+# merges _load_u64's byte loads into one): a 64-bit bit buffer refilled without branches, a lookup
+# that yields up to three symbols, and two blocks decoded in one loop so that the CPU overlaps their
+# dependency chains (measured: 2 blocks beat 1 by ~2x and 4 by ~10%, which spill registers). It
+# only says whether every block was well formed; on False the exact decoder above says what is wrong.
+# ---------------------------------------------------------------------------------------------------
+
+_U64 = numba.uint64
+
+
+@numba.njit(cache=True, nogil=True)
+def _build_multi_table(table, max_len, bits):
+    """2**bits entries: the whole codewords (up to 3) that the next `bits` stream bits begin with.
+
+    Entry: symbols in bits 16..31, 32..47, 48..63; their count in bits 4..5; their total code length
+    in bits 0..3. Count 0 means the first codeword is longer than `bits` (or invalid): slow path.
+    """
+    size = 1 << bits
+    mask = (1 << max_len) - 1
+    multi = np.zeros(size, dtype=np.uint64)
+    for v in range(size):
+        used = 0
+        n = 0
+        entry = np.uint64(0)
+        while n < 3:
+            e = np.int64(table[(v >> used) & mask])  # bits above `bits` read as zero: check the length
+            length = e & 15
+            if length == 0 or length > bits - used:
+                break
+            entry |= np.uint64(e >> 4) << np.uint64(16 + 16 * n)
+            used += length
+            n += 1
+        if n:
+            entry |= np.uint64(used | (n << 4))
+        multi[v] = entry
+    return multi
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _load_u64(data, p):
+    """Little-endian u64 from data[p:p+8], p a uint64 (caller guarantees p + 8 <= data.size)."""
+    return (
+        _U64(data[p])
+        | (_U64(data[p + _U64(1)]) << _U64(8))
+        | (_U64(data[p + _U64(2)]) << _U64(16))
+        | (_U64(data[p + _U64(3)]) << _U64(24))
+        | (_U64(data[p + _U64(4)]) << _U64(32))
+        | (_U64(data[p + _U64(5)]) << _U64(40))
+        | (_U64(data[p + _U64(6)]) << _U64(48))
+        | (_U64(data[p + _U64(7)]) << _U64(56))
+    )
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _refill(data, pos, bitbuf, bitcnt):
+    """Top the bit buffer up to 56..63 bits from data[pos:pos+8] (caller: pos + 8 <= end), no branch."""
+    bitbuf |= _load_u64(data, pos) << bitcnt
+    return pos + ((_U64(63) - bitcnt) >> _U64(3)), bitbuf, bitcnt | _U64(56)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _step(multi, multi_mask, table, mask, out, bitbuf, bitcnt, i, bad):
+    """Decode 1..3 symbols at out[i:] (caller: i + 3 <= block end, bitcnt >= both table widths)."""
+    e = multi[bitbuf & multi_mask]
+    if e & _U64(0x30):
+        # store all three slots; the next lookup overwrites the ones beyond the entry's count
+        out[i] = np.uint16(e >> _U64(16))
+        out[i + _U64(1)] = np.uint16(e >> _U64(32))
+        out[i + _U64(2)] = np.uint16(e >> _U64(48))
+        used = e & _U64(15)
+        return bitbuf >> used, bitcnt - used, i + ((e >> _U64(4)) & _U64(3)), bad
+    f = _U64(table[bitbuf & mask])  # a long (or invalid: length 0) codeword
+    length = f & _U64(15)
+    out[i] = np.uint16(f >> _U64(4))
+    return bitbuf >> length, bitcnt - length, i + _U64(1), bad | (length == _U64(0))
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish_block(data, pos, end, bitbuf, bitcnt, multi, multi_bits, table, max_len, out, i, i1):
+    """Decode out[i:i1] from the buffered bits and data[pos:end], then check the padding; True if valid."""
+    need = _U64(max(multi_bits, max_len))
+    multi_mask = (_U64(1) << _U64(multi_bits)) - _U64(1)
+    mask = (_U64(1) << _U64(max_len)) - _U64(1)
+    bad = False
+    while pos + _U64(8) <= end and i + _U64(3) <= i1:
+        pos, bitbuf, bitcnt = _refill(data, pos, bitbuf, bitcnt)
+        while bitcnt >= need and i + _U64(3) <= i1:
+            bitbuf, bitcnt, i, bad = _step(multi, multi_mask, table, mask, out, bitbuf, bitcnt, i, bad)
+            if bad:
+                return False
+    while i < i1:  # the last few symbols or bytes: one symbol and one byte at a time
+        while bitcnt <= _U64(56) and pos < end:
+            bitbuf |= _U64(data[pos]) << bitcnt
+            pos += _U64(1)
+            bitcnt += _U64(8)
+        f = _U64(table[bitbuf & mask])  # bits above bitcnt are zero here: the length says if it fits
+        length = f & _U64(15)
+        if length == _U64(0) or length > bitcnt:
+            return False
+        out[i] = np.uint16(f >> _U64(4))
+        bitbuf >>= length
+        bitcnt -= length
+        i += _U64(1)
+    if pos != end or bitcnt > _U64(7):
+        return False  # more than 7 bits left over
+    return bitbuf & ((_U64(1) << bitcnt) - _U64(1)) == _U64(0)  # zero padding
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_pair(data, starts, ends, multi, multi_bits, table, max_len, block_size, out, b):
+    """Decode blocks b and b + 1 (both must exist) interleaved in one loop; True if both are valid."""
+    need = max(multi_bits, max_len)
+    # lookups per refill: each takes at most `need` bits and must find `need` bits buffered (56 after a refill)
+    k = 1 + (56 - need) // need
+    room = _U64(3 * k)
+    multi_mask = (_U64(1) << _U64(multi_bits)) - _U64(1)
+    mask = (_U64(1) << _U64(max_len)) - _U64(1)
+    n = _U64(out.size)
+    p0, e0 = _U64(starts[b]), _U64(ends[b])
+    p1, e1 = _U64(starts[b + 1]), _U64(ends[b + 1])
+    i0 = _U64(b) * _U64(block_size)
+    j0 = min(i0 + _U64(block_size), n)
+    i1 = j0
+    j1 = min(i1 + _U64(block_size), n)
+    bb0 = bc0 = bb1 = bc1 = _U64(0)
+    bad = False
+    while p0 + _U64(8) <= e0 and p1 + _U64(8) <= e1 and i0 + room <= j0 and i1 + room <= j1:
+        p0, bb0, bc0 = _refill(data, p0, bb0, bc0)
+        p1, bb1, bc1 = _refill(data, p1, bb1, bc1)
+        for _ in range(k):
+            bb0, bc0, i0, bad = _step(multi, multi_mask, table, mask, out, bb0, bc0, i0, bad)
+            bb1, bc1, i1, bad = _step(multi, multi_mask, table, mask, out, bb1, bc1, i1, bad)
+        if bad:
+            return False
+    return _finish_block(data, p0, e0, bb0, bc0, multi, multi_bits, table, max_len, out, i0, j0) and _finish_block(
+        data, p1, e1, bb1, bc1, multi, multi_bits, table, max_len, out, i1, j1
+    )
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _decode_unit(data, starts, ends, multi, multi_bits, table, max_len, block_size, out, u):
+    """Decode unit u: blocks 2u and 2u + 1 interleaved, or the last block alone; True if valid."""
+    b = 2 * u
+    if b + 1 < starts.size:
+        return _decode_pair(data, starts, ends, multi, multi_bits, table, max_len, block_size, out, b)
+    i0 = _U64(b) * _U64(block_size)
+    i1 = min(i0 + _U64(block_size), _U64(out.size))
+    return _finish_block(
+        data, _U64(starts[b]), _U64(ends[b]), _U64(0), _U64(0), multi, multi_bits, table, max_len, out, i0, i1
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_units(data, starts, ends, multi, multi_bits, table, max_len, block_size, out, u0, u1):
+    """Decode units u0..u1 (pairs of blocks) on this thread; True if all are valid (stops at the first bad)."""
+    for u in range(u0, u1):
+        if not _decode_unit(data, starts, ends, multi, multi_bits, table, max_len, block_size, out, u):
+            return False
+    return True
+
+
+def _decode_fast(data, starts, ends, multi, multi_bits, table, max_len, block_size, out) -> bool:
+    """Decode every block on this thread; True if all are valid."""
+    units = (starts.size + 1) // 2
+    return _decode_units(data, starts, ends, multi, multi_bits, table, max_len, block_size, out, 0, units)
+
+
+def _decode_fast_parallel(data, starts, ends, multi, multi_bits, table, max_len, block_size, out) -> bool:
+    """Decode the pairs of blocks in one contiguous share per CPU, on Python threads (the kernel drops
+    the GIL); True if all are valid. Plain threads wait by blocking, where numba's OpenMP pool spins:
+    measured on 2 busy cores, prange was 10x slower than one thread, threads were not."""
+    units = (starts.size + 1) // 2
+    shares = min(units, os.cpu_count() or 1)
+    if shares <= 1:
+        return _decode_fast(data, starts, ends, multi, multi_bits, table, max_len, block_size, out)
+    bounds = [units * k // shares for k in range(shares + 1)]
+    args = (data, starts, ends, multi, multi_bits, table, max_len, block_size, out)
+    work = _thread_pool().map(lambda k: _decode_units(*args, bounds[k], bounds[k + 1]), range(shares))
+    return all(list(work))  # list: wait for every share, even after a failed one
+
+
+@functools.lru_cache(maxsize=1)
+def _thread_pool() -> ThreadPoolExecutor:
+    """A process-wide pool of one decoding thread per CPU, made on first use."""
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="dcformat-decode")

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dcformat.bitpack as bitpack_module
 from dcformat.bitpack import pack, packed_size, unpack
 from dcformat.errors import CorruptDataError, DCFError, EncodeError
 
@@ -54,6 +55,19 @@ def ref_unpack(buf: bytes, count: int, width: int, alphabet: int):
     if any(bits[count * width :]):
         return ("padding",)
     return out
+
+
+def check_fast_unpack(expected, buf: bytes, count: int, width: int, alphabet: int) -> None:
+    """The fast kernel alone: True exactly when the reference decodes, and then the same symbols.
+
+    unpack() falls back to the exact kernel when the fast one fails, so without this check a fast
+    kernel that rejected valid streams would only be slow, never wrong.
+    """
+    out = np.full(count, 0xFFFF, dtype=np.uint16)
+    ok = bitpack_module._unpack_fast(np.frombuffer(buf, dtype=np.uint8), width, alphabet, out)
+    assert ok == isinstance(expected, list)
+    if ok:
+        assert out.tolist() == expected
 
 
 @st.composite
@@ -107,6 +121,11 @@ def test_pack_matches_reference_and_round_trips(case):
     out = unpack(buf, symbols.size, width, 1 << width)
     assert out.dtype == np.uint16 and out.shape == symbols.shape
     assert np.array_equal(out, symbols)
+    check_fast_unpack(symbols.tolist(), buf, symbols.size, width, 1 << width)
+    if symbols.size and int(symbols.max()) > 0:
+        # the largest symbol one past the alphabet: the fast kernel must notice, wherever it is
+        check_fast_unpack(ref_unpack(buf, symbols.size, width, int(symbols.max())), buf, symbols.size, width,
+                          int(symbols.max()))
 
 
 @pytest.mark.parametrize("width", range(1, 17))
@@ -132,6 +151,7 @@ def test_unpack_of_arbitrary_bytes_matches_reference(width, count, alphabet, dat
     size = packed_size(count, width)
     buf = data.draw(st.binary(min_size=size, max_size=size))
     expected = ref_unpack(buf, count, width, alphabet)
+    check_fast_unpack(expected, buf, count, width, alphabet)
     if isinstance(expected, list):
         assert unpack(buf, count, width, alphabet).tolist() == expected
         return

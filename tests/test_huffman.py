@@ -150,9 +150,64 @@ def check_decode_like_reference(buf: bytes, count: int, lengths, block_size: int
             # a wide (uint32) table is what tables of more than 4096 symbols use; force it on small ones too
             huffman_module._NARROW_TABLE_MAX_SYMBOLS = 0 if wide else narrow
             check_one_decode(expected, buf, count, lengths, block_size, block_bytes, parallel)
+            check_fast_decoder(expected, buf, count, lengths, block_size, block_bytes, parallel)
     finally:
         huffman_module._NARROW_TABLE_MAX_SYMBOLS = narrow
     return expected
+
+
+def check_fast_decoder(expected, buf, count, lengths, block_size, block_bytes, parallel):
+    """The fast kernel alone: valid exactly when the reference decodes, and then the same symbols.
+
+    decode() falls back to the exact decoder whenever the fast one fails, so without this check a fast
+    decoder that rejected valid streams would only be slow, never wrong.
+    """
+    if isinstance(expected, tuple) and expected[0] in ("nblocks", "sum", "capacity"):
+        return  # rejected by the Python checks before any kernel runs
+    if count == 0:
+        return
+    data = np.frombuffer(bytes(buf), dtype=np.uint8)
+    sizes = np.asarray(block_bytes, dtype=np.int64)
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    table, max_len, multi, multi_bits = huffman_module._decode_tables(lengths)
+    kernel = huffman_module._decode_fast_parallel if parallel else huffman_module._decode_fast
+    out = np.full(count, 0xFFFF, dtype=np.uint16)
+    ok = kernel(data, starts, ends, multi, multi_bits, table, max_len, block_size, out)
+    assert ok == isinstance(expected, list)
+    if ok:
+        assert out.tolist() == expected
+
+
+def ref_multi_table(lengths, bits: int) -> np.ndarray:
+    """The fast decoder's table, textbook style: read up to 3 whole codewords from each `bits`-bit value.
+
+    Value v stands for the next `bits` stream bits, the first in bit 0 (§1). Entry: symbols in bits
+    16..31, 32..47, 48..63, their count in bits 4..5, their total length in bits 0..3; 0 when the first
+    codeword does not fit (or is invalid).
+    """
+    codes = {(length, code): s for s, (code, length) in ref_codes(lengths).items()}
+    table = np.zeros(1 << bits, dtype=np.uint64)
+    for v in range(1 << bits):
+        stream = [(v >> k) & 1 for k in range(bits)]
+        p = 0
+        found = []
+        while len(found) < 3:
+            code = length = 0
+            while (length, code) not in codes and p + length < bits and length < 15:
+                code = 2 * code + stream[p + length]
+                length += 1
+            if (length, code) not in codes:
+                break
+            found.append(codes[(length, code)])
+            p += length
+        entry = 0
+        for k, s in enumerate(found):
+            entry |= s << (16 + 16 * k)
+        if found:
+            entry |= p | (len(found) << 4)
+        table[v] = entry
+    return table
 
 
 def check_one_decode(expected, buf, count, lengths, block_size, block_bytes, parallel):
@@ -556,6 +611,7 @@ def test_encode_matches_reference_and_round_trips(case):
         out = decode(buf, symbols.size, lengths, block_size, block_bytes, parallel=parallel)
         assert out.dtype == np.uint16
         assert np.array_equal(out, symbols)
+        check_fast_decoder(symbols.tolist(), buf, symbols.size, lengths, block_size, block_bytes, parallel)
     assert ref_decode(buf, symbols.size, lengths, block_size, block_bytes) == symbols.tolist()
 
 
@@ -698,6 +754,52 @@ def test_skewed_long_stream_matches_reference_prefix():
     head = symbols[: 3 * 4096]
     ref_buf, ref_bb = ref_encode(head, lengths, 4096)
     assert block_bytes[:3] == ref_bb and buf[: sum(ref_bb)] == ref_buf
+
+
+@settings(max_examples=150, deadline=None)
+@given(count_arrays(max_symbols=40), st.integers(1, 12))
+def test_multi_symbol_table_matches_reference(case, bits):
+    """The fast decoder's table for every width it may use, narrow and wide one-symbol tables."""
+    lengths = code_lengths(*case)
+    max_len = int(lengths.max())
+    lens = lengths.astype(np.uint32)
+    one = huffman_module._build_decode_table(lens, huffman_module._reversed_codes(canonical_codes(lengths), lens), max_len)
+    expected = ref_multi_table(lengths, bits)
+    for table in (one, one.astype(np.uint16)):
+        assert np.array_equal(huffman_module._build_multi_table(table, max_len, bits), expected)
+
+
+def test_multi_symbol_table_spec_example():
+    # "1332": 0 -> 0, 10 -> 3, 110 -> 1, 111 -> 2 (stream order, first bit in bit 0 of the index)
+    multi = ref_multi_table(lengths_from_hex("1332"), 3)
+    assert int(multi[0b000]) == (0 << 16 | 0 << 32 | 0 << 48) | 3 | 3 << 4  # 0 0 0
+    assert int(multi[0b001]) == (3 << 16 | 0 << 32) | 3 | 2 << 4  # "10" then "0"
+    assert int(multi[0b011]) == 1 << 16 | 3 | 1 << 4  # "110"
+    assert int(multi[0b101]) == 3 << 16 | 2 | 1 << 4  # "10", then "1" is not a whole codeword
+    table, max_len, multi_k, bits = huffman_module._decode_tables(lengths_from_hex("1332"))
+    assert (max_len, bits) == (3, 9)  # 3 codewords of at most 3 bits: 9 bits are enough
+    assert np.array_equal(multi_k, ref_multi_table(lengths_from_hex("1332"), 9))
+
+
+@pytest.mark.parametrize("nblocks", [1, 2, 3, 6, 7])
+@pytest.mark.parametrize("max_length", [1, 4, 11, 12, 13, 15])
+def test_fast_decoder_every_code_length_and_block_count(nblocks, max_length):
+    """Pairs and a lone last block, codes shorter and longer than the 12-bit multi-symbol lookup."""
+    rng = np.random.default_rng(max_length * 10 + nblocks)
+    fib = [1, 1]
+    while len(fib) < max_length + 1:
+        fib.append(fib[-1] + fib[-2])
+    weights = np.array(fib[::-1], dtype=np.int64)  # natural depth max_length: the limit is reached
+    lengths = code_lengths(weights, max_length)
+    assert int(lengths.max()) == max_length
+    block_size = 700
+    symbols = rng.choice(weights.size, size=block_size * nblocks - 13, p=weights / weights.sum())
+    symbols[rng.integers(0, symbols.size, size=20)] = weights.size - 1  # some longest codes in every run
+    symbols = symbols.astype(np.uint16)
+    buf, block_bytes = encode(symbols, lengths, block_size)
+    for parallel in (False, True):
+        check_fast_decoder(symbols.tolist(), buf, symbols.size, lengths, block_size, block_bytes, parallel)
+        assert np.array_equal(decode(buf, symbols.size, lengths, block_size, block_bytes, parallel=parallel), symbols)
 
 
 def test_decode_accepts_any_bytes_like():
