@@ -66,7 +66,8 @@ def train(params, x, y, epochs, rng, masks=None, lr=1e-3, batch=64):
                     step = lr * (m[k] / (1 - 0.9**t)) / (np.sqrt(v2[k] / (1 - 0.999**t)) + 1e-8)
                     params[k] = (params[k] - step).astype(np.float32)
                     if masks is not None and k in masks:
-                        params[k] *= masks[k]
+                        # np.where, not a product: -w * 0 would leave -0.0, a non-zero bit pattern
+                        params[k] = np.where(masks[k] > 0, params[k], np.float32(0))
     return params
 
 
@@ -86,7 +87,7 @@ def main() -> None:
         w = params[k]
         cut = np.sort(np.abs(w).reshape(-1))[int(round(frac * w.size))]
         masks[k] = (np.abs(w) >= cut).astype(np.float32)
-        params[k] = params[k] * masks[k]
+        params[k] = np.where(masks[k] > 0, params[k], np.float32(0))
     print(f"pruned, before retraining: {accuracy(params, x[test], y[test]):.4f}")
     params = train(params, x[trainset], y[trainset], 60, rng, masks=masks, lr=5e-4)
     print(f"pruned and retrained: {accuracy(params, x[test], y[test]):.4f}")
