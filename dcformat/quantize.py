@@ -440,7 +440,10 @@ def _penalties(lam: float, sorted_values: np.ndarray, lengths: np.ndarray) -> np
     scale = _power_of_two_scale(sorted_values)
     scaled = sorted_values * scale
     variance = float(np.mean((scaled - scaled.mean()) ** 2))
-    return lam * variance * lengths / (scale * scale)
+    # For values near the float64 limit σ² itself overflows; cap the penalties so they stay finite
+    # (assign rescales them again): only such absurd ranges see the cap.
+    with np.errstate(over="ignore", divide="ignore"):
+        return np.minimum(lam * variance * lengths / (scale * scale), np.finfo(np.float64).max)
 
 
 def _code_lengths(labels: np.ndarray, k: int) -> np.ndarray:

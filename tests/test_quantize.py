@@ -787,3 +787,11 @@ def test_quantize_awkward_tensors(x, bits, sparse, method, init, lam):
     assert again[0].tobytes() == codebook.tobytes() and again[1].tobytes() == indices.tobytes()
     cb2, idx2 = quantize(decoded.reshape(x.shape), bits, sparse=sparse, **kwargs)
     assert bits_of(cb2[idx2]).tolist() == bits_of(decoded).tolist()
+
+
+def test_ecsq_on_values_near_the_float64_limit():
+    """σ² of such values overflows float64: the penalties are capped, not a crash (found by hypothesis)."""
+    x = np.array([0.0, -3.07448744e247, 6.66223290e-131])
+    codebook, indices = quantize(x, 1, sparse=False, method="ecsq", lam=0.001)
+    assert np.all(np.isfinite(codebook)) and len(codebook) <= 2
+    assert codebook[indices[1]] == x[1]
