@@ -11,15 +11,15 @@ from __future__ import annotations
 import warnings
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
 from . import bitpack, huffman, prune as pruning, quantize, relindex
 from . import constants as K
-from .container import EncodedTensor, Header, Stream, TensorInfo, check_section
+from .container import EncodedTensor, Stream, TensorInfo, check_section
 from .errors import CorruptDataError, DCFError, EncodeError
-from .policy import AUTO, Policy, TensorPlan, dtype_name
+from .policy import AUTO, TensorPlan, dtype_name
 
 INDEX_BITS_CANDIDATES = tuple(range(1, 13))  # tried by index_bits="auto"
 

@@ -14,7 +14,7 @@ import struct
 import tempfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from . import constants as K
 from .errors import (

@@ -15,7 +15,7 @@ from fractions import Fraction
 import numba
 import numpy as np
 
-from .bitpack import as_byte_array, as_symbols
+from .bitpack import _load_u64, as_byte_array, as_symbols
 from .constants import MAX_ALPHABET, MAX_CODE_LENGTH
 from .errors import CorruptDataError, EncodeError, HuffmanTableError
 
@@ -591,21 +591,6 @@ def _build_multi_table(table, max_len, bits):
             entry |= np.uint64(used | (n << 4))
         multi[v] = entry
     return multi
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _load_u64(data, p):
-    """Little-endian u64 from data[p:p+8], p a uint64 (caller guarantees p + 8 <= data.size)."""
-    return (
-        _U64(data[p])
-        | (_U64(data[p + _U64(1)]) << _U64(8))
-        | (_U64(data[p + _U64(2)]) << _U64(16))
-        | (_U64(data[p + _U64(3)]) << _U64(24))
-        | (_U64(data[p + _U64(4)]) << _U64(32))
-        | (_U64(data[p + _U64(5)]) << _U64(40))
-        | (_U64(data[p + _U64(6)]) << _U64(48))
-        | (_U64(data[p + _U64(7)]) << _U64(56))
-    )
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -10,12 +10,11 @@ a codebook index too large) is returned as an error code and raised here as ``Co
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
 from .constants import CSC, LAYOUTS, MAX_BITS, MIN_BITS
+from .container import matrix_view
 from .errors import CorruptDataError, DCFError, EncodeError
 
 __all__ = [
@@ -236,13 +235,7 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     shape = tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
         raise DCFError(f"shape {shape} has a negative dimension")
-    if len(shape) == 0:
-        return 1, 1
-    if len(shape) == 1:
-        return 1, shape[0]
-    if shape[0] == 0:
-        return 0, 0
-    return shape[0], math.prod(shape[1:])
+    return matrix_view(shape)
 
 
 def nonzero_positions(x: np.ndarray, layout: str) -> np.ndarray:
