@@ -75,16 +75,36 @@ def save_file(tensors: Mapping[str, Any], path: str | os.PathLike, *, policy: Po
     atomic_write(path, lambda f: write_stream(f, meta, tables, encoded))
 
 
-def load(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+def load(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS,
+         threads: int | None = None) -> dict[str, np.ndarray]:
     """Decode every tensor of a dcformat file held in memory."""
     with SafeOpen(data, limits=limits) as f:
-        return {name: f.get_tensor(name) for name in f.keys()}
+        return _decode_all(f, threads)
 
 
-def load_file(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
-    """Decode every tensor of the dcformat file at `path` (name -> numpy array)."""
+def load_file(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS,
+              threads: int | None = None) -> dict[str, np.ndarray]:
+    """Decode every tensor of the dcformat file at `path` (name -> numpy array).
+
+    Tensors decode on `threads` threads (default: one per CPU); the kernels release the GIL.
+    """
     with SafeOpen(path, limits=limits) as f:
-        return {name: f.get_tensor(name) for name in f.keys()}
+        return _decode_all(f, threads)
+
+
+def _decode_all(f: "SafeOpen", threads: int | None) -> dict[str, np.ndarray]:
+    names = f.keys()
+    threads = min(len(names), threads or os.cpu_count() or 1)
+    if threads <= 1:
+        return {name: f.get_tensor(name) for name in names}
+    from concurrent.futures import ThreadPoolExecutor
+
+    f._table_cache()  # create the one table cache before the threads share it
+    # Largest first, so one big tensor does not start last and leave the other threads idle.
+    order = sorted(names, key=lambda n: -f.layout(n).nbytes)
+    with ThreadPoolExecutor(threads) as pool:
+        decoded = dict(zip(order, pool.map(f.get_tensor, order)))
+    return {name: decoded[name] for name in names}
 
 
 class SafeOpen:

@@ -226,3 +226,17 @@ def test_torch_state_dict_round_trip(tmp_path):
     for k, v in sd.items():
         assert out[k].dtype == v.dtype and out[k].shape == v.shape
         assert torch.equal(out[k], v)
+
+
+def test_threaded_load_equals_serial_load(tmp_path):
+    rng = np.random.default_rng(9)
+    model = {f"t{i}": rng.laplace(0, 0.1, (30 + i, 17)).astype(np.float32) for i in range(6)}
+    model["raw"] = np.arange(5, dtype=np.int16)
+    path = tmp_path / "m.dcf"
+    dcformat.save_file(model, path, policy=Policy(prune=0.6, fc_bits=4))
+    serial = dcformat.load_file(path, threads=1)
+    threaded = dcformat.load_file(path, threads=4)
+    assert list(threaded) == list(model)  # file order kept
+    for name in model:
+        assert_same(threaded[name], serial[name])
+    assert_same(dcformat.load(path.read_bytes(), threads=3)["t5"], serial["t5"])
