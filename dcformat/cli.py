@@ -157,7 +157,7 @@ def _policy_from_args(args: argparse.Namespace):
             key = key.strip().replace("-", "_")
             if key in ("bits", "index_bits") and value != "auto":
                 rule[key] = int(value)
-            elif key in ("prune", "threshold", "lam"):
+            elif key in ("prune", "threshold", "lam", "max_error"):
                 rule[key] = float(value)
             elif key == "raw":
                 rule[key] = value.lower() in ("1", "true", "yes", "")
@@ -167,7 +167,7 @@ def _policy_from_args(args: argparse.Namespace):
     kwargs: dict[str, Any] = dict(
         prune=args.prune, threshold=args.threshold, index_bits=args.index_bits, layout=args.layout,
         raw=tuple(args.raw or ()), rules=rules, huffman=args.huffman, lossless=args.lossless,
-        quantizer=args.quantizer, init=args.init, lam=args.lam,
+        quantizer=args.quantizer, init=args.init, lam=args.lam, max_error=args.max_error,
     )
     kwargs["conv_bits"] = args.bits if args.bits is not None else args.conv_bits
     kwargs["fc_bits"] = args.bits if args.bits is not None else args.fc_bits
@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="k-means initialisation (default linear, the paper's)")
     c.add_argument("--lam", type=float, default=0.0,
                    help="ecsq: squared error (in units of the tensor's variance) one index bit must buy (e.g. 0.001)")
+    c.add_argument("--max-error", type=float, default=None, metavar="REL_RMS",
+                   help="quality target: per tensor, the fewest bits (up to --conv-bits/--fc-bits) whose relative "
+                   "RMS error is at most this, e.g. 0.03")
     c.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="add user metadata (repeatable)")
     c.add_argument("--json", action="store_true", help="print the summary and layout as JSON")
     c.set_defaults(func=cmd_compress)

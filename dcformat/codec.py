@@ -173,8 +173,7 @@ def draft_tensor(name: str, value: Any, plan: TensorPlan, block_size: int = K.DE
         warnings.warn(f"tensor {name!r} has non-finite values: stored without weight sharing", stacklevel=3)
         bits = None
     if bits is not None:
-        codebook, indices = quantize.quantize(x, bits, sparse=has_zeros, method=plan.quantizer, init=plan.init,
-                                              lam=plan.lam)
+        codebook, indices = _quantize_for(a, x, bits, has_zeros, plan)
         bits = max(1, int(len(codebook) - 1).bit_length())
         decoded = codebook[indices].reshape(a.shape)
         candidates.append(_shared_draft(base, codebook, indices, bits))
@@ -237,6 +236,25 @@ def draft_explicit(name: str, value: Any, encoding: str, *, codebook: Any = None
     draft = _sparse_drafts(base, a, plan)[0]
     draft.decoded = a
     return draft
+
+
+def _quantize_for(original: np.ndarray, x: np.ndarray, bits: int, sparse: bool, plan: TensorPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Codebook and indices at `bits`, or, with a max_error target, at the fewest bits that meet it."""
+    def at(b: int) -> tuple[np.ndarray, np.ndarray]:
+        return quantize.quantize(x, b, sparse=sparse, method=plan.quantizer, init=plan.init, lam=plan.lam)
+
+    if plan.max_error is None:
+        return at(bits)
+    reference = original.astype(np.float64).reshape(-1)
+    norm = float(np.sqrt(np.sum(reference * reference)))
+    if not np.isfinite(norm):  # values near the float64 limit: no meaningful error to aim at
+        return at(bits)
+    for b in range(1, bits):
+        codebook, indices = at(b)
+        error = float(np.sqrt(np.sum((codebook[indices].astype(np.float64) - reference) ** 2)))
+        if error <= plan.max_error * norm:
+            return codebook, indices
+    return at(bits)
 
 
 def _shared_draft(base: dict, codebook: np.ndarray, indices: np.ndarray, bits: int) -> TensorDraft:

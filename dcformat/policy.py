@@ -30,6 +30,7 @@ class TensorPlan:
     quantizer: str = "kmeans"
     init: str = "linear"
     lam: float = 0.0
+    max_error: float | None = None  # relative RMS error target: the fewest bits (up to `bits`) meeting it
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class Policy:
       "optimal" (least squares by dynamic programming) or "ecsq" (entropy-constrained: squared error +
       `lam`·σ²·bits, for Huffman-coded indices); `init`: k-means initialisation ("linear", "density",
       "random", "kmeans++"). All three may also be set per rule.
+    - `max_error`: a quality target instead of a fixed width: each tensor gets the fewest codebook
+      bits (up to conv_bits / fc_bits) whose relative RMS error ||decoded − original|| / ||original||,
+      pruning included, is at most this (e.g. 0.03); the maximum width where none is.
     """
 
     prune: float = 0.0
@@ -71,6 +75,7 @@ class Policy:
     quantizer: str = "kmeans"
     init: str = "linear"
     lam: float = 0.0
+    max_error: float | None = None
 
     def __post_init__(self) -> None:
         if self.bits is not None:
@@ -88,9 +93,10 @@ class Policy:
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise EncodeError(f"policy: block_size must be a positive integer, not {self.block_size!r}")
         _check_quantizer(self.quantizer, self.init, self.lam, "policy")
+        _check_max_error(self.max_error, "policy")
         for pattern, settings in self.rules.items():
             unknown = set(settings) - {"prune", "threshold", "bits", "index_bits", "layout", "raw",
-                                       "quantizer", "init", "lam"}
+                                       "quantizer", "init", "lam", "max_error"}
             if unknown:
                 raise EncodeError(f"policy rule {pattern!r}: unknown setting(s) {sorted(unknown)}")
             _check_settings(
@@ -99,6 +105,7 @@ class Policy:
             )
             _check_quantizer(settings.get("quantizer", "kmeans"), settings.get("init", "linear"),
                              settings.get("lam", 0.0), f"policy rule {pattern!r}")
+            _check_max_error(settings.get("max_error"), f"policy rule {pattern!r}")
 
     def plan(self, name: str, array: np.ndarray) -> TensorPlan:
         """Decide how to store the tensor `name`."""
@@ -110,7 +117,7 @@ class Policy:
         bits = self.fc_bits if array.ndim == 2 else self.conv_bits
         settings: dict[str, Any] = dict(
             prune=self.prune, threshold=self.threshold, bits=bits, index_bits=self.index_bits, layout=self.layout,
-            quantizer=self.quantizer, init=self.init, lam=self.lam,
+            quantizer=self.quantizer, init=self.init, lam=self.lam, max_error=self.max_error,
         )
         for pattern, rule in self.rules.items():
             if fnmatch.fnmatchcase(name, pattern):
@@ -124,7 +131,7 @@ class Policy:
         return TensorPlan(
             "coded", prune=float(settings["prune"]), threshold=settings["threshold"], bits=bits,
             index_bits=settings["index_bits"], layout=settings["layout"], quantizer=settings["quantizer"],
-            init=settings["init"], lam=float(settings["lam"]),
+            init=settings["init"], lam=float(settings["lam"]), max_error=settings["max_error"],
         )
 
     def with_(self, **changes: Any) -> "Policy":
@@ -145,6 +152,12 @@ def _check_settings(prune: Any, threshold: Any, bits: Any, index_bits: Any, layo
         raise EncodeError(f"{what}: index_bits must be 1..16 or 'auto', not {index_bits!r}")
     if layout not in (AUTO, K.CSR, K.CSC):
         raise EncodeError(f"{what}: layout must be 'csr', 'csc' or 'auto', not {layout!r}")
+
+
+def _check_max_error(max_error: Any, what: str) -> None:
+    if max_error is not None and (isinstance(max_error, bool) or not isinstance(max_error, (int, float))
+                                  or not 0.0 <= max_error < float("inf")):
+        raise EncodeError(f"{what}: max_error must be a finite non-negative number or None, not {max_error!r}")
 
 
 def _check_quantizer(quantizer: Any, init: Any, lam: Any, what: str) -> None:
