@@ -10,14 +10,10 @@ fine-tuning, relative indices and Huffman coding; the file is decoded and the de
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-
 import torch
 
-from digits_common import (
-    Config, limits_note, run, section, write_section,
-)
+import digits_common
+from digits_common import Config
 
 # The doc's summary of the paper's Table 2 (LeNet-300-100 on MNIST).
 PAPER = {
@@ -55,22 +51,14 @@ CONFIG = Config(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="keep the .dcf files in this folder")
-    parser.add_argument("--no-write", action="store_true", help="do not update examples/RESULTS.md")
-    parser.add_argument("--seeds", type=int, default=3, help="runs, each with its own split and init (default 3)")
-    args = parser.parse_args()
-    results = [run("lenet300", LeNet300, dataclasses.replace(CONFIG, seed=s), args.out) for s in range(args.seeds)]
-    rename = {f"{n}.weight": n for n in ("ip1", "ip2", "ip3")}
-    intro = (
-        "`python examples/compress_lenet300.py` — "
-        f"{results[0]['params']:,} parameters: ip1 64x300, ip2 300x100, ip3 100x10 (the paper's ip1 is 784x300)."
+    digits_common.main(
+        "lenet300", LeNet300, CONFIG, "LeNet-300-100 (64-300-100-10) on 8x8 digits",
+        lambda results: (
+            "`python examples/compress_lenet300.py` — "
+            f"{results[0]['params']:,} parameters: ip1 64x300, ip2 300x100, ip3 100x10 (the paper's ip1 is 784x300)."
+        ),
+        PAPER, ("ip1", "ip2", "ip3"), NOTES, __doc__.splitlines()[0],
     )
-    text = section("LeNet-300-100 (64-300-100-10) on 8x8 digits", intro, results, PAPER, rename,
-                   NOTES + "\n\n" + limits_note(results))
-    print(text)
-    if not args.no_write:
-        write_section("lenet300", text)
 
 
 if __name__ == "__main__":

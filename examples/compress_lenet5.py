@@ -13,14 +13,10 @@ decoded and the decoded model scored.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-
 import torch
 
-from digits_common import (
-    Config, limits_note, run, section, write_section,
-)
+import digits_common
+from digits_common import Config
 
 # The doc's summary of the paper's Table 3 (LeNet-5 on MNIST).
 PAPER = {
@@ -63,24 +59,16 @@ CONFIG = Config(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="keep the .dcf files in this folder")
-    parser.add_argument("--no-write", action="store_true", help="do not update examples/RESULTS.md")
-    parser.add_argument("--seeds", type=int, default=3, help="runs, each with its own split and init (default 3)")
-    args = parser.parse_args()
-    results = [run("lenet5", LeNet5, dataclasses.replace(CONFIG, seed=s), args.out) for s in range(args.seeds)]
-    rename = {f"{n}.weight": n for n in ("conv1", "conv2", "ip1", "ip2")}
-    intro = (
-        "`python examples/compress_lenet5.py` — "
-        f"{results[0]['params']:,} parameters: conv1 20@5x5 and conv2 50@5x5, padded to keep 8x8 and 4x4 "
-        "maps; ip1 200x500 (the paper's is 800x500); ip2 500x10; no ReLU after the convolutions, as in "
-        "Caffe's LeNet."
+    digits_common.main(
+        "lenet5", LeNet5, CONFIG, "LeNet-5 (adapted to 8x8 inputs) on 8x8 digits",
+        lambda results: (
+            "`python examples/compress_lenet5.py` — "
+            f"{results[0]['params']:,} parameters: conv1 20@5x5 and conv2 50@5x5, padded to keep 8x8 and 4x4 "
+            "maps; ip1 200x500 (the paper's is 800x500); ip2 500x10; no ReLU after the convolutions, as in "
+            "Caffe's LeNet."
+        ),
+        PAPER, ("conv1", "conv2", "ip1", "ip2"), NOTES, __doc__.splitlines()[0],
     )
-    text = section("LeNet-5 (adapted to 8x8 inputs) on 8x8 digits", intro, results, PAPER, rename,
-                   NOTES + "\n\n" + limits_note(results))
-    print(text)
-    if not args.no_write:
-        write_section("lenet5", text)
 
 
 if __name__ == "__main__":

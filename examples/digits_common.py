@@ -8,6 +8,8 @@ with Huffman-coded streams (dcformat.save_torch) and score the model decoded fro
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import re
 import tempfile
@@ -357,3 +359,20 @@ def limits_note(results: list[dict[str, Any]]) -> str:
         f"smaller than the dense model. Without the header (the paper counts weights, biases, indices and "
         f"codebooks, not a container) the mean ratio is {no_header:.1f}x."
     )
+
+
+def main(key: str, make_model: Callable[[], torch.nn.Module], config: Config, title: str,
+         intro: Callable[[list[dict[str, Any]]], str], paper: dict[str, dict[str, str]], layers: tuple[str, ...],
+         notes: str, description: str) -> None:
+    """The command line of a compress_*.py script: run every seed, print and store its RESULTS.md section."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", help="keep the .dcf files in this folder")
+    parser.add_argument("--no-write", action="store_true", help="do not update examples/RESULTS.md")
+    parser.add_argument("--seeds", type=int, default=3, help="runs, each with its own split and init (default 3)")
+    args = parser.parse_args()
+    results = [run(key, make_model, dataclasses.replace(config, seed=s), args.out) for s in range(args.seeds)]
+    rename = {f"{n}.weight": n for n in layers}
+    text = section(title, intro(results), results, paper, rename, notes + "\n\n" + limits_note(results))
+    print(text)
+    if not args.no_write:
+        write_section(key, text)
