@@ -4,7 +4,8 @@
     python benchmarks/fuzz_long.py --cases 200000 --seed 7 --report fuzz-report.json
     python benchmarks/fuzz_long.py --engine atheris --seconds 600   # coverage-guided (pip install atheris)
 
-The default engine is tests/fuzz.py: structure-aware mutations of small valid files of every encoding,
+The default engine is tests/fuzz.py: structure-aware mutations of small valid files of every encoding
+(JSON and zlib-compressed headers, with mutations of the zlib stream and of the JSON inside it),
 CRCs usually repaired, each case run in a persistent worker so that a crash, hang or huge allocation
 is caught and its input saved to --out. The atheris engine lets libFuzzer choose inputs by the Python
 coverage they reach, with the same mutations and the same checks, in one process: it stops at the

@@ -112,10 +112,11 @@ def dcformat_method(setting: str, policy, lossless: bool) -> Method:
     )
 
 
-def dcformat_methods(dataset: str, quick: bool) -> list[Method]:
+def dcformat_methods(ds, quick: bool, notes: list[str]) -> list[Method]:
     """The dcformat policies benchmarked on each data set."""
     from dcformat import Policy
 
+    dataset = ds.name
     if dataset == "synthetic":
         # already pruned and quantized: a 6-bit codebook holds its 32 levels and the zero exactly
         rows = [("6-bit codebook, index bits auto", SYNTHETIC_POLICY)]
@@ -129,15 +130,66 @@ def dcformat_methods(dataset: str, quick: bool) -> list[Method]:
             out.append(dcformat_method(f"{bits}-bit codebooks", Policy(fc_bits=bits, index_bits="auto"), False))
         return out
     if dataset == "minilm":
-        out = [dcformat_method("lossless (raw)", Policy(lossless=True), True)]
-        settings = [(8, 0.0), (6, 0.0), (5, 0.0), (4, 0.0), (6, 0.25), (5, 0.5)]
-        if quick:
-            settings = [(8, 0.0), (5, 0.0)]
-        for bits, prune in settings:
-            name = f"{bits}-bit" + (f", {prune:.0%} pruned" if prune else "")
-            out.append(dcformat_method(name, Policy(bits=bits, prune=prune, index_bits="auto"), False))
-        return out
+        return minilm_methods(ds, quick, notes)
     raise ValueError(dataset)
+
+
+# Global steps of the uniform quantizer on MiniLM: with sensitivity-scaled steps they span cosine
+# 0.99995 to 0.96; with one step for all tensors, the two that bracket NNCodec's qp -32.
+MINILM_STEPS = (0.0006, 0.0012, 0.0025, 0.0035, 0.005, 0.007, 0.01, 0.012, 0.016, 0.02)
+MINILM_GLOBAL_STEPS = (0.005, 0.007)
+MINILM_TARGET_COSINE = 0.99
+
+
+def minilm_methods(ds, quick: bool, notes: list[str]) -> list[Method]:
+    """MiniLM: k-means codebooks (the paper's recipe), uniform steps, steps scaled by sensitivity."""
+    from dcformat import Policy
+
+    out = [dcformat_method("lossless (raw)", Policy(lossless=True), True)]
+    for bits in (8, 5) if not quick else (5,):
+        out.append(dcformat_method(f"{bits}-bit k-means", Policy(bits=bits, index_bits="auto"), False))
+    for step in MINILM_GLOBAL_STEPS[-1:] if quick else MINILM_GLOBAL_STEPS:
+        out.append(dcformat_method(f"step {step}, one for all", Policy(step=step), False))
+    tuned = minilm_tuning(ds, quick, notes)
+    if tuned is None:
+        return out
+    scales, fitted = tuned
+    for step in (0.007,) if quick else MINILM_STEPS:
+        out.append(dcformat_method(f"step {step} x sensitivity", Policy(step=step, step_scales=scales), False))
+    if fitted is not None:
+        out.append(dcformat_method(f"fit cosine >= {MINILM_TARGET_COSINE} (step {fitted.step:.4g})", fitted, False))
+    return out
+
+
+def minilm_tuning(ds, quick: bool, notes: list[str]):
+    """(step scales from sensitivity, a policy fitted to cosine 0.99), both on data.CALIBRATION sentences."""
+    import time
+
+    from data import CALIBRATION, SENTENCES, Embedder
+    from dcformat import Policy, allocation
+
+    try:
+        calibration = Embedder(ds.extra["folder"], CALIBRATION)
+    except ImportError as exc:
+        notes.append(f"MiniLM sensitivity rows skipped: {exc} (pip install transformers)")
+        return None
+    started = time.perf_counter()
+    sens = allocation.sensitivity(ds.tensors, calibration.cosine)
+    scales = allocation.scales_from_sensitivity(sens)
+    took = time.perf_counter() - started
+    fitted = None
+    if not quick:
+        started = time.perf_counter()
+        fitted = allocation.fit_quality(ds.tensors, calibration.cosine, MINILM_TARGET_COSINE,
+                                        Policy(step=0.007, step_scales=scales))
+        took_fit = time.perf_counter() - started
+        notes.append(f"MiniLM: fit_quality to cosine {MINILM_TARGET_COSINE} on the calibration sentences took "
+                     f"{took_fit:.1f} s and chose step {fitted.step:.5g}.")
+    top = sorted(scales.items(), key=lambda kv: kv[1])
+    notes.append(f"MiniLM: sensitivity measured on {len(CALIBRATION)} calibration sentences (none of them among the "
+                 f"{len(SENTENCES)} the cosine is reported on) in {took:.1f} s; step factors "
+                 f"range {top[0][1]:.2f} ({top[0][0]}) to {top[-1][1]:.2f} ({top[-1][0]}).")
+    return scales, fitted
 
 
 def peer_methods(notes: list[str]) -> list[Method]:

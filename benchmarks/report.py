@@ -55,6 +55,8 @@ def markdown(res: dict) -> str:
                          _num(r.get("bits_per_param"), ".3g")] + ([_num(r.get("bits_per_nonzero"), ".3g")] if sparse else [])
                         + [_num(r.get("encode_mb_s"), ".3g"), _num(r.get("decode_mb_s"), ".4g"), _quality(r)])
         out += [table(header, body), ""]
+        if name == "minilm":
+            out += equal_quality(rows)
         if name == "synthetic" and "synthetic_streams" in res:
             s = res["synthetic_streams"]
             out += [f"Streams of the dcformat file (index bits {s['index_bits']}, {s['entries']:,} entries, "
@@ -92,6 +94,27 @@ def markdown(res: dict) -> str:
     return "\n".join(out)
 
 
+def equal_quality(rows: list[dict]) -> list[str]:
+    """For each NNCodec setting, the smallest dcformat file at equal or better embedding cosine."""
+    peers = [r for r in rows if r["method"] == "NNCodec" and "cosine" in r and "bytes" in r]
+    ours = [r for r in rows if r["method"] == "dcformat" and "cosine" in r and "bytes" in r]
+    if not peers or not ours:
+        return []
+    body = []
+    for p in sorted(peers, key=lambda r: -r["cosine"]):
+        match = min((r for r in ours if r["cosine"] >= p["cosine"]), key=lambda r: r["bytes"], default=None)
+        if match is None:
+            body.append([p["setting"], f"{p['cosine']:.5f}", _num(p["bytes"]), "none as good", "", "", ""])
+            continue
+        body.append([p["setting"], f"{p['cosine']:.5f}", _num(p["bytes"]), f"{match['setting']} ({match['cosine']:.5f})",
+                     _num(match["bytes"]), f"{match['bytes'] / p['bytes']:.3f}",
+                     f"{match['encode_mb_s'] / p['encode_mb_s']:.1f}x / {match['decode_mb_s'] / p['decode_mb_s']:.1f}x"])
+    return ["At equal quality: for each NNCodec setting, the smallest dcformat file whose embedding cosine is at "
+            "least as high (both measured on the same sentences, in this run).", "",
+            table(["NNCodec", "cosine", "bytes", "smallest dcformat at >= cosine", "bytes", "size vs NNCodec",
+                   "encode / decode speed vs NNCodec"], body), ""]
+
+
 def plots(res: dict, out: Path, notes: list[str]) -> None:
     """size vs decode speed per data set, and MiniLM's embedding cosine vs bits per parameter."""
     try:
@@ -124,12 +147,18 @@ def plots(res: dict, out: Path, notes: list[str]) -> None:
     rows = [r for r in res["rows"] if r["dataset"] == "minilm" and "cosine" in r]
     if rows:
         fig, ax = plt.subplots(figsize=(6, 4.5))
-        for method, color in (("dcformat", "C3"), ("NNCodec", "C0")):
-            pts = sorted((r["bits_per_param"], r["cosine"], r["setting"]) for r in rows if r["method"] == method)
+        series = (("dcformat, steps x sensitivity", "C3", lambda r: "sensitivity" in r["setting"] or "fit" in r["setting"]),
+                  ("dcformat, one step", "C1", lambda r: "one for all" in r["setting"]),
+                  ("dcformat, k-means codebooks", "C2", lambda r: "k-means" in r["setting"]))
+        for label, color, member in series + (("NNCodec", "C0", None),):
+            method = "NNCodec" if member is None else "dcformat"
+            pts = sorted((r["bits_per_param"], r["cosine"], r["setting"]) for r in rows
+                         if r["method"] == method and (member is None or member(r)))
             if pts:
-                ax.plot([p[0] for p in pts], [1 - p[1] for p in pts], "o-", color=color, label=method)
-                for x, y, s in pts:
-                    ax.annotate(s, (x, 1 - y), fontsize=7)
+                ax.plot([p[0] for p in pts], [1 - p[1] for p in pts], "o-", color=color, label=label, markersize=4)
+                if member is None:
+                    for x, y, s in pts:
+                        ax.annotate(s, (x, 1 - y), fontsize=6)
         ax.set_yscale("log")
         ax.set_xlabel("bits per parameter")
         ax.set_ylabel("1 - mean embedding cosine")

@@ -31,7 +31,7 @@ import report  # noqa: E402
 
 MB = 1e6
 NNCODEC_VERSION = "2.1.3"
-NNCODEC_QPS = {"minilm": [-44, -38, -32, -26], "lenet300": [-38, -32, -26], "synthetic": [-38]}
+NNCODEC_QPS = {"minilm": [-44, -38, -32, -30, -28, -26], "lenet300": [-38, -32, -26], "synthetic": [-38]}
 QUICK_NNCODEC_QPS = {"minilm": [-38], "lenet300": [-38], "synthetic": [-38]}
 
 
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         results.setdefault("datasets", {})[name] = {"note": ds.note, "params": ds.params, "bytes": ds.nbytes,
                                                      "nonzeros": ds.nonzeros}
         quality = quality_function(ds, notes)
-        for m in methods.dcformat_methods(name, args.quick) + peers:
+        for m in methods.dcformat_methods(ds, args.quick, notes) + peers:
             print(f"   {m.name} {m.setting}", flush=True)
             results["rows"].append(finish_row(measure(ds, m, repeats, quality), ds))
         if python:

@@ -47,13 +47,18 @@ def _encode(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping
 
     meta = _check_inputs(tensors, metadata)
     policy = policy or Policy()
+    if policy.target_size is not None:
+        from .allocation import fit_size
+
+        policy = fit_size(tensors, policy, metadata=metadata)
     drafts = []
     for name, value in tensors.items():
         value = _to_numpy(value)
         drafts.append(codec.draft_tensor(name, value, policy.plan(name, np.asarray(value)), policy.block_size))
         if progress is not None:
             progress(name)
-    tables, encoded = codec.assemble(drafts, policy.huffman, policy.block_size)
+    cost = K.HUFFMAN_ZLIB_COST if policy.compact_header else K.HUFFMAN_JSON_COST
+    tables, encoded = codec.assemble(drafts, policy.huffman, policy.block_size, header_cost=cost)
     return meta, tables, encoded
 
 
@@ -61,7 +66,7 @@ def save(tensors: Mapping[str, Any], *, policy: Policy | None = None, metadata: 
     """Encode `tensors` (name -> array) into the bytes of a dcformat file."""
     meta, tables, encoded = _encode(tensors, policy, metadata)
     out = io.BytesIO()
-    write_stream(out, meta, tables, encoded)
+    write_stream(out, meta, tables, encoded, compact_header=(policy or Policy()).compact_header)
     return out.getvalue()
 
 
@@ -72,12 +77,13 @@ def save_file(tensors: Mapping[str, Any], path: str | os.PathLike, *, policy: Po
     Example: ``dcformat.save_file({"fc1.weight": w}, "model.dcf", policy=dcformat.Policy(prune=0.9))``
     """
     meta, tables, encoded = _encode(tensors, policy, metadata, progress)
-    atomic_write(path, lambda f: write_stream(f, meta, tables, encoded))
+    compact = (policy or Policy()).compact_header
+    atomic_write(path, lambda f: write_stream(f, meta, tables, encoded, compact_header=compact))
 
 
 def load(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS,
          threads: int | None = None) -> dict[str, np.ndarray]:
-    """Decode every tensor of a dcformat file held in memory."""
+    """Decode every tensor of a dcformat file held in memory (`threads` as in `load_file`)."""
     with SafeOpen(data, limits=limits) as f:
         return _decode_all(f, threads)
 
@@ -366,6 +372,10 @@ def compress(tensors: Mapping[str, Any], *, policy: Policy | None = None) -> dic
 
     _check_inputs(tensors, None)
     policy = policy or Policy()
+    if policy.target_size is not None:
+        from .allocation import fit_size
+
+        policy = fit_size(tensors, policy)
     out = {}
     for name, value in tensors.items():
         value = _to_numpy(value)

@@ -94,6 +94,8 @@ def layout_report(header: Header) -> dict[str, Any]:
         "fillers": sum(r["fillers"] for r in rows), "bytes": sum(r["bytes"] for r in rows),
         "dense_bytes": dense, "file_bytes": header.file_length,
         "header_bytes": K.PREAMBLE_SIZE + header.header_length,
+        "header_coding": header.header_coding, "header_stored_bytes": header.header_length,
+        "header_json_bytes": header.json_length,
         "rate": _per(header.file_length, dense), "ratio": _per(dense, header.file_length),
     }
     return {
@@ -137,8 +139,16 @@ def format_report(report: dict[str, Any]) -> str:
     out = [fmt(cols), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines] + [fmt(["-" * w for w in widths]), fmt(total)]
     ratio = f"{t['ratio']:.1f}x smaller than dense" if t["ratio"] else ""
     out.append(f"dcformat {report['version']}, {t['tensors']} tensors, {report['tables']} Huffman tables, "
-               f"header {t['header_bytes']:,} B, dense {t['dense_bytes']:,} B -> file {t['file_bytes']:,} B {ratio}")
+               f"header {t['header_bytes']:,} B ({_header_text(t)}), dense {t['dense_bytes']:,} B -> "
+               f"file {t['file_bytes']:,} B {ratio}")
     return "\n".join(out)
+
+
+def _header_text(totals: dict[str, Any]) -> str:
+    """How the header is stored: JSON text, or zlib with its stored and decompressed sizes (§2.2)."""
+    if totals["header_coding"] == K.HEADER_ZLIB:
+        return f"zlib: {totals['header_stored_bytes']:,} B stored, {totals['header_json_bytes']:,} B of JSON"
+    return f"JSON: {totals['header_json_bytes']:,} B of text"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,8 +167,8 @@ def _policy_from_args(args: argparse.Namespace):
             key = key.strip().replace("-", "_")
             if key in ("bits", "index_bits") and value != "auto":
                 rule[key] = int(value)
-            elif key in ("prune", "threshold", "lam", "max_error"):
-                rule[key] = float(value)
+            elif key in ("prune", "threshold", "lam", "max_error", "step"):
+                rule[key] = None if value.lower() == "none" else float(value)
             elif key == "raw":
                 rule[key] = value.lower() in ("1", "true", "yes", "")
             else:
@@ -168,10 +178,48 @@ def _policy_from_args(args: argparse.Namespace):
         prune=args.prune, threshold=args.threshold, index_bits=args.index_bits, layout=args.layout,
         raw=tuple(args.raw or ()), rules=rules, huffman=args.huffman, lossless=args.lossless,
         quantizer=args.quantizer, init=args.init, lam=args.lam, max_error=args.max_error,
+        step=args.step, target_size=args.target_size, step_scales=_step_scales(args.step_scales),
+        vector_bits=args.vector_bits, compact_header=not args.json_header,
     )
     kwargs["conv_bits"] = args.bits if args.bits is not None else args.conv_bits
     kwargs["fc_bits"] = args.bits if args.bits is not None else args.fc_bits
     return Policy(**kwargs)
+
+
+def _step_scales(path: str | None) -> dict[str, float]:
+    """{tensor name: step factor} from a JSON file, e.g. dcformat.allocation.scales_from_sensitivity's result."""
+    if path is None:
+        return {}
+    from .errors import EncodeError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            scales = json.load(f)
+    except (OSError, ValueError) as e:
+        raise EncodeError(f"--step-scales {path}: {e}") from None
+    if not isinstance(scales, dict):
+        raise EncodeError(f"--step-scales {path}: expected a JSON object {{tensor name: factor}}")
+    return scales
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """A size in bytes: 1500000, 1.5MB, 1.5M, 800KiB (k/M/G = powers of 1000, Ki/Mi/Gi = of 1024)."""
+    number = text.strip().rstrip("bB").lower()
+    unit = ""
+    while number and number[-1].isalpha():
+        unit = number[-1] + unit
+        number = number[:-1]
+    unit = {"k": "kb", "m": "mb", "g": "gb", "ki": "kib", "mi": "mib", "gi": "gib"}.get(unit, unit)
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1500000, 1.5MB, 800KiB)") from None
+    if not 1 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return int(value)
 
 
 def _index_bits(text: str) -> int | str:
@@ -356,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--layout", choices=("csr", "csc", "auto"), default="auto", help="sparse layout (default: the smaller)")
     c.add_argument("--raw", action="append", metavar="PATTERN", help="keep tensors matching this name pattern raw (repeatable)")
     c.add_argument("--rule", action="append", metavar="PATTERN:KEY=VALUE,...",
-                   help="per-name settings, e.g. 'fc8.*:bits=4,prune=0.75' (keys: bits, prune, threshold, index_bits, layout, raw)")
+                   help="per-name settings, e.g. 'fc8.*:bits=4,prune=0.75' (keys: bits, prune, threshold, index_bits, layout, "
+                   "raw, quantizer, init, lam, max_error, step)")
     c.add_argument("--huffman", choices=("auto", "shared", "off"), default="auto",
                    help="Huffman tables per stream (auto), one per stream kind for the model (shared), or none (off)")
     c.add_argument("--lossless", action="store_true", help="store every tensor raw")
@@ -369,6 +418,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-error", type=float, default=None, metavar="REL_RMS",
                    help="quality target: per tensor, the fewest bits (up to --conv-bits/--fc-bits) whose relative "
                    "RMS error is at most this, e.g. 0.03")
+    c.add_argument("--vector-bits", type=int, default=None, metavar="BITS",
+                   help="codebook bits for 1-D tensors (biases, norms), which otherwise stay exact")
+    c.add_argument("--step", type=float, default=None,
+                   help="uniform quantization: round each conv/fc weight to a multiple of this step (Huffman-coded "
+                   "levels; replaces the codebook bits), e.g. 0.005")
+    c.add_argument("--step-scales", default=None, metavar="JSON",
+                   help="JSON file {tensor name: factor}: that tensor's step is --step times the factor "
+                   "(e.g. from dcformat.allocation.scales_from_sensitivity)")
+    c.add_argument("--target-size", type=_size, default=None, metavar="SIZE",
+                   help="aim at this file size (e.g. 10MB, 800KiB): searches the uniform step giving the largest "
+                   "file that fits")
+    c.add_argument("--json-header", action="store_true",
+                   help="store the header as plain JSON (format 1.0) even where zlib would make the file smaller")
     c.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="add user metadata (repeatable)")
     c.add_argument("--json", action="store_true", help="print the summary and layout as JSON")
     c.set_defaults(func=cmd_compress)

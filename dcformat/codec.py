@@ -60,18 +60,25 @@ class StreamDraft:
         return bitpack.packed_size(len(self.symbols), self.width)
 
 
-def estimate_stream_bytes(draft: StreamDraft) -> int:
-    """Bytes the stream will take, coded the cheaper way (table text counted)."""
+def estimate_stream_bytes(draft: StreamDraft, header_cost: int = K.HUFFMAN_ZLIB_COST) -> int:
+    """Bytes the stream will take, coded the cheaper way (table text and, for Huffman, the `header_cost`
+    bytes its stream object adds to the header counted)."""
     best = draft.fixed_bytes
     if len(draft.symbols) == 0 or np.count_nonzero(draft.counts) > (1 << K.MAX_CODE_LENGTH):
         return best
     lengths = huffman.code_lengths(draft.counts)
     payload = -(-huffman.encoded_bits(draft.counts, lengths) // 8)
-    return min(best, payload + len(huffman.lengths_to_hex(lengths)) + 8)
+    return min(best, payload + len(huffman.lengths_to_hex(lengths)) + 8 + header_cost)
 
 
-def code_stream(draft: StreamDraft, mode: str, block_size: int, shared_lengths: np.ndarray | None = None) -> tuple[dict, bytes, str | None]:
-    """Code a stream: (stream object with "table" as hex text, payload, table text or None)."""
+def code_stream(draft: StreamDraft, mode: str, block_size: int, shared_lengths: np.ndarray | None = None,
+                header_cost: int = K.HUFFMAN_ZLIB_COST) -> tuple[dict, bytes, str | None]:
+    """Code a stream: (stream object with "table" as hex text, payload, table text or None).
+
+    Huffman is chosen only when its payload, table text, 4 bytes per block and `header_cost` (the
+    header bytes a Huffman stream object adds over a fixed one: K.HUFFMAN_JSON_COST for a JSON
+    header, K.HUFFMAN_ZLIB_COST for a compressed one) come to fewer bytes than fixed width.
+    """
     fixed = bitpack.pack(draft.symbols, draft.width)
     best: tuple[dict, bytes, str | None] = ({"coding": K.FIXED, "section": None}, fixed, None)
     n = len(draft.symbols)
@@ -87,7 +94,7 @@ def code_stream(draft: StreamDraft, mode: str, block_size: int, shared_lengths: 
     best_size = len(fixed)
     for lengths in candidates:
         text = huffman.lengths_to_hex(lengths)
-        extra = 0 if lengths is shared_lengths else len(text)
+        extra = (0 if lengths is shared_lengths else len(text)) + header_cost
         if -(-huffman.encoded_bits(draft.counts, lengths) // 8) + extra >= best_size:
             continue
         payload, block_bytes = huffman.encode(draft.symbols, lengths, block_size)
@@ -172,6 +179,10 @@ def draft_tensor(name: str, value: Any, plan: TensorPlan, block_size: int = K.DE
         # A codebook cannot stand for NaN or inf: keep such a tensor's values exact instead.
         warnings.warn(f"tensor {name!r} has non-finite values: stored without weight sharing", stacklevel=3)
         bits = None
+    if plan.step is not None and x.size and not np.isfinite(x.astype(np.float32, copy=False)).all():
+        warnings.warn(f"tensor {name!r} has non-finite values: stored without quantization", stacklevel=3)
+    elif plan.step is not None:
+        return _uniform_draft(base, a, x, plan)
     if bits is not None:
         codebook, indices = _quantize_for(a, x, bits, has_zeros, plan)
         bits = max(1, int(len(codebook) - 1).bit_length())
@@ -184,7 +195,26 @@ def draft_tensor(name: str, value: Any, plan: TensorPlan, block_size: int = K.DE
         candidates.append(TensorDraft(name, {**base, "encoding": K.RAW, "data": 0}, [x.reshape(-1).view(np.uint8)], {}))
         if has_zeros:
             candidates += _sparse_drafts(base, x, plan)
+    return _smallest(candidates, decoded, a, base)
+
+
+# Bytes a section costs beyond its payload: on average half the 64-byte alignment, plus its JSON keys.
+SECTION_OVERHEAD = 64
+
+
+def _smallest(candidates: list[TensorDraft], decoded: np.ndarray, original: np.ndarray, base: dict) -> TensorDraft:
+    """The smallest candidate; a vector or scalar stays raw (exact) when coding it would not save bytes."""
+    def cost(d: TensorDraft) -> int:
+        return d.estimate() + SECTION_OVERHEAD * (len(d.payloads) + len(d.streams))
+
     best = min(candidates, key=lambda d: d.estimate())
+    if original.ndim > 1:  # matrices take the form the plan asks for, even when raw would be as small
+        best.decoded = decoded
+        return best
+    raw = TensorDraft(base["name"], {**base, "encoding": K.RAW, "data": 0}, [original.reshape(-1).view(np.uint8)], {})
+    if cost(raw) <= cost(best):
+        raw.decoded = original
+        return raw
     best.decoded = decoded
     return best
 
@@ -257,6 +287,26 @@ def _quantize_for(original: np.ndarray, x: np.ndarray, bits: int, sparse: bool, 
     return at(bits)
 
 
+# A uniform quantizer's zero level is usually a small share of the weights. Huffman codes a symbol in
+# no less than one bit, so the sparse form (gaps between non-zeros) only wins where zeros are common;
+# below this share its candidates are not worth building (on an 11.7 M-weight tensor they cost seconds).
+SPARSE_MIN_ZERO_SHARE = 0.4
+
+
+def _uniform_draft(base: dict, original: np.ndarray, x: np.ndarray, plan: TensorPlan) -> TensorDraft:
+    """Uniform quantization with the plan's step, stored shared or (mostly zeros) sparse."""
+    try:
+        codebook, indices = quantize.quantize_uniform(x, plan.step)
+    except EncodeError as e:
+        raise EncodeError(str(e), tensor=base["name"]) from None
+    bits = max(1, int(len(codebook) - 1).bit_length())
+    decoded = codebook[indices].reshape(original.shape)
+    candidates = [_shared_draft(base, codebook, indices, bits)]
+    if x.size and codebook[0] == 0 and np.count_nonzero(indices == 0) >= SPARSE_MIN_ZERO_SHARE * x.size:
+        candidates += _sparse_drafts(base, decoded, plan, codebook=codebook, indices=indices, bits=bits)
+    return _smallest(candidates, decoded, original, base)
+
+
 def _shared_draft(base: dict, codebook: np.ndarray, indices: np.ndarray, bits: int) -> TensorDraft:
     header = {**base, "encoding": K.SHARED, "bits": bits, "codebook": 0, "indices": "indices"}
     stream = StreamDraft("indices", indices.astype(np.uint16, copy=False), len(codebook), bits)
@@ -301,8 +351,12 @@ def _sparse_drafts(base: dict, x: np.ndarray, plan: TensorPlan, *, codebook=None
 
 
 def assemble(drafts: list[TensorDraft], mode: str = "auto", block_size: int = K.DEFAULT_BLOCK_SIZE,
-             progress: Callable[[str], None] | None = None) -> tuple[list[str], list[EncodedTensor]]:
-    """Code every stream and lay out each tensor's payloads in file order (§5): (tables, tensors)."""
+             progress: Callable[[str], None] | None = None, *,
+             header_cost: int = K.HUFFMAN_ZLIB_COST) -> tuple[list[str], list[EncodedTensor]]:
+    """Code every stream and lay out each tensor's payloads in file order (§5): (tables, tensors).
+
+    `header_cost`: the header bytes a Huffman stream adds (see code_stream).
+    """
     shared: dict[str, np.ndarray] = {}
     if mode == "shared":
         for kind in ("indices", "gaps"):
@@ -324,7 +378,8 @@ def assemble(drafts: list[TensorDraft], mode: str = "auto", block_size: int = K.
             if key not in header:
                 continue
             if key in d.streams:
-                obj, payload, text = code_stream(d.streams[key], "auto" if mode == "shared" else mode, block_size, shared.get(key))
+                obj, payload, text = code_stream(d.streams[key], "auto" if mode == "shared" else mode, block_size,
+                                                 shared.get(key), header_cost)
                 if text is not None:
                     if text not in table_index:
                         table_index[text] = len(tables)

@@ -5,11 +5,19 @@ from __future__ import annotations
 # §2 File layout
 MAGIC = b"\x89DCF\r\n\x1a\n"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # the newest minor version this implementation reads and writes (§2.3, §9)
+JSON_HEADER_MINOR = 0  # §2.3: files with a JSON header are written as 1.0, readable by every 1.x reader
+ZLIB_HEADER_MINOR = 1  # §2.2: a zlib-compressed header needs version 1.1 or later
 PREAMBLE_SIZE = 32  # magic(8) + major(2) + minor(2) + header_crc32(4) + header_length(8) + file_length(8)
 PREAMBLE_FORMAT = "<8sHHIQQ"
 ALIGNMENT = 64  # §4: every section starts on a multiple of this
-HEADER_PAD_BYTE = b" "  # §2: the JSON text is padded with spaces
+HEADER_PAD_BYTE = b" "  # §2: the JSON text (or zlib stream) is padded with spaces
+JSON_WHITESPACE = b" \t\n\r"  # §2.2: RFC 8259 whitespace, which may surround the JSON text
+ZLIB_HEADER_CMF = 0x78  # §2.2: the first byte of a compressed header (deflate, 32 KiB window)
+ZLIB_FDICT = 0x20  # §2.2: the FLG bit of a preset dictionary, which a compressed header must not use
+ZLIB_LEVEL = 9  # the compression level dcformat writes headers with (informative, §3.5)
+HEADER_JSON = "json"  # how a header region holds its JSON text (§2.2): as is ...
+HEADER_ZLIB = "zlib"  # ... or as a zlib stream
 
 # §3 Header keys
 TOP_LEVEL_KEYS = frozenset({"metadata", "tables", "tensors"})
@@ -52,9 +60,13 @@ HUFFMAN_STREAM_KEYS = frozenset({"coding", "section", "table", "block_size", "bl
 MAX_CODE_LENGTH = 15  # §6.2
 MAX_ALPHABET = 1 << 16  # §6.2, §7
 DEFAULT_BLOCK_SIZE = 1 << 16  # symbols per Huffman block written by this implementation (§6.3)
+# Header bytes a Huffman stream object adds beyond a fixed one (coding name, "table", "block_size",
+# "block_bytes" keys; §6.2 "Choosing lengths"): the writer's estimate, for a JSON and a zlib header.
+HUFFMAN_JSON_COST = 45
+HUFFMAN_ZLIB_COST = 15
 
 # §7 Default limits of this implementation
-DEFAULT_MAX_HEADER_BYTES = 100_000_000
+DEFAULT_MAX_HEADER_BYTES = 100_000_000  # the stored header and, for a zlib header, its decompressed JSON (§7)
 DEFAULT_MAX_TENSORS = 1_000_000
 DEFAULT_MAX_RANK = 32
 DEFAULT_MIN_DECODED_BYTES = 1 << 30

@@ -153,6 +153,8 @@ class Header:
     header_length: int
     data_start: int
     file_length: int
+    header_coding: str = K.HEADER_JSON  # how the header region holds the JSON text (§2.2): "json" or "zlib"
+    json_length: int = 0  # bytes of JSON text: the decompressed size of a zlib header
     by_name: dict[str, TensorInfo] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -261,27 +263,97 @@ def _parse_header_bytes(
             f"header CRC-32 mismatch: stored {header_crc:#010x}, computed {zlib.crc32(raw):#010x}",
             offset=K.PREAMBLE_SIZE,
         )
+    text_bytes, coding = header_json_bytes(raw, version, limits)
+    # Offsets into a decompressed text are no file offsets: errors there name the header's start.
+    where = "header byte" if coding == K.HEADER_JSON else "decompressed header byte"
+
+    def offset(i: int) -> int:
+        return K.PREAMBLE_SIZE + (i if coding == K.HEADER_JSON else 0)
+
     try:
-        text = raw.decode("utf-8")
+        text = text_bytes.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise HeaderError(f"header is not valid UTF-8: {e.reason} at header byte {e.start}", offset=K.PREAMBLE_SIZE + e.start) from None
+        raise HeaderError(f"header is not valid UTF-8: {e.reason} at {where} {e.start}", offset=offset(e.start)) from None
     if text.startswith("\ufeff"):
-        raise HeaderError("header starts with a byte-order mark", offset=K.PREAMBLE_SIZE)
+        after = "" if coding == K.HEADER_JSON else " once decompressed"
+        raise HeaderError(f"header starts with a byte-order mark{after}", offset=K.PREAMBLE_SIZE)
     try:
         doc = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
     except HeaderError:
         raise
     except (ValueError, RecursionError) as e:
         pos = getattr(e, "pos", None)
+        at = "" if pos is None else f" at {where} {len(text[:pos].encode())}"
         raise HeaderError(
-            f"header is not valid JSON: {getattr(e, 'msg', e)}",
-            offset=None if pos is None else K.PREAMBLE_SIZE + len(text[:pos].encode()),
+            f"header is not valid JSON: {getattr(e, 'msg', e)}{at}",
+            offset=None if pos is None else offset(len(text[:pos].encode())),
         ) from None
     data_start = K.PREAMBLE_SIZE + header_length
     header = _validate_document(doc, version, header_length, data_start, file_length, limits)
+    header.header_coding = coding
+    header.json_length = len(text_bytes.rstrip(K.JSON_WHITESPACE)) if coding == K.HEADER_JSON else len(text_bytes)
     if buf is not None:
         _check_padding_buffer(buf, header)
     return header
+
+
+def header_json_bytes(raw: bytes, version: tuple[int, int], limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, str]:
+    """The JSON text a header region holds, and how it holds it (§2.2): "json" (the bytes themselves)
+    or "zlib" (what its zlib stream decompresses to, never more than the header-size limit)."""
+    first = raw[:1]
+    if first == bytes([K.ZLIB_HEADER_CMF]):
+        if version[1] < K.ZLIB_HEADER_MINOR:
+            raise HeaderError(
+                f"header is a zlib stream (first byte 0x78), which needs format version 1.{K.ZLIB_HEADER_MINOR} "
+                f"or later; this file says {version[0]}.{version[1]} (§2.2)", offset=K.PREAMBLE_SIZE,
+            )
+        text = _inflate_header(raw, limits.max_header_bytes)
+        if text[:1] and text[:1] != b"{" and text[:1] not in K.JSON_WHITESPACE and not text.startswith(b"\xef\xbb\xbf"):
+            raise HeaderError(
+                f"the decompressed header starts with the byte {text[0]:#04x}: it must be JSON text (a header is "
+                f"decompressed once, §2.2)", offset=K.PREAMBLE_SIZE,
+            )
+        return text, K.HEADER_ZLIB
+    if first == b"{" or (first and first in K.JSON_WHITESPACE):
+        return raw, K.HEADER_JSON
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise HeaderError("header starts with a byte-order mark", offset=K.PREAMBLE_SIZE)
+    raise HeaderError(
+        f"header starts with the byte {raw[0]:#04x}: neither a JSON text ('{{' or whitespace) nor a zlib "
+        f"stream (0x78) (§2.2)", offset=K.PREAMBLE_SIZE,
+    )
+
+
+def _inflate_header(raw: bytes, limit: int) -> bytes:
+    """Decompress a zlib header (RFC 1950) to at most `limit` bytes; only spaces may follow the stream."""
+    if len(raw) >= 2 and raw[1] & K.ZLIB_FDICT:
+        raise HeaderError("header zlib stream asks for a preset dictionary (FDICT set), which §2.2 forbids",
+                          offset=K.PREAMBLE_SIZE + 1)
+    inflater = zlib.decompressobj(wbits=15)  # the zlib wrapper only: no gzip, no raw deflate
+    try:
+        # max_length bounds the output: a few KB of deflate data cannot make us allocate past the limit
+        out = inflater.decompress(raw, limit + 1)
+        while not inflater.eof and inflater.unconsumed_tail and len(out) <= limit:
+            out += inflater.decompress(inflater.unconsumed_tail, limit + 1 - len(out))
+    except zlib.error as e:
+        raise HeaderError(f"header zlib stream is corrupt: {e}", offset=K.PREAMBLE_SIZE) from None
+    if len(out) > limit:
+        raise LimitError(
+            f"compressed header decompresses to more than the limit of {limit} bytes", offset=K.PREAMBLE_SIZE
+        )
+    if not inflater.eof:
+        raise HeaderError(
+            f"header zlib stream is truncated: the {len(raw)}-byte header ends before its last deflate block and "
+            f"Adler-32 checksum", offset=K.PREAMBLE_SIZE,
+        )
+    rest = inflater.unused_data
+    junk = len(rest) - len(rest.lstrip(K.HEADER_PAD_BYTE))
+    if junk < len(rest):
+        at = K.PREAMBLE_SIZE + len(raw) - len(rest) + junk
+        raise HeaderError(
+            f"byte {rest[junk]:#04x} follows the header's zlib stream: only spaces may pad it (§2.2)", offset=at
+        )
+    return out
 
 
 # --- JSON shape helpers -----------------------------------------------------------------------
@@ -646,36 +718,65 @@ def _section_slots(header: dict[str, Any]) -> Iterator[tuple[dict, str]]:
             yield header, key
 
 
-def _layout_header(metadata: dict[str, str], tables: list[str], tensors: list[EncodedTensor], crcs: list[list[int]], sizes: list[list[int]]) -> tuple[bytes, int]:
-    """Assign offsets and serialise the header; iterate because offsets depend on its length."""
+def _header_text(metadata: dict[str, str], tables: list[str], tensors: list[EncodedTensor], crcs: list[list[int]],
+                 sizes: list[list[int]], data_start: int) -> tuple[bytes, int]:
+    """The compact JSON text of the header for sections laid out from `data_start` (§4), and the file's end."""
+    end = data_start
+    objs = []
+    for t, tcrc, tsize in zip(tensors, crcs, sizes):
+        obj = json.loads(json.dumps(t.header))  # a deep copy with plain types
+        for (holder, key), crc, size in zip(_section_slots(obj), tcrc, tsize):
+            offset = align64(end)
+            holder[key] = {"offset": offset, "length": size, "crc32": crc}
+            end = offset + size
+        objs.append(obj)
+    doc = {"metadata": metadata, "tables": tables, "tensors": objs}
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8"), end
+
+
+def _layout_header(metadata: dict[str, str], tables: list[str], tensors: list[EncodedTensor], crcs: list[list[int]],
+                   sizes: list[list[int]], compress: bool = False) -> tuple[bytes, int]:
+    """The stored header region (JSON text, or its zlib stream, padded with spaces) and the file length.
+
+    Offsets depend on the header's length and the length on the offsets, so this iterates from a
+    data start of 0, never moving it back: the JSON text only grows with it, but a zlib stream need
+    not, and a non-decreasing data start always converges.
+    """
+    def stored(data_start: int) -> tuple[bytes, int]:
+        text, end = _header_text(metadata, tables, tensors, crcs, sizes, data_start)
+        return (zlib.compress(text, K.ZLIB_LEVEL) if compress else text), end
+
     data_start = 0
     for _ in range(64):
-        end = data_start
-        objs = []
-        for t, tcrc, tsize in zip(tensors, crcs, sizes):
-            obj = json.loads(json.dumps(t.header))  # a deep copy with plain types
-            for (holder, key), crc, size in zip(_section_slots(obj), tcrc, tsize):
-                offset = align64(end)
-                holder[key] = {"offset": offset, "length": size, "crc32": crc}
-                end = offset + size
-            objs.append(obj)
-        doc = {"metadata": metadata, "tables": tables, "tensors": objs}
-        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
-        start = align64(K.PREAMBLE_SIZE + len(text))
-        if start == data_start:
-            text += K.HEADER_PAD_BYTE * (start - K.PREAMBLE_SIZE - len(text))
-            return text, end
+        body, end = stored(data_start)
+        start = align64(K.PREAMBLE_SIZE + len(body))
+        if start <= data_start:
+            if start < data_start:  # a zlib stream that shrank: the fewest spaces, if the smaller start holds
+                smaller, smaller_end = stored(start)
+                if align64(K.PREAMBLE_SIZE + len(smaller)) <= start:
+                    data_start, body, end = start, smaller, smaller_end
+            return body + K.HEADER_PAD_BYTE * (data_start - K.PREAMBLE_SIZE - len(body)), end
         data_start = start
-    raise RuntimeError("header layout did not converge")  # pragma: no cover - lengths only grow
+    raise RuntimeError("header layout did not converge")  # pragma: no cover - the data start only grows
 
 
-def write_stream(f: BinaryIO, metadata: dict[str, str], tables: list[str], tensors: list[EncodedTensor]) -> int:
-    """Write a whole file to the binary stream `f`; return its length."""
+def write_stream(f: BinaryIO, metadata: dict[str, str], tables: list[str], tensors: list[EncodedTensor], *,
+                 compact_header: bool = True) -> int:
+    """Write a whole file to the binary stream `f`; return its length.
+
+    With `compact_header`, the header is stored zlib-compressed (version 1.1) when that makes the file
+    smaller; otherwise it is JSON text and the file says version 1.0, readable by every 1.x reader.
+    """
     crcs = [[zlib.crc32(memoryview(p)) for p in t.payloads] for t in tensors]
     sizes = [[memoryview(p).nbytes for p in t.payloads] for t in tensors]
     header, file_length = _layout_header(metadata, tables, tensors, crcs, sizes)
+    minor = K.JSON_HEADER_MINOR
+    if compact_header:
+        packed, packed_length = _layout_header(metadata, tables, tensors, crcs, sizes, compress=True)
+        if packed_length < file_length:
+            header, file_length, minor = packed, packed_length, K.ZLIB_HEADER_MINOR
     preamble = struct.pack(
-        K.PREAMBLE_FORMAT, K.MAGIC, K.VERSION_MAJOR, K.VERSION_MINOR, zlib.crc32(header), len(header), file_length
+        K.PREAMBLE_FORMAT, K.MAGIC, K.VERSION_MAJOR, minor, zlib.crc32(header), len(header), file_length
     )
     f.write(preamble)
     f.write(header)

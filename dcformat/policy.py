@@ -31,6 +31,7 @@ class TensorPlan:
     init: str = "linear"
     lam: float = 0.0
     max_error: float | None = None  # relative RMS error target: the fewest bits (up to `bits`) meeting it
+    step: float | None = None  # uniform quantization with this step instead of a 2^bits codebook
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ class Policy:
       `bits` sets both.
     - `index_bits`: width b of the relative indices of sparse tensors (1..16, or "auto" to pick the
       smallest file); `layout`: "csr", "csc" or "auto" (whichever is smaller).
-    - `raw`: name patterns (fnmatch) kept raw; 1-D tensors and non-float tensors are always raw.
+    - `raw`: name patterns (fnmatch) kept raw; non-float tensors are always raw, and so are 1-D
+      tensors (biases, norms) and scalars unless `vector_bits` gives them a codebook of that many
+      bits (not pruned by `prune`/`threshold`; rules apply to them as to other tensors).
     - `rules`: {pattern: {setting: value}} overrides for matching names, e.g.
       {"fc8.*": {"bits": 4, "prune": 0.75}}; the first matching pattern wins.
     - `huffman`: "auto" (a table per stream, fixed width when smaller), "shared" (one table per
@@ -58,6 +61,16 @@ class Policy:
     - `max_error`: a quality target instead of a fixed width: each tensor gets the fewest codebook
       bits (up to conv_bits / fc_bits) whose relative RMS error ||decoded − original|| / ||original||,
       pruning included, is at most this (e.g. 0.03); the maximum width where none is.
+    - `step`: uniform quantization instead of k-means: every weight of a conv/fc tensor goes to the
+      nearest multiple of `step` (the codebook holds each level's mean; as many levels as the weights
+      span, so conv_bits / fc_bits do not apply) and Huffman codes the skewed indices. One absolute
+      step for all tensors minimises the total squared error for the size; `step_scales`
+      ({tensor name: factor}) gives a tensor step × factor instead, e.g. from
+      `dcformat.allocation.scales_from_sensitivity`. A rule may set its own absolute "step".
+    - `target_size`: the file size in bytes to aim at: saving searches the one step (times
+      `step_scales`) that gives the largest file of at most this size (see dcformat.allocation.fit_size).
+    - `compact_header`: store the header zlib-compressed (format 1.1) when that makes the file smaller;
+      False always writes a JSON header (format 1.0, readable by 1.0 readers).
     """
 
     prune: float = 0.0
@@ -76,6 +89,11 @@ class Policy:
     init: str = "linear"
     lam: float = 0.0
     max_error: float | None = None
+    step: float | None = None
+    step_scales: Mapping[str, float] = field(default_factory=dict)
+    target_size: int | None = None
+    vector_bits: int | None = None
+    compact_header: bool = True
 
     def __post_init__(self) -> None:
         if self.bits is not None:
@@ -94,9 +112,25 @@ class Policy:
             raise EncodeError(f"policy: block_size must be a positive integer, not {self.block_size!r}")
         _check_quantizer(self.quantizer, self.init, self.lam, "policy")
         _check_max_error(self.max_error, "policy")
+        object.__setattr__(self, "step_scales", dict(self.step_scales))
+        if self.vector_bits is not None and self.vector_bits != 0 and (
+                isinstance(self.vector_bits, bool) or not isinstance(self.vector_bits, int)
+                or not K.MIN_BITS <= self.vector_bits <= K.MAX_BITS):
+            raise EncodeError(f"policy: vector_bits must be 1..16 (or 0/None: 1-D tensors raw), not {self.vector_bits!r}")
+        _check_step(self.step, self.max_error, "policy")
+        if not isinstance(self.compact_header, bool):
+            raise EncodeError(f"policy: compact_header must be True or False, not {self.compact_header!r}")
+        for name, scale in self.step_scales.items():
+            if not isinstance(name, str) or isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+                    or not 0.0 < scale < float("inf"):
+                raise EncodeError(f"policy: step_scales must map tensor names to finite positive factors, "
+                                  f"not {name!r}: {scale!r}")
+        if self.target_size is not None and (isinstance(self.target_size, bool) or not isinstance(self.target_size, int)
+                                             or self.target_size < 1):
+            raise EncodeError(f"policy: target_size must be a positive number of bytes, not {self.target_size!r}")
         for pattern, settings in self.rules.items():
             unknown = set(settings) - {"prune", "threshold", "bits", "index_bits", "layout", "raw",
-                                       "quantizer", "init", "lam", "max_error"}
+                                       "quantizer", "init", "lam", "max_error", "step"}
             if unknown:
                 raise EncodeError(f"policy rule {pattern!r}: unknown setting(s) {sorted(unknown)}")
             _check_settings(
@@ -106,32 +140,45 @@ class Policy:
             _check_quantizer(settings.get("quantizer", "kmeans"), settings.get("init", "linear"),
                              settings.get("lam", 0.0), f"policy rule {pattern!r}")
             _check_max_error(settings.get("max_error"), f"policy rule {pattern!r}")
+            _check_step(settings.get("step"), settings.get("max_error"), f"policy rule {pattern!r}")
 
     def plan(self, name: str, array: np.ndarray) -> TensorPlan:
         """Decide how to store the tensor `name`."""
         dtype = dtype_name(array.dtype)
-        if self.lossless or dtype not in K.FLOAT_DTYPES or array.ndim <= 1:
+        if self.lossless or dtype not in K.FLOAT_DTYPES:
             return TensorPlan(K.RAW)
         if any(fnmatch.fnmatchcase(name, p) for p in self.raw):
             return TensorPlan(K.RAW)
-        bits = self.fc_bits if array.ndim == 2 else self.conv_bits
-        settings: dict[str, Any] = dict(
-            prune=self.prune, threshold=self.threshold, bits=bits, index_bits=self.index_bits, layout=self.layout,
-            quantizer=self.quantizer, init=self.init, lam=self.lam, max_error=self.max_error,
-        )
-        for pattern, rule in self.rules.items():
-            if fnmatch.fnmatchcase(name, pattern):
-                if rule.get("raw"):
-                    return TensorPlan(K.RAW)
-                settings.update({k: v for k, v in rule.items() if k != "raw"})
-                break
+        if array.ndim <= 1:
+            if not self.vector_bits:
+                return TensorPlan(K.RAW)  # biases and norms stay exact unless vector_bits is set
+            # a codebook only: the model-wide pruning and step are meant for weight matrices
+            settings: dict[str, Any] = dict(
+                prune=0.0, threshold=None, bits=self.vector_bits, index_bits=self.index_bits, layout=self.layout,
+                quantizer=self.quantizer, init=self.init, lam=self.lam, max_error=None, step=None)
+        else:
+            settings = dict(
+                prune=self.prune, threshold=self.threshold, bits=self.fc_bits if array.ndim == 2 else self.conv_bits,
+                index_bits=self.index_bits, layout=self.layout, quantizer=self.quantizer, init=self.init,
+                lam=self.lam, max_error=self.max_error,
+                step=None if self.step is None else self.step * self.step_scales.get(name, 1.0),
+            )
+        rule = next((r for pattern, r in self.rules.items() if fnmatch.fnmatchcase(name, pattern)), {})
+        if rule.get("raw"):
+            return TensorPlan(K.RAW)
+        settings.update({k: v for k, v in rule.items() if k != "raw"})
         bits = settings["bits"] or None
-        if bits is None and not settings["prune"] and settings["threshold"] is None:
+        if settings["step"] is not None:
+            if settings["max_error"] is not None:
+                raise EncodeError(f"tensor {name!r}: give a step or a max_error, not both")
+            bits = None  # the step, not a width, sets the levels
+        elif bits is None and not settings["prune"] and settings["threshold"] is None:
             return TensorPlan(K.RAW)
         return TensorPlan(
             "coded", prune=float(settings["prune"]), threshold=settings["threshold"], bits=bits,
             index_bits=settings["index_bits"], layout=settings["layout"], quantizer=settings["quantizer"],
             init=settings["init"], lam=float(settings["lam"]), max_error=settings["max_error"],
+            step=None if settings["step"] is None else float(settings["step"]),
         )
 
     def with_(self, **changes: Any) -> "Policy":
@@ -158,6 +205,14 @@ def _check_max_error(max_error: Any, what: str) -> None:
     if max_error is not None and (isinstance(max_error, bool) or not isinstance(max_error, (int, float))
                                   or not 0.0 <= max_error < float("inf")):
         raise EncodeError(f"{what}: max_error must be a finite non-negative number or None, not {max_error!r}")
+
+
+def _check_step(step: Any, max_error: Any, what: str) -> None:
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))
+                             or not 0.0 < step < float("inf")):
+        raise EncodeError(f"{what}: step must be a finite positive number or None, not {step!r}")
+    if step is not None and max_error is not None:
+        raise EncodeError(f"{what}: give a step or a max_error, not both")
 
 
 def _check_quantizer(quantizer: Any, init: Any, lam: Any, what: str) -> None:

@@ -13,6 +13,10 @@
 - ``ecsq``: entropy-constrained scalar quantization (Chou, Lookabaugh & Gray 1989): Lloyd iterations
   on squared error + λ·σ²·(−log2 p), where p is the cluster's share of the values — the ideal code
   length the Huffman stage pays for. Clusters that do not pay for themselves vanish.
+- ``quantize_uniform``: no fixed number of levels but a step: each weight goes to the nearest multiple
+  of the step and the codebook holds the mean of each used level. With Huffman coding after it, this
+  is the classic near-optimal entropy-coded scalar quantizer (what NNCodec does with arithmetic
+  coding), and one absolute step for all tensors minimises total squared error for a given size.
 
 Non-finite values are rejected: a centroid is a mean, and one inf or NaN would turn its whole cluster
 into inf or NaN (and make the nearest-centroid assignment of every other value meaningless).
@@ -33,7 +37,7 @@ from .errors import EncodeError
 
 __all__ = [
     "METHODS", "INITS", "linear_init", "initial_centroids", "kmeans_1d", "optimal_1d", "ecsq_1d",
-    "assign", "quantize", "quantize_tensors", "quantization_error", "quantization_report",
+    "assign", "quantize", "quantize_uniform", "quantize_tensors", "quantization_error", "quantization_report",
 ]
 
 METHODS = ("kmeans", "optimal", "ecsq")
@@ -746,6 +750,105 @@ def quantize(x: np.ndarray, bits: int, *, sparse: bool, method: str = "kmeans", 
         indices[stored] = element_indices
     else:
         indices[:] = element_indices
+    return codebook, indices
+
+
+# ------------------------------------------------------------------------------------------------
+# Uniform quantization (a step instead of a number of levels)
+
+MAX_LEVELS = 1 << MAX_BITS  # a codebook holds at most 2^16 entries (§5.2)
+_MAX_SPAN = 1 << 24  # level spans up to this are counted in a dense table (64 MiB at most)
+
+
+@numba.njit(cache=True, nogil=True)
+def _level_range(values, step):  # pragma: no cover - compiled
+    """(lowest, highest) level floor(v / step + 0.5) of non-empty float values."""
+    lo = hi = np.int64(math.floor(values[0] / step + 0.5))
+    for i in range(1, values.size):
+        level = np.int64(math.floor(values[i] / step + 0.5))
+        if level < lo:
+            lo = level
+        elif level > hi:
+            hi = level
+    return lo, hi
+
+
+@numba.njit(cache=True, nogil=True)
+def _level_histogram(values, step, lo, counts, sums):  # pragma: no cover - compiled
+    """Count and sum the values of each level (level − lo indexes counts and sums)."""
+    for i in range(values.size):
+        k = np.int64(math.floor(values[i] / step + 0.5)) - lo
+        counts[k] += 1
+        sums[k] += values[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _level_indices(values, step, lo, remap, out):  # pragma: no cover - compiled
+    """out[i] = remap[level of values[i] − lo]: the codebook index of each value."""
+    for i in range(values.size):
+        out[i] = remap[np.int64(math.floor(values[i] / step + 0.5)) - lo]
+
+
+def _check_step(step: Any) -> float:
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(step)) or float(step) <= 0:
+        raise EncodeError(f"step must be a finite positive number, not {step!r}")
+    return float(step)
+
+
+def quantize_uniform(x: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform quantization: (codebook of x.dtype, uint16 index of each element in C order).
+
+    Each element goes to its level round(x / step) (ties upward); the codebook holds, for each level
+    in use, the mean of its elements — except level 0, which is exactly 0 and comes first, so the
+    same codebook and indices also serve the sparse form (§5.3, codebook[0] = 0). Every element ends
+    within one step of its value (within step/2 at level 0). Raises EncodeError for non-finite
+    values, non-float tensors, or a step so small that more than 2^16 levels are in use.
+    """
+    step = _check_step(step)
+    x = np.asarray(x)
+    dtype = _float_dtype(x)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    # float16/bfloat16 widen exactly to float32; the kernels compute levels in float64 from there
+    values = flat if dtype.name in ("float32", "float64") else flat.astype(np.float32)
+    if values.size == 0:
+        return np.zeros(1, dtype=dtype), np.zeros(0, dtype=np.uint16)
+    top = float(np.max(np.abs(values)))
+    if not math.isfinite(top):
+        raise EncodeError("uniform quantization needs finite values, and this tensor has inf or NaN")
+    if top / step >= 2.0 ** 52:  # levels must stay exact integers in float64 (and fit int64)
+        raise EncodeError(f"step {step!r} is too small for values up to {top!r}: more than 2^16 levels")
+    lo, hi = (int(v) for v in _level_range(values, step))
+    span = hi - lo + 1
+    if span <= _MAX_SPAN:
+        counts = np.zeros(span, dtype=np.int64)
+        sums = np.zeros(span, dtype=np.float64)
+        _level_histogram(values, step, lo, counts, sums)
+        used = np.flatnonzero(counts)
+        counts, sums = counts[used], sums[used]
+        levels = used + lo
+    else:  # a few far outliers: count the levels in use by sorting
+        all_levels = np.floor(values.astype(np.float64) / step + 0.5).astype(np.int64)
+        levels, inverse = np.unique(all_levels, return_inverse=True)
+        counts = np.bincount(inverse.reshape(-1))
+        sums = np.bincount(inverse.reshape(-1), weights=values.astype(np.float64))
+    if levels.size > MAX_LEVELS:
+        raise EncodeError(f"step {step!r} leaves {levels.size} levels in use; a codebook holds at most "
+                          f"{MAX_LEVELS}: use a larger step")
+    means = sums / counts
+    zero = levels == 0
+    means[zero] = 0.0
+    order = np.concatenate((np.flatnonzero(zero), np.flatnonzero(~zero)))  # level 0 first, then ascending
+    codebook = (means[order].astype(dtype).astype(np.float64) + 0.0).astype(dtype)  # -0.0 becomes +0.0
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    if span <= _MAX_SPAN:
+        remap = np.zeros(span, dtype=np.uint16)
+        remap[levels - lo] = rank
+        indices = np.empty(values.size, dtype=np.uint16)
+        _level_indices(values, step, lo, remap, indices)
+    else:
+        indices = rank[inverse.reshape(-1)].astype(np.uint16)
     return codebook, indices
 
 

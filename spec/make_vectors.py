@@ -11,6 +11,11 @@ byte; a few ("reencode": false) are assembled by hand here to hold what a reader
 dcformat never writes. Invalid vectors (`invalid/NN-name.dcf`) are valid files with exactly one
 rule broken; `index.json` names the error kind (spec §8.1) a reader must raise.
 
+Compressed headers (format 1.1, spec §2.2) are written with this script's own small deflate encoder
+(`zlib_fixed`, `zlib_mixed`, `zlib_bomb`), not the zlib library, whose output differs between builds:
+the vectors are the same bytes everywhere. For a writer-made vector with a compressed header,
+`index.json` also records (`writer_header`) what dcformat's writer stored with the local zlib.
+
 Arrays come from a fixed LCG, not numpy's generators, so the same script writes the same bytes on
 any machine. Once written, vectors are frozen: a change to the format or the writer that would alter
 one is a new vector (or a new format version), never a silent rewrite.
@@ -145,6 +150,8 @@ class Valid:
     expect: Callable[[dict, bytes], None] | None = None  # asserts the file exercises what it claims
     build: Callable[[], bytes] | None = None  # hand-assembled (not reproducible by the writer) ...
     expected: Callable[[], list[np.ndarray]] | None = None  # ... and the tensors it decodes to
+    compact_header: bool = False  # format 1.1: the writer's compact_header (the header zlib-compressed)
+    header_cost: int = 0  # codec.assemble's header_cost (0: as dcformat wrote the 1.0 vectors)
 
 
 def streams(doc: dict) -> list[dict]:
@@ -544,6 +551,30 @@ def _expected_v01() -> list[np.ndarray]:
     return [spec_example().array]
 
 
+def _expect_zlib(doc: dict, data: bytes) -> None:
+    """A compressed header (spec §2.2) in a version 1.1 file, decompressing to compact JSON."""
+    major, minor = struct.unpack_from("<HH", data, 8)
+    n = struct.unpack_from("<Q", data, 16)[0]
+    assert (major, minor) == (1, 1) and data[32:34] == b"\x78\x01", data[:40]
+    inflater = zlib.decompressobj()
+    text = inflater.decompress(data[32 : 32 + n])
+    assert inflater.eof and set(inflater.unused_data) <= {0x20} and len(inflater.unused_data) < 64
+    assert text == compact(doc).encode("utf-8") and len(text) > n - len(inflater.unused_data)  # it compresses
+
+
+def _expect_zlib_paper(doc: dict, data: bytes) -> None:
+    _expect_zlib(doc, data)
+    assert [s["coding"] for s in streams(doc)] == ["fixed", "huffman", "huffman"], [s["coding"] for s in streams(doc)]
+
+
+def _zlib_latitude() -> bytes:
+    """Vector 01 with its JSON (surrounded by newlines) stored as a zlib stream of a stored block and a
+    fixed-Huffman block, 64 more padding spaces than needed, labelled version 1.2."""
+    doc, payloads = split_file(build_valid(VALID_BY_NAME["01-spec-example"]))
+    return assemble_file(doc, payloads, dumps=lambda d: "\n" + compact(d) + "\r\n", compress=zlib_mixed,
+                         extra_pad=64, minor=2)
+
+
 VALID: list[Valid] = [
     Valid("01-spec-example", "The worked example of spec §5.3 (4x4 float32, sparse CSR, b = 2, 3 fillers, codebook "
           "[0, -2, 1.5]); the complete file shown in spec Appendix A.", [spec_example()], expect=_expect_spec_example),
@@ -602,6 +633,18 @@ VALID: list[Valid] = [
     Valid("25-odd-streams", "A one-symbol table with a trailing 0 digit, a Huffman block larger than its "
           "stream, shared `bits` wider than the codebook needs, a table with a trailing 0 digit used in "
           "two blocks.", [], build=_odd_streams, expected=_expected_odd_streams),
+    # format 1.1: compressed headers (spec §2.2)
+    Valid("26-zlib-spec-example", "Format 1.1: vector 01 with its header stored as a zlib stream (one "
+          "fixed-Huffman deflate block): 450 bytes instead of 578; shown whole in spec Appendix A.2.",
+          [spec_example()], expect=_expect_zlib, compact_header=True),
+    Valid("27-zlib-paper-model", "Format 1.1: the model of vector 21 with a zlib-compressed header; the writer "
+          "(compact_header) picks its Huffman streams counting the header bytes a Huffman stream adds "
+          "(header_cost 15).", _paper_model(), mode="auto", expect=_expect_zlib_paper, compact_header=True,
+          header_cost=15),
+    Valid("28-zlib-reader-latitude", "Format 1.1 as another writer might store a compressed header: vector 01's "
+          "JSON, with a newline before and CR LF after it, as a zlib stream of two deflate blocks (stored, then "
+          "fixed Huffman), 64 more padding spaces than needed, labelled version 1.2.", [], build=_zlib_latitude,
+          expected=_expected_v01),
 ]
 VALID_BY_NAME = {v.name: v for v in VALID}
 
@@ -640,15 +683,35 @@ def build_valid(v: Valid) -> bytes:
         if v.build is not None:
             data = v.build()
         else:
-            tables, encoded = codec.assemble([draft(t) for t in v.tensors], v.mode, v.block_size)
-            f = io.BytesIO()
-            container.write_stream(f, v.metadata, tables, encoded)
-            data = f.getvalue()
+            data = write_valid(v, compact_header=False)
             assert assemble_file(*split_file(data)) == data  # the surgery helpers below agree with the writer
+            if v.compact_header:
+                # The writer compresses with the zlib at hand, whose output differs between builds: the
+                # vector's stream comes from this script's own deflate encoder instead (same JSON text,
+                # same layout rule), so the vector is the same everywhere. See writer_header().
+                data = assemble_file(*split_file(data), compress=zlib_fixed, minor=1)
         if v.expect is not None:
             v.expect(header_doc(data)[0], data)
         _BUILT[v.name] = data
     return _BUILT[v.name]
+
+
+def write_valid(v: Valid, compact_header: bool) -> bytes:
+    """The vector's tensors in the recorded form through dcformat's writer."""
+    tables, encoded = codec.assemble([draft(t) for t in v.tensors], v.mode, v.block_size, header_cost=v.header_cost)
+    f = io.BytesIO()
+    container.write_stream(f, v.metadata, tables, encoded, compact_header=compact_header)
+    return f.getvalue()
+
+
+def writer_header(v: Valid) -> dict[str, Any]:
+    """What dcformat's writer itself stores as the compressed header of a vector (zlib level 9 of the
+    local zlib): recorded with the zlib version, so that the re-encode test can compare the header
+    bytes exactly where the zlib is the same (elsewhere it compares the decompressed text)."""
+    data = write_valid(v, compact_header=True)
+    n = struct.unpack_from("<Q", data, 16)[0]
+    assert data[32] == 0x78, f"{v.name}: compression does not pay, the writer would not compress this header"
+    return {"zlib": zlib.ZLIB_RUNTIME_VERSION, "header_length": n, "header_crc32": zlib.crc32(data[32 : 32 + n])}
 
 
 def expected_arrays(v: Valid) -> list[np.ndarray]:
@@ -697,8 +760,10 @@ def compact(doc: dict) -> str:
 
 
 def header_doc(data: bytes) -> tuple[dict, int]:
+    """The header document (a zlib header decompressed, spec §2.2) and the header length."""
     n = struct.unpack_from("<Q", data, 16)[0]
-    return json.loads(data[32 : 32 + n]), n
+    raw = data[32 : 32 + n]
+    return json.loads(zlib.decompress(raw.rstrip(b" ")) if raw[0] == 0x78 else raw), n
 
 
 def section_objects(doc: dict) -> list[dict]:
@@ -718,32 +783,221 @@ def split_file(data: bytes) -> tuple[dict, list[bytes]]:
 
 
 def assemble_file(doc: dict, payloads: list[bytes], *, dumps: Callable[[dict], str] = compact, pad: bytes = b" ",
-                  extra_pad: int = 0, place: Callable[[int, int], int] | None = None) -> bytes:
+                  extra_pad: int = 0, place: Callable[[int, int], int] | None = None,
+                  compress: Callable[[bytes], bytes] | None = None, minor: int = 0) -> bytes:
     """A file from a header document and payloads: offsets, lengths and CRCs filled in, sections placed by
-    `place(i, end)` (default: the next multiple of 64), the JSON text padded with `pad`."""
+    `place(i, end)` (default: the next multiple of 64), the JSON text padded with `pad`. With `compress`,
+    the header region holds compress(JSON text) (spec §2.2), laid out as dcformat's writer does: the data
+    start never moves back while iterating, then the smaller start is kept if the stream fits it."""
     slots = section_objects(doc)
     assert len(slots) == len(payloads)
     place = place or (lambda i, end: align64(end))
-    data_start = -1
-    for _ in range(32):
+
+    def layout(data_start: int) -> tuple[bytes, int]:
         end = max(data_start, 0)
         for i, (s, p) in enumerate(zip(slots, payloads)):
             s["offset"], s["length"], s["crc32"] = place(i, end), len(p), zlib.crc32(p)
             end = s["offset"] + len(p)
         text = dumps(doc).encode("utf-8")
+        return (compress(text) if compress else text), end
+
+    data_start = -1
+    for _ in range(32):
+        text, end = layout(data_start)
         start = align64(32 + len(text)) + extra_pad
-        if start == data_start:
+        if start == data_start or (compress and start < data_start):
+            if compress and start < data_start and align64(32 + len(layout(start)[0])) + extra_pad <= start:
+                data_start = start
+            text, end = layout(data_start)
             break
-        data_start = start
+        data_start = max(start, data_start) if compress else start
     else:
         raise AssertionError("layout did not converge")
     out = bytearray(end)
     header = text + pad * (data_start - 32 - len(text))
-    out[0:32] = struct.pack("<8sHHIQQ", b"\x89DCF\r\n\x1a\n", 1, 0, zlib.crc32(header), len(header), end)
+    out[0:32] = struct.pack("<8sHHIQQ", b"\x89DCF\r\n\x1a\n", 1, minor, zlib.crc32(header), len(header), end)
     out[32:data_start] = header
     for s, p in zip(slots, payloads):
         out[s["offset"] : s["offset"] + len(p)] = p
     return bytes(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# zlib streams (RFC 1950, deflate RFC 1951) written here, not by the zlib library: its output differs
+# between builds (zlib, zlib-ng, ...), and the vectors must be the same bytes everywhere.
+
+
+class BitWriter:
+    """Deflate's bit order (RFC 1951 §3.1.1): fields least significant bit first, Huffman codes most
+    significant bit first, packed from the least significant bit of each byte."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.n = 0
+
+    def bit(self, b: int) -> None:
+        if self.n % 8 == 0:
+            self.out.append(0)
+        self.out[-1] |= b << (self.n % 8)
+        self.n += 1
+
+    def field(self, value: int, width: int) -> None:
+        for i in range(width):
+            self.bit((value >> i) & 1)
+
+    def code(self, code: int, length: int) -> None:
+        for i in reversed(range(length)):
+            self.bit((code >> i) & 1)
+
+    def zeros(self, count: int) -> None:
+        while count and self.n % 8:
+            self.bit(0)
+            count -= 1
+        self.out += bytes(count // 8)
+        self.n += count - count % 8
+        for _ in range(count % 8):
+            self.bit(0)
+
+    def align(self) -> None:
+        self.n += -self.n % 8
+
+
+LENGTH_BASE = [3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163,
+               195, 227, 258]
+LENGTH_EXTRA = [0] * 8 + [1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0]
+DIST_BASE = [1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537, 2049,
+             3073, 4097, 6145, 8193, 12289, 16385, 24577]
+DIST_EXTRA = [0, 0, 0, 0] + [i // 2 for i in range(2, 28)]
+
+
+def fixed_literal(w: BitWriter, symbol: int) -> None:
+    """A literal/length symbol in the fixed Huffman code (RFC 1951 §3.2.6)."""
+    if symbol < 144:
+        w.code(0x30 + symbol, 8)
+    elif symbol < 256:
+        w.code(0x190 + symbol - 144, 9)
+    elif symbol < 280:
+        w.code(symbol - 256, 7)
+    else:
+        w.code(0xC0 + symbol - 280, 8)
+
+
+def fixed_block(w: BitWriter, data: bytes, final: bool) -> None:
+    """One fixed-Huffman block: greedy LZ77 (the longest earlier match of 3..258 bytes within 32 KiB)."""
+    w.field(int(final), 1)
+    w.field(1, 2)
+    heads: dict[bytes, list[int]] = {}
+    i = 0
+    while i < len(data):
+        best_len, best_dist = 0, 0
+        for j in reversed(heads.get(data[i : i + 3], [])[-64:]):
+            if i - j > 32768:
+                break
+            n = 0
+            while n < 258 and i + n < len(data) and data[j + n] == data[i + n]:
+                n += 1
+            if n > best_len:
+                best_len, best_dist = n, i - j
+        step = best_len if best_len >= 3 else 1
+        if best_len >= 3:
+            k = max(c for c in range(len(LENGTH_BASE)) if LENGTH_BASE[c] <= best_len)
+            fixed_literal(w, 257 + k)
+            w.field(best_len - LENGTH_BASE[k], LENGTH_EXTRA[k])
+            d = max(c for c in range(len(DIST_BASE)) if DIST_BASE[c] <= best_dist)
+            w.code(d, 5)
+            w.field(best_dist - DIST_BASE[d], DIST_EXTRA[d])
+        else:
+            fixed_literal(w, data[i])
+        for p in range(i, i + step):
+            heads.setdefault(data[p : p + 3], []).append(p)
+        i += step
+    fixed_literal(w, 256)
+
+
+def stored_block(w: BitWriter, data: bytes, final: bool) -> None:
+    """One stored (uncompressed) block: header bits, byte alignment, LEN, NLEN, the bytes."""
+    assert len(data) < 1 << 16
+    w.field(int(final), 1)
+    w.field(0, 2)
+    w.align()
+    w.out += struct.pack("<HH", len(data), len(data) ^ 0xFFFF) + data
+    w.n += 32 + 8 * len(data)
+
+
+def zlib_stream(data: bytes, w: BitWriter) -> bytes:
+    """The zlib wrapper around a deflate stream: CMF 0x78 (deflate, 32 KiB window), FLG 0x01 (no preset
+    dictionary, FCHECK making 0x7801 a multiple of 31), the deflate bytes, the Adler-32 of `data`."""
+    return b"\x78\x01" + bytes(w.out) + struct.pack(">I", zlib.adler32(data))
+
+
+def zlib_fixed(data: bytes) -> bytes:
+    """`data` as a zlib stream of one fixed-Huffman block."""
+    w = BitWriter()
+    fixed_block(w, data, final=True)
+    return zlib_stream(data, w)
+
+
+def zlib_mixed(data: bytes, split: int = 100) -> bytes:
+    """`data` as a zlib stream of two blocks: the first `split` bytes stored, the rest fixed-Huffman."""
+    w = BitWriter()
+    stored_block(w, data[:split], final=False)
+    fixed_block(w, data[split:], final=True)
+    return zlib_stream(data, w)
+
+
+def zlib_bomb(spaces_matches: int, tail: bytes) -> tuple[bytes, int]:
+    """A zlib stream of 1 + 258 x `spaces_matches` spaces, then `tail`; (stream, decompressed size).
+
+    Deflate's densest form: a dynamic-Huffman block whose code gives the match (length 258, distance 1)
+    one bit and its distance one bit, so every 258 bytes cost 2 bits (ratio about 1032:1). Its code
+    lengths: literal/length alphabet (286 symbols) 32 (space) -> 2, 256 (end of block) -> 2, 285
+    (length 258) -> 1; distance alphabet (1 symbol) 0 -> 1. They are sent with the code-length code
+    18 -> 1 (a run of 11..138 zeros, 7 extra bits), 1 -> 2, 2 -> 2 (RFC 1951 §3.2.7). Then a final
+    fixed-Huffman block holds `tail`.
+    """
+    w = BitWriter()
+    w.field(0, 1)  # BFINAL 0
+    w.field(2, 2)  # BTYPE 10: dynamic Huffman codes
+    w.field(286 - 257, 5)  # HLIT
+    w.field(1 - 1, 5)  # HDIST
+    order = [16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15]
+    cl_lengths = {18: 1, 1: 2, 2: 2}
+    count = order.index(1) + 1  # the last code-length symbol with a length
+    w.field(count - 4, 4)  # HCLEN
+    for sym in order[:count]:
+        w.field(cl_lengths.get(sym, 0), 3)
+    cl_code = {18: (0b0, 1), 1: (0b10, 2), 2: (0b11, 2)}  # canonical: 18 (length 1), then 1, 2 (length 2)
+
+    def zeros(run: int) -> None:
+        while run:
+            n = min(run, 138)
+            assert n >= 11
+            w.code(*cl_code[18])
+            w.field(n - 11, 7)
+            run -= n
+
+    zeros(32)  # literals 0..31
+    w.code(*cl_code[2])  # 32, the space: length 2
+    zeros(223)  # 33..255
+    w.code(*cl_code[2])  # 256, end of block: length 2
+    zeros(28)  # 257..284
+    w.code(*cl_code[1])  # 285, length 258: length 1
+    w.code(*cl_code[1])  # distance code 0 (distance 1): length 1
+    # canonical codes: 285 -> 0, 32 -> 10, 256 -> 11; distance 0 -> 0
+    w.code(0b10, 2)  # one space
+    w.zeros(2 * spaces_matches)  # each match: code 0 (length 258, no extra bits) and distance code 0
+    w.code(0b11, 2)  # end of block
+    fixed_block(w, tail, final=True)
+    size = 1 + 258 * spaces_matches + len(tail)
+    adler = zlib.adler32(tail, _adler_of_spaces(size - len(tail)))
+    return b"\x78\x01" + bytes(w.out) + struct.pack(">I", adler), size
+
+
+def _adler_of_spaces(n: int) -> int:
+    """Adler-32 (RFC 1950 §9) of n spaces, in closed form (no n-byte buffer)."""
+    a = (1 + 32 * n) % 65521
+    b = (n + 32 * n * (n + 1) // 2) % 65521
+    return b << 16 | a
 
 
 def with_preamble(data: bytes, **fields: Any) -> bytes:
@@ -858,6 +1112,64 @@ def _delete(path: list[Any]) -> Callable[[dict], None]:
         del obj[path[-1]]
 
     return mutate
+
+
+def _z01(compress: Callable[[bytes], bytes]) -> bytes:
+    """Vector 01 with its JSON text stored as compress(text), in a version 1.1 file (zlib_fixed: vector 26)."""
+    return assemble_file(*split_file(_v01()), compress=compress, minor=1)
+
+
+def zlib_region(data: bytes) -> tuple[bytes, int]:
+    """The zlib stream of a compressed header (without the padding after it) and the header length."""
+    n = struct.unpack_from("<Q", data, 16)[0]
+    inflater = zlib.decompressobj()
+    inflater.decompress(data[32 : 32 + n])
+    assert inflater.eof
+    return data[32 : 32 + n - len(inflater.unused_data)], n
+
+
+def with_zlib(data: bytes, edit: Callable[[bytes], bytes]) -> bytes:
+    """The file with its header's zlib stream edited (same header length, re-padded, header CRC fixed)."""
+    z, n = zlib_region(data)
+    z = edit(z)
+    assert len(z) <= n
+    header = z + b" " * (n - len(z))
+    return with_preamble(data[:32] + header + data[32 + n :], header_crc=zlib.crc32(header))
+
+
+def _or_byte(at: int, mask: int) -> Callable[[bytes], bytes]:
+    def edit(z: bytes) -> bytes:
+        assert z[at] & mask == 0
+        return z[:at] + bytes([z[at] | mask]) + z[at + 1 :]
+
+    return edit
+
+
+def _gzip(text: bytes) -> bytes:
+    """A gzip member (RFC 1952): fixed header (no name, mtime 0, OS unknown), a fixed-Huffman block, CRC-32, size."""
+    w = BitWriter()
+    fixed_block(w, text, final=True)
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + bytes(w.out) + struct.pack("<II", zlib.crc32(text), len(text))
+
+
+def _truncated(text: bytes) -> bytes:
+    """zlib_fixed(text) cut so that 32 + its length is a multiple of 64: the header ends with the cut."""
+    z = zlib_fixed(text)
+    keep = (32 + len(z)) // 64 * 64 - 32
+    return z[: keep if keep < len(z) else keep - 64]
+
+
+def _zlib_bomb() -> bytes:
+    doc, payloads = split_file(V("02-empty-file"))
+    tail = compact(doc).encode()  # the JSON text, behind more spaces than a reader's default limit allows
+    matches = -(-(100_000_000 - len(tail)) // 258)
+    return assemble_file(doc, payloads, compress=lambda t: zlib_bomb(matches, t)[0], minor=1)
+
+
+def _crc_of_json() -> bytes:
+    data = V("26-zlib-spec-example")
+    doc, _ = header_doc(data)
+    return with_preamble(data, header_crc=zlib.crc32(compact(doc).encode("utf-8")))
 
 
 def _empty_v02() -> tuple[bytes, int]:
@@ -982,6 +1294,37 @@ INVALID: list[Invalid] = [
             lambda: with_doc(_v01(), _set(["tensors", 0, "fillers"], 6))),
     Invalid("48-table-index-out-of-range", "HeaderError", "§6", "A stream refers to table 1; the file has one "
             "table.", lambda: with_doc(V("20-huffman-spec-table"), _set(["tensors", 0, "indices", "table"], 1))),
+    # format 1.1: compressed headers (spec §2.2)
+    Invalid("49-header-gzip", "HeaderError", "§2.2", "Vector 01's JSON as a gzip stream (first byte 0x1F): a "
+            "header starts with '{', JSON whitespace or 0x78, nothing else.", lambda: _z01(compress=_gzip)),
+    Invalid("50-zlib-small-window", "HeaderError", "§2.2", "A zlib stream with an 8 KiB window (CMF 0x58, FLG "
+            "0x09): valid RFC 1950, but a compressed header's first byte is 0x78.",
+            lambda: _z01(compress=lambda t: b"\x58\x09" + zlib_fixed(t)[2:])),
+    Invalid("51-zlib-corrupt-deflate", "HeaderError", "§2.2", "The first deflate block of vector 26's header has "
+            "the reserved block type 3.", lambda: with_zlib(V("26-zlib-spec-example"), _or_byte(2, 0x04))),
+    Invalid("52-zlib-truncated", "HeaderError", "§2.2", "Vector 01's header as a zlib stream cut short (its end "
+            "and Adler-32 missing); header_length ends where the cut stream ends.",
+            lambda: _z01(compress=_truncated)),
+    Invalid("53-zlib-bad-adler", "HeaderError", "§2.2", "The Adler-32 at the end of vector 26's zlib header is "
+            "off by one bit.", lambda: with_zlib(V("26-zlib-spec-example"), lambda z: z[:-1] + bytes([z[-1] ^ 1]))),
+    Invalid("54-zlib-trailing-garbage", "HeaderError", "§2.2", "The bytes {} follow the zlib stream in the "
+            "header region (then spaces): only spaces may.", lambda: _z01(compress=lambda t: zlib_fixed(t) + b"{}")),
+    Invalid("55-zlib-bomb", "LimitError", "§7", "Vector 02 (no tensors) whose header decompresses to "
+            "100,000,067 bytes (100 MB of spaces before the JSON) from 97 kB: over the default limit of "
+            "100,000,000 bytes, which bounds the decompressed header.", _zlib_bomb),
+    Invalid("56-zlib-in-version-1.0", "HeaderError", "§2.3", "Vector 26 labelled version 1.0: a compressed "
+            "header needs 1.1.", lambda: with_preamble(V("26-zlib-spec-example"), minor=0)),
+    Invalid("57-zlib-preset-dictionary", "HeaderError", "§2.2", "A zlib stream with FDICT set (FLG 0x20, "
+            "dictionary id 1): a compressed header has no preset dictionary.",
+            lambda: _z01(compress=lambda t: b"\x78\x20\x00\x00\x00\x01" + zlib_fixed(t)[2:])),
+    Invalid("58-zlib-nested", "HeaderError", "§2.2", "The header decompresses to another zlib stream (of vector "
+            "01's JSON): the decompressed header is JSON text, never decompressed again.",
+            lambda: _z01(compress=lambda t: zlib_fixed(zlib_fixed(t)))),
+    Invalid("59-zlib-json-bom", "HeaderError", "§3", "The decompressed header starts with a UTF-8 byte-order "
+            "mark: the text inside a zlib stream follows every rule of §3.",
+            lambda: _z01(compress=lambda t: zlib_fixed(b"\xef\xbb\xbf" + t))),
+    Invalid("60-zlib-crc-of-json", "ChecksumError", "§2.1", "Vector 26 whose header_crc32 is the CRC-32 of the "
+            "decompressed JSON text: the CRC-32 covers the stored header bytes.", _crc_of_json),
 ]
 
 
@@ -1044,6 +1387,10 @@ def generate() -> tuple[dict[str, bytes], dict]:
                                  "reencode": v.build is None, "metadata": doc["metadata"]}
         if v.build is None:
             entry["settings"] = {"huffman": v.mode, "block_size": v.block_size}
+            if v.compact_header or v.header_cost:  # format 1.1 vectors (the 1.0 entries stay as they were)
+                entry["settings"].update(compact_header=v.compact_header, huffman_header_cost=v.header_cost)
+            if v.compact_header:
+                entry["writer_header"] = writer_header(v)
         tensors = []
         for k, (obj, a) in enumerate(zip(doc["tensors"], arrays)):
             assert obj["name"] == (v.tensors[k].name if v.tensors else obj["name"])
@@ -1067,7 +1414,7 @@ def generate() -> tuple[dict[str, bytes], dict]:
         e = {"name": inv.name, "file": f"invalid/{inv.name}.dcf", "error": inv.error, "rule": inv.rule,
              "description": inv.description}
         invalid.append(e)
-    index = {"format_version": "1.0", "valid": valid, "invalid": invalid}
+    index = {"format_version": "1.1", "valid": valid, "invalid": invalid}
     return files, index
 
 
@@ -1078,16 +1425,22 @@ def esc(text: str) -> str:
 
 def index_markdown(index: dict) -> str:
     """spec/vectors/index.md: the index as tables."""
-    lines = ["# dcformat test vectors (format 1.0)", "",
+    lines = ["# dcformat test vectors (format 1.1)", "",
              "Generated by `spec/make_vectors.py` from `index.json`, which is the machine-readable form of this",
              "page. Valid vectors decode to `NN-name.K.npy` (tensor K in file order; bfloat16 as its uint16 bit",
              "pattern). Vectors marked *re-encode* are reproduced byte for byte by dcformat's writer from the",
              "expected tensors and the recorded settings (Huffman mode, block size, and per tensor the encoding,",
-             "layout, index width and codebook, listed in `index.json`).", "",
+             "layout, index width and codebook, listed in `index.json`). For a vector with a compressed header",
+             "(`compact_header`), whose zlib stream was written by `make_vectors.py` itself so that it is the",
+             "same on every machine, the writer reproduces the decompressed JSON and every byte after the header",
+             "(offsets counted from the data start); its own header bytes are checked against `writer_header`",
+             "where the zlib library is the version recorded there.", "",
              "## Valid", "", "| vector | exercises | tensors: how they are stored |", "|---|---|---|"]
     for v in index["valid"]:
         how = "<br>".join(f"`{t['name']}` {t['dtype']} {t['shape']}: {t['stored']}" for t in v["tensors"]) or "—"
-        mode = (f" *re-encode: huffman={v['settings']['huffman']}, block_size={v['settings']['block_size']}*"
+        extra = "".join(f", {k}={str(x).lower() if isinstance(x, bool) else x}" for k, x in v.get("settings", {}).items()
+                        if k not in ("huffman", "block_size"))
+        mode = (f" *re-encode: huffman={v['settings']['huffman']}, block_size={v['settings']['block_size']}{extra}*"
                 if v["reencode"] else " *hand-assembled*")
         lines.append(f"| `{v['file']}` | {esc(v['description'])}{mode} | {esc(how)} |")
     lines += ["", "## Invalid", "", "A reader must reject each file with the error kind shown (spec §8.1). Each is a",
@@ -1095,6 +1448,16 @@ def index_markdown(index: dict) -> str:
     for e in index["invalid"]:
         lines.append(f"| `{e['file']}` | {e['error']} | {e['rule']} | {esc(e['description'])} |")
     return "\n".join(lines) + "\n"
+
+
+def keep_foreign_zlib_records(old: dict, new: dict) -> None:
+    """A `writer_header` record made with another zlib version than this one stays as it was: it says
+    what the writer stored there, and this machine's zlib cannot check or remake it."""
+    before = {e["name"]: e.get("writer_header") for e in old.get("valid", [])}
+    for e in new["valid"]:
+        record = before.get(e["name"])
+        if record is not None and "writer_header" in e and record.get("zlib") != zlib.ZLIB_RUNTIME_VERSION:
+            e["writer_header"] = record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1110,6 +1473,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.exists(index_path):
         with open(index_path, encoding="utf-8") as f:
             old = json.load(f)
+        keep_foreign_zlib_records(old, index)
+        new_index = json.dumps(index, indent=1, ensure_ascii=False) + "\n"
         for kind in ("valid", "invalid"):
             new_by_name = {e["name"]: e for e in index[kind]}
             for e in old[kind]:

@@ -11,9 +11,13 @@ from dcformat import constants as K
 
 
 def split(data: bytes) -> tuple[dict[str, Any], int]:
-    """The header document and header length of a file."""
+    """The header document and header length of a file (a zlib header decompressed, spec §2.2); the
+    helpers below write the document back as JSON text."""
     n = struct.unpack_from("<Q", data, 16)[0]
-    return json.loads(data[K.PREAMBLE_SIZE : K.PREAMBLE_SIZE + n]), n
+    raw = data[K.PREAMBLE_SIZE : K.PREAMBLE_SIZE + n]
+    if raw[:1] == bytes([K.ZLIB_HEADER_CMF]):
+        raw = zlib.decompressobj().decompress(raw)
+    return json.loads(raw), n
 
 
 def with_header(data: bytes, mutate: Callable[[dict], Any]) -> bytes:

@@ -5,7 +5,8 @@
 It starts from small valid files of every encoding (`seed_files`), mutates them (`Mutator`: bit flips,
 byte sets, integer-boundary values in the preamble and in the header's JSON numbers, JSON-aware edits of
 strings, keys, lists and types, swapped sections, hostile section payloads, truncation, extension,
-splicing), and usually repairs the CRCs and the layout afterwards so that the mutation reaches the
+splicing, and for format 1.1's zlib headers edited-then-recompressed JSON and damaged zlib streams:
+bits, truncation, Adler-32, flags, trailing bytes, bombs), and usually repairs the CRCs and the layout afterwards so that the mutation reaches the
 decoders instead of stopping at the checksum check. Each case is run by `exercise` (open, keys,
 layout, get_tensor, get_sparse, load, read_header, verify, inspect, plus cross-checks between them) in
 a persistent worker process, so a segmentation fault, an abort, a hang or a huge allocation is caught,
@@ -64,12 +65,14 @@ def seed_files() -> dict[str, bytes]:
     rng = np.random.default_rng(20261129)
     out: dict[str, bytes] = {}
 
-    def build(drafts, mode="auto", block_size=K.DEFAULT_BLOCK_SIZE, metadata=None) -> bytes:
+    def build(drafts, mode="auto", block_size=K.DEFAULT_BLOCK_SIZE, metadata=None, compact=False) -> bytes:
+        """A file from dcformat's writer; with a JSON header unless `compact` (zlib when it pays)."""
         import io
 
-        tables, encoded = codec.assemble(drafts, mode, block_size)
+        # header_cost 0: Huffman wherever its payload and table pay, so that these tiny files have some
+        tables, encoded = codec.assemble(drafts, mode, block_size, header_cost=0)
         buf = io.BytesIO()
-        write_stream(buf, metadata or {}, tables, encoded)
+        write_stream(buf, metadata or {}, tables, encoded, compact_header=compact)
         return buf.getvalue()
 
     def build_huffman(drafts, block_size=K.DEFAULT_BLOCK_SIZE, share=False) -> bytes:
@@ -114,7 +117,7 @@ def seed_files() -> dict[str, bytes]:
                 i += 1
             encoded.append(EncodedTensor(header, payloads))
         buf = io.BytesIO()
-        write_stream(buf, {}, tables, encoded)
+        write_stream(buf, {}, tables, encoded, compact_header=False)
         return buf.getvalue()
 
     def bits(dtype: str, shape, density=1.0):
@@ -216,6 +219,17 @@ def seed_files() -> dict[str, bytes]:
                              indices=skewed(8, (9, 9), 0.8), layout="csc", index_bits=3),
         codec.draft_explicit("vals", bits("float16", (5, 8), 0.3), "sparse", index_bits=4),
     ], metadata={"model": "mixed"})
+    # Compressed headers (§2.2, format 1.1): the writer's own choice on a model where zlib pays, and
+    # seeds above with their header zlib-compressed whatever it saves
+    out["zlib-writer-model"] = build([
+        codec.draft_explicit(f"layer{i}.weight", np.zeros((9, 9), np.float32), "sparse", codebook=sparse_cb,
+                             indices=skewed(8, (9, 9), 0.8), layout=("csr", "csc")[i % 2], index_bits=3 + i % 3)
+        for i in range(6)] + [codec.draft_explicit(f"layer{i}.bias", bits("float32", (9,)), "raw") for i in range(6)],
+        metadata={"model": "zlib"}, compact=True)
+    for name in ("empty", "metadata-only", "model-mixed", "sparse-cb-huffman-csr-b3", "huffman-shared-tables",
+                 "shared-huffman-multiblock", "sparse-empty", "raw-mixed", "sparse-values-csc-bool"):
+        doc, sections = parse(out[name])
+        out["zlib-" + name] = serialize(doc, [b for _, b in sections], compress=True)
     out.update(spec_vectors())
     return out
 
@@ -241,14 +255,42 @@ def spec_vectors(limit: int = 64 << 10) -> dict[str, bytes]:
 # Taking files apart and putting them back together
 
 
+PARSE_MAX_TEXT = 64 << 20  # the file tools decompress no header to more than this
+
+
+def header_text(data: bytes) -> tuple[bytes, bool] | None:
+    """The JSON text of a file's header region (§2.2) and whether it was a zlib stream; None when the
+    region runs past the file or its zlib stream does not decompress."""
+    try:
+        hlen = PREAMBLE.unpack_from(data, 0)[4]
+    except struct.error:
+        return None
+    if hlen > len(data) - PREAMBLE.size:  # a mutated length: rebuilding it could ask for gigabytes
+        return None
+    raw = data[PREAMBLE.size : PREAMBLE.size + hlen]
+    if raw[:1] != b"\x78":
+        return raw, False
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(raw, PARSE_MAX_TEXT)
+    except zlib.error:
+        return None
+    return (text, True) if inflater.eof else None
+
+
+def is_zlib(data: bytes) -> bool:
+    """Whether the file's header region holds a zlib stream (its first byte is 0x78, §2.2)."""
+    return data[PREAMBLE.size : PREAMBLE.size + 1] == b"\x78"
+
+
 def parse(data: bytes) -> tuple[dict, list[tuple[tuple, bytes]]] | None:
     """The header document and each section's (path, bytes) of a well-formed file, or None."""
+    got = header_text(data)
+    if got is None:
+        return None
     try:
-        magic, _, _, _, hlen, _ = PREAMBLE.unpack_from(data, 0)
-        if hlen > len(data) - PREAMBLE.size:  # a mutated length: rebuilding it could ask for gigabytes
-            return None
-        doc = json.loads(data[PREAMBLE.size : PREAMBLE.size + hlen])
-    except (struct.error, ValueError, RecursionError):
+        doc = json.loads(got[0])
+    except (ValueError, RecursionError):
         return None
     sections = []
     for path, sec in section_slots(doc):
@@ -283,11 +325,14 @@ def get_path(doc: Any, path: tuple) -> Any:
     return doc
 
 
-def serialize(doc: Any, payloads: list[bytes], *, keep_lengths: bool = False) -> bytes:
+def serialize(doc: Any, payloads: list[bytes], *, keep_lengths: bool = False, compress: bool = False,
+              level: int = 9) -> bytes:
     """A file with this header and payloads, offsets laid out by §4 and every CRC correct.
 
     keep_lengths: sections keep the length their object states (payload cut or zero-padded to it,
     when the length is a sane integer); otherwise each length becomes its payload's size.
+    compress: the header as a zlib stream (at `level`) in a version 1.1 file, laid out as dcformat's
+    writer does (the data start never moves back while iterating, then the fewest spaces that hold).
     """
     slots = list(section_slots(doc))
     fixed = []
@@ -298,16 +343,26 @@ def serialize(doc: Any, payloads: list[bytes], *, keep_lengths: bool = False) ->
         elif not keep_lengths:
             sec["length"] = len(payload)
         fixed.append(payload)
-    for _ in range(8):  # offsets depend on the header length and vice versa; converges in 2-3 passes
-        start = align64(PREAMBLE.size + len(_dump(doc)))
+
+    def stored(start: int) -> bytes:
         end = start
         for (path, sec), payload in zip(slots, fixed):
             sec["offset"] = align64(end)
             sec["crc32"] = zlib.crc32(payload)
             end = sec["offset"] + len(payload)
-        header = _dump(doc)
-        if align64(PREAMBLE.size + len(header)) == start:
+        text = _dump(doc)
+        return zlib.compress(text, level) if compress else text
+
+    start = 0
+    for _ in range(16):  # offsets depend on the header length and vice versa; converges in 2-3 passes
+        header = stored(start)
+        needed = align64(PREAMBLE.size + len(header))
+        if needed <= start:
+            if needed < start and align64(PREAMBLE.size + len(stored(needed))) <= needed:
+                start = needed
+            header = stored(start)
             break
+        start = needed
     header = header + b" " * (start - PREAMBLE.size - len(header))
     body = bytearray()
     pos = start
@@ -315,7 +370,7 @@ def serialize(doc: Any, payloads: list[bytes], *, keep_lengths: bool = False) ->
         off = sec["offset"]
         body += b"\0" * (off - pos) + payload
         pos = off + len(payload)
-    return PREAMBLE.pack(MAGIC, 1, 0, zlib.crc32(header), len(header), start + len(body)) + header + bytes(body)
+    return PREAMBLE.pack(MAGIC, 1, int(compress), zlib.crc32(header), len(header), start + len(body)) + header + bytes(body)
 
 
 def _dump(doc: Any) -> bytes:
@@ -330,14 +385,15 @@ def fix_checksums(data: bytes) -> bytes:
     """The same file with the section CRCs (where in range), header CRC and file length made correct.
 
     Offsets and lengths are left as they are, so layout mutations survive. When the header does not
-    parse as JSON, only the preamble is fixed.
+    parse as JSON, only the preamble is fixed. A zlib header is recompressed when a CRC changed.
     """
     if len(data) < PREAMBLE.size:
         return data
     magic, major, minor, _, hlen, _ = PREAMBLE.unpack_from(data, 0)
     header = data[PREAMBLE.size : PREAMBLE.size + hlen]
+    got = header_text(data)
     try:
-        doc = json.loads(header)
+        doc = json.loads(got[0]) if got is not None else None
     except (ValueError, RecursionError):
         doc = None
     if doc is not None:
@@ -351,11 +407,27 @@ def fix_checksums(data: bytes) -> bytes:
                     sec["crc32"] = crc
             except (KeyError, TypeError):
                 continue
-        text = _dump(doc)
+        text = zlib.compress(_dump(doc), 9) if got[1] else _dump(doc)
         if changed and len(text) <= len(header):
             header = text + b" " * (len(header) - len(text))
             data = data[: PREAMBLE.size] + header + data[PREAMBLE.size + len(header) :]
     return PREAMBLE.pack(magic, major, minor, zlib.crc32(header), hlen, len(data)) + data[PREAMBLE.size :]
+
+
+def with_header_region(data: bytes, stored: bytes, *, minor: int | None = None, fix_crc: bool = True) -> bytes:
+    """The file with new header-region bytes (a JSON text or a zlib stream), padded with spaces to the old
+    header length when they fit (so the stated offsets stay right) or grown by 64-byte steps (zeros
+    inserted before the data: the offsets are then wrong), the preamble made to match."""
+    magic, major, old_minor, crc, hlen, _ = PREAMBLE.unpack_from(data, 0)
+    hlen = min(hlen, len(data) - PREAMBLE.size)  # a mutated length past the file: no gigabytes of padding
+    body = data[PREAMBLE.size + hlen :]
+    n = hlen if len(stored) <= hlen else align64(PREAMBLE.size + len(stored)) - PREAMBLE.size
+    if n != hlen:
+        body = b"\0" * (n - hlen) + body
+    region = stored + b" " * (n - len(stored))
+    crc = zlib.crc32(region) if fix_crc else crc
+    minor = old_minor if minor is None else minor
+    return PREAMBLE.pack(magic, major, minor, crc, n, PREAMBLE.size + n + len(body)) + region + body
 
 
 # =============================================================================================
@@ -441,7 +513,10 @@ class Mutator:
             ("truncate", self.truncate, 2),
             ("extend", self.extend, 1),
             ("splice", self.splice, 2),
+            ("zlib_json", self.zlib_json, 3),      # header JSON edited, then zlib-compressed (§2.2)
+            ("zlib_bytes", self.zlib_bytes, 3),    # the zlib stream itself damaged, CRC repaired
         ]
+        self._zlib = False  # whether the file _doc last took apart had a zlib header
         self.total_weight = sum(w for _, _, w in self.kinds)
         self.mutator_errors = 0
 
@@ -483,21 +558,28 @@ class Mutator:
         p = parse(data)
         if p is None:
             return None
+        self._zlib = is_zlib(data)
         doc, sections = p
         return doc, [b for _, b in sections]
+
+    def _compress(self) -> bool:
+        """Whether a rebuilt header is zlib-compressed: as the file was, mostly."""
+        return self._zlib != (self.rng.random() < 0.1)
 
     def _finish(self, doc: Any, payloads: list[bytes], original: bytes) -> bytes:
         """Serialise a mutated document: usually with a correct layout and CRCs, sometimes not."""
         r = self.rng.random()
         if r < 0.55:
-            return serialize(doc, payloads, keep_lengths=True)
+            return serialize(doc, payloads, keep_lengths=True, compress=self._compress())
         if r < 0.85:
-            return serialize(doc, payloads, keep_lengths=False)
+            return serialize(doc, payloads, keep_lengths=False, compress=self._compress())
         return self._finish_stated(doc, original, fix=self.rng.random() < 0.8)
 
     def _finish_stated(self, doc: Any, original: bytes, fix: bool) -> bytes:
         """Keep the offsets the document states (layout mutations survive); fix the CRCs if asked."""
         text = _dump(doc)
+        if self._zlib:
+            text = zlib.compress(text, 9)
         magic, major, minor, _, hlen, _ = PREAMBLE.unpack_from(original, 0)
         n = max(hlen, align64(PREAMBLE.size + len(text)) - PREAMBLE.size)
         body = original[PREAMBLE.size + hlen :]
@@ -647,6 +729,8 @@ class Mutator:
         """Write the document over the old header, keeping the old data bytes (layout likely broken)."""
         try:
             text = _dump(doc)
+            if self._zlib:
+                text = zlib.compress(text, 9)
         except (ValueError, RecursionError):
             return original
         magic, major, minor, _, hlen, _ = PREAMBLE.unpack_from(original, 0)
@@ -657,12 +741,18 @@ class Mutator:
         return self._maybe_fix(out)
 
     def json_text(self, data: bytes, seed: str) -> bytes:
-        """Raw text edits the JSON model cannot express: duplicate keys, bad escapes, numbers as 1e3."""
+        """Raw text edits the JSON model cannot express: duplicate keys, bad escapes, numbers as 1e3
+        (a zlib header is decompressed, edited and compressed again)."""
         if len(data) < PREAMBLE.size or PREAMBLE.unpack_from(data, 0)[4] > len(data) - PREAMBLE.size:
             return self.extend(data, seed)
-        magic, major, minor, _, hlen, _ = PREAMBLE.unpack_from(data, 0)
-        text = data[PREAMBLE.size : PREAMBLE.size + hlen].rstrip(b" ")
-        body = data[PREAMBLE.size + hlen :]
+        got = header_text(data)
+        if got is None:
+            return self.zlib_bytes(data, seed)
+        text, compressed = got
+        text = self._edit_text(text.rstrip(b" "))
+        return self._maybe_fix(with_header_region(data, zlib.compress(text, 9) if compressed else text))
+
+    def _edit_text(self, text: bytes) -> bytes:
         r = self.rng
         how = r.randrange(8)
         if how == 0 and b'"name":' in text:  # a duplicated key inside a tensor
@@ -701,12 +791,7 @@ class Mutator:
         else:
             i = r.randrange(len(text) + 1)
             text = text[:i] + bytes([r.choice(b'{}[]:,"0123456789-.eE ')]) + text[i:]
-        n = hlen if len(text) <= hlen else align64(PREAMBLE.size + len(text)) - PREAMBLE.size
-        if n != hlen:
-            body = b"\0" * (n - hlen) + body
-        text += b" " * (n - len(text))
-        out = PREAMBLE.pack(magic, major, minor, zlib.crc32(text), n, PREAMBLE.size + n + len(body)) + text + body
-        return self._maybe_fix(out)
+        return text
 
     def table(self, data: bytes, seed: str) -> bytes:
         """Replace a Huffman table: another valid code (wrong for the data) or an invalid one."""
@@ -945,6 +1030,89 @@ class Mutator:
         return serialize(doc, payloads, keep_lengths=r.random() < 0.5)
 
 
+    # -- compressed headers (§2.2) -----------------------------------------------------------------
+
+    def zlib_json(self, data: bytes, seed: str) -> bytes:
+        """Edit the header's JSON (decompressed if need be: as text or as a document), then store it as a
+        zlib stream at some level, in a version 1.1 file (sometimes 1.0: a reader must refuse that)."""
+        r = self.rng
+        if len(data) < PREAMBLE.size:
+            return self.extend(data, seed)
+        got = header_text(data)
+        if got is None:
+            return self.zlib_bytes(data, seed)
+        how = r.randrange(5)
+        if how == 0:  # a document-level mutation, laid out afresh with a compressed header
+            d = self._doc(data)
+            if d is None:
+                return self.zlib_bytes(data, seed)
+            kind = r.choice(["json_number", "json_string", "json_structure", "table", "reshape", "recode"])
+            mutated = self._apply(kind, serialize(d[0], d[1], compress=True), seed)
+            return mutated
+        text = _shrunk(got[0])
+        if how == 1:
+            text = self._edit_text(text)
+        elif how == 2:  # valid JSON whitespace around the object, sometimes megabytes of it
+            size = r.choice([1, 100, 70_000, 1 << 20, 5 << 20])
+            text = r.choice([b" ", b"\n", b"\r\n", b"\t"]) * size + text + b" " * r.choice([0, 1, 1000])
+        elif how == 3:  # the stored text is itself a zlib stream (never decompressed twice)
+            text = zlib.compress(text, 9)
+        level = r.choice([0, 1, 6, 9, 9, 9]) if len(text) < 1 << 16 else 9  # stored blocks only for small texts
+        minor = 1 if r.random() < 0.9 else r.choice([0, 2, 65535])
+        return with_header_region(data, zlib.compress(text, level), minor=minor)
+
+    def zlib_bytes(self, data: bytes, seed: str) -> bytes:
+        """Damage the header's zlib stream (bits, truncation, checksum, flags, what follows it), or make
+        it a small decompression bomb; the header CRC is repaired so the stream is what gets checked."""
+        r = self.rng
+        if len(data) < PREAMBLE.size:
+            return self.extend(data, seed)
+        got = header_text(data)
+        text = _shrunk(got[0]) if got is not None else data[PREAMBLE.size : PREAMBLE.size + 256]
+        z = bytearray(zlib.compress(text, r.choice([1, 9])))
+        how = r.randrange(11)
+        if how == 0:  # bit flips in the deflate data or the checksum
+            for _ in range(r.randint(1, 3)):
+                j = r.randrange(2, len(z))
+                z[j] ^= 1 << r.randrange(8)
+        elif how == 1:  # cut short
+            z = z[: r.randrange(len(z))]
+        elif how == 2:  # not only spaces after the stream
+            z += bytes([r.choice([0x00, 0x7B, 0x78, 0x0A, 0x09, 0xFF])]) + b" " * r.randrange(3)
+        elif how == 3:  # a wrong Adler-32
+            z[-1 - r.randrange(4)] ^= 1 << r.randrange(8)
+        elif how == 4:  # FDICT set (FCHECK kept right): a preset dictionary the header cannot name
+            flg = (z[1] | 0x20) & 0xE0
+            z[1] = flg | (31 - (z[0] * 256 + flg) % 31) % 31
+        elif how == 5:  # another first byte: a smaller window, gzip, raw deflate, a BOM
+            z[0:1] = r.choice([b"\x58", b"\x68", b"\x08", b"\x1f\x8b", b"\xef\xbb\xbf", b"\x79"])
+        elif how == 6:  # two streams back to back
+            z += zlib.compress(b" ", 9)
+        elif how == 7:  # a bomb: whitespace before the object (valid below the header limit, refused above)
+            size = r.choice([1 << 20, 8 << 20, 32 << 20]) if r.random() < 0.9 else 100_000_001
+            inflater = zlib.compressobj(9)
+            z = bytearray(inflater.compress(b" " * size) + inflater.compress(text) + inflater.flush())
+        elif how == 8:  # stored blocks, and a stream split into several deflate blocks
+            inflater = zlib.compressobj(r.choice([0, 9]) if len(text) < 1 << 16 else 9)
+            z = bytearray(b"".join(inflater.compress(text[i : i + 7]) + inflater.flush(zlib.Z_FULL_FLUSH)
+                                   for i in range(0, len(text), 7)) + inflater.flush())
+        elif how == 9:  # a valid stream whose JSON is cut short: a HeaderError after decompression
+            z = bytearray(zlib.compress(text[: r.randrange(len(text) + 1)], 9))
+        else:  # bytes spliced from another seed's header
+            other = self.seeds[r.choice(self.names)]
+            j = r.randrange(2, max(3, len(z)))
+            z = z[:j] + other[PREAMBLE.size : PREAMBLE.size + r.randint(1, 64)] + z[j:]
+        minor = 1 if r.random() < 0.95 else 0
+        return with_header_region(data, bytes(z), minor=minor)
+
+
+def _shrunk(text: bytes) -> bytes:
+    """A header text without its trailing padding, and without the megabytes of whitespace an earlier
+    bomb mutation may have put around it (so that stacked mutations stay small)."""
+    text = text.rstrip(b" ")
+    return text.strip(b" \t\r\n") if len(text) > 1 << 16 else text
+
+
 # =============================================================================================
 # The target: everything a user can do with a file, with cross-checks
 
@@ -1137,10 +1305,25 @@ def _bits(a):
 # The worker process: a loop over length-prefixed inputs on stdin, one JSON line per result
 
 
+def _peak_rss() -> int:
+    """This process's peak RSS in bytes since it was exec'd (VmHWM). ru_maxrss would do only on a cold
+    start: Linux carries it over fork and exec, so a worker forked from a large parent (a pytest
+    process that compiled many kernels) would start at the parent's size and hide a case's growth."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def worker_main(target: str, scratch: str) -> None:
     """Run cases from stdin until EOF. Each reply reports the outcome and the case's peak-RSS growth."""
     import importlib
-    import resource
 
     from dcformat.errors import DCFError
 
@@ -1157,7 +1340,7 @@ def worker_main(target: str, scratch: str) -> None:
                 break
             (n,) = struct.unpack("<I", head)
             data = stdin.read(n)
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            before = _peak_rss()
             try:
                 summary = fn(data, path)
                 reply = {"status": "ok", **(summary or {})}
@@ -1169,7 +1352,7 @@ def worker_main(target: str, scratch: str) -> None:
                 # (the target reports DCFErrors as results; OracleError may come from another module copy)
                 reply = {"status": "bug", "type": type(e).__name__, "message": str(e)[:500], "where": _where(e),
                          "traceback": traceback.format_exc(limit=-12)}
-            growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+            growth = _peak_rss() - before
             reply["rss_growth"] = growth
             stdout.write(json.dumps(reply).encode() + b"\n")
             stdout.flush()

@@ -1,7 +1,7 @@
 """A reference decoder of dcformat files, written from spec/format.md alone.
 
-Plain Python: `struct`, `json` and `zlib` do the work, numpy only wraps the decoded bytes into
-arrays at the very end. It reads one bit at a time and is meant for tests, not for speed. It makes
+Plain Python: `struct`, `json` and `zlib` (CRC-32, and the compressed header of format 1.1, §2.2)
+do the work, numpy only wraps the decoded bytes into arrays at the very end. It reads one bit at a time and is meant for tests, not for speed. It makes
 every check the spec asks of a reader (§8), raising the error kinds of §8.1 (dcformat's error classes,
 the only thing imported from dcformat), and with `strict=True` also checks what the spec asks of a
 writer but leaves optional for readers (the `fillers` count, §5.3).
@@ -114,7 +114,7 @@ def read_file(data: bytes, limits: Limits = Limits(), *, strict: bool = False) -
     """Check and decode a whole file (§2-§6), raising the §8.1 error kind of the first broken rule."""
     data = bytes(data)
     version, header_crc, header_length = read_preamble(data, limits)
-    doc = read_header_json(data[32 : 32 + header_length], header_crc)
+    doc = read_header_json(data[32 : 32 + header_length], header_crc, version, limits)
     tables = check_document(doc, limits, data_start=32 + header_length, file_length=len(data))
     check_padding(data, doc, data_start=32 + header_length)
     out = File(version, dict(doc["metadata"]), tables)
@@ -157,10 +157,19 @@ def read_preamble(data: bytes, limits: Limits) -> tuple[tuple[int, int], int, in
 # §3 Header JSON
 
 
-def read_header_json(raw: bytes, crc: int) -> dict:
-    """The header document, after the CRC and the JSON rules of §3 (UTF-8, no BOM, unique keys)."""
+def read_header_json(raw: bytes, crc: int, version: tuple[int, int] = (1, 0), limits: Limits = Limits()) -> dict:
+    """The header document, after the CRC, the header form of §2.2 (JSON text or a zlib stream) and the
+    JSON rules of §3 (UTF-8, no BOM, unique keys)."""
     if zlib.crc32(raw) != crc:
         raise ChecksumError("header CRC-32 mismatch")
+    if raw[0] == 0x78:  # §2.2: a zlib stream (only from version 1.1 on)
+        if version[1] < 1:
+            raise HeaderError("a compressed header in a version 1.0 file")
+        raw = inflate(raw, limits.max_header_bytes)
+    elif raw[0] != 0x7B and raw[0] not in b" \t\n\r":
+        if raw.startswith(b"\xef\xbb\xbf"):
+            raise HeaderError("header starts with a byte-order mark")
+        raise HeaderError(f"the header's first byte {raw[0]:#04x} is neither JSON nor zlib")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -187,6 +196,31 @@ def read_header_json(raw: bytes, crc: int) -> dict:
         raise HeaderError("header is not a JSON text") from None
     check_strings(doc)
     return doc
+
+
+def inflate(raw: bytes, limit: int) -> bytes:
+    """§2.2: the JSON text of a zlib header (RFC 1950, no preset dictionary), at most `limit` bytes,
+    then nothing but spaces."""
+    if len(raw) > 1 and raw[1] & 0x20:
+        raise HeaderError("the header's zlib stream uses a preset dictionary")
+    d = zlib.decompressobj(15)
+    out = b""
+    data = raw
+    try:
+        while True:  # in pieces of at most limit + 1 bytes: never inflate past what the limit allows
+            out += d.decompress(data, limit + 1 - len(out))
+            data = d.unconsumed_tail
+            if len(out) > limit:
+                raise LimitError(f"the header decompresses to more than {limit} bytes")
+            if d.eof or not data:
+                break
+    except zlib.error:
+        raise HeaderError("the header's zlib stream is corrupt") from None
+    if not d.eof:
+        raise HeaderError("the header's zlib stream is truncated")
+    if d.unused_data.strip(b" "):
+        raise HeaderError("bytes other than spaces follow the header's zlib stream")
+    return out
 
 
 def check_strings(value: Any) -> None:

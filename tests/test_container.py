@@ -19,16 +19,17 @@ from .filetools import file_with_header_text, poke, resection, split, with_heade
 
 def make_model() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(7)
-    w = rng.laplace(0, 0.05, (40, 50)).astype(np.float32)
+    w = rng.laplace(0, 0.05, (80, 100)).astype(np.float32)
     return {
         "raw": rng.standard_normal(10).astype(np.float32),
-        "shared": rng.standard_normal((20, 30)).astype(np.float32),
+        "shared": (rng.laplace(0, 1, (20, 30)) ** 3).astype(np.float32),  # skewed indices: Huffman pays
         "sparse": w,
         "values": np.where(rng.random((30, 30)) < 0.1, rng.standard_normal((30, 30)), 0).astype(np.float16),
     }
 
 
-POLICY = Policy(prune=0.0, fc_bits=5, rules={"sparse": {"prune": 0.9, "bits": 5, "index_bits": 8}, "values": {"bits": 0, "prune": 0.0, "threshold": 0.0}})
+POLICY = Policy(prune=0.0, fc_bits=5, rules={"sparse": {"prune": 0.9, "bits": 5, "index_bits": 8}, "values": {"bits": 0, "prune": 0.0, "threshold": 0.0}},
+                compact_header=False)  # a JSON header, so that the tests below can edit it in place
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +42,24 @@ def test_base_file_has_every_encoding(good):
         kinds = {n: f.layout(n).encoding for n in f.keys()}
         assert kinds == {"raw": "raw", "shared": "shared", "sparse": "sparse", "values": "sparse"}
         assert f.layout("values").values is not None and f.layout("sparse").codebook is not None
-        assert f.layout("sparse").gaps.coding == "huffman"
+        assert f.layout("sparse").gaps.coding == "huffman" and f.layout("shared").indices.coding == "huffman"
 
 
-def test_layout_rules_hold(good):
-    """Preamble fields, 64-byte alignment, contiguity, zero padding and exact file length (§2, §4)."""
+@pytest.mark.parametrize("compact", [False, True])
+def test_layout_rules_hold(good, compact):
+    """Preamble fields, 64-byte alignment, contiguity, zero padding and exact file length (§2, §4), with a
+    JSON header (version 1.0) and with a zlib one (1.1)."""
+    if compact:
+        good = dcformat.save(make_model(), policy=POLICY.__class__(**{**POLICY.__dict__, "compact_header": True}),
+                             metadata={"k": "v"})
     magic, major, minor, hcrc, hlen, flen = struct.unpack_from(K.PREAMBLE_FORMAT, good)
-    assert magic == b"\x89DCF\r\n\x1a\n" and (major, minor) == (1, 0)
+    assert magic == b"\x89DCF\r\n\x1a\n" and (major, minor) == (1, 1 if compact else 0)
     assert flen == len(good) and (32 + hlen) % 64 == 0
     assert zlib.crc32(good[32 : 32 + hlen]) == hcrc
-    assert good[32 : 32 + hlen].rstrip(b" ").endswith(b"}")
+    stored = good[32 : 32 + hlen].rstrip(b" ")
+    assert len(good[32 : 32 + hlen]) - len(stored) < 64  # the fewest padding spaces
+    text = zlib.decompress(stored) if compact else stored
+    assert text.startswith(b'{"metadata":{"k":"v"},') and text.endswith(b"}")
     header = parse_header(good)
     end = header.data_start
     for t in header.tensors:
@@ -96,8 +105,11 @@ def test_newer_minor_version_is_read(good):
 
 @pytest.mark.parametrize("text, error, message", [
     (b"{", dcformat.HeaderError, "not valid JSON"),
-    (b"[]", dcformat.HeaderError, "must be a JSON object"),
-    (b"\xff{}", dcformat.HeaderError, "not valid UTF-8"),
+    (b"[]", dcformat.HeaderError, r"starts with the byte 0x5b: neither a JSON text \('\{' or whitespace\) nor a zlib"),
+    (b" []", dcformat.HeaderError, "must be a JSON object"),
+    (b"\xff{}", dcformat.HeaderError, "starts with the byte 0xff"),
+    (b'{"\xff":1}', dcformat.HeaderError, "not valid UTF-8: invalid start byte at header byte 2"),
+    (b"\r\n\t {", dcformat.HeaderError, "not valid JSON"),
     ("\ufeff{}".encode(), dcformat.HeaderError, "byte-order mark"),
     (b'{"metadata":{},"tables":[],"tensors":[],"tensors":[]}', dcformat.HeaderError, "duplicate key 'tensors'"),
     (b'{"metadata":{},"tables":[]}', dcformat.HeaderError, "lacks key"),
@@ -291,10 +303,10 @@ def test_limits_can_be_lowered_and_raised(good):
         dcformat.load(good, limits=Limits(max_header_bytes=100))
     with pytest.raises(dcformat.LimitError, match="rank 2 exceeds"):
         dcformat.load(good, limits=Limits(max_rank=1))
-    with pytest.raises(dcformat.LimitError, match="would decode to 8000 bytes"):
+    with pytest.raises(dcformat.LimitError, match=f"would decode to 32000 bytes, more than the limit of {len(good)} bytes"):
         dcformat.load(good, limits=Limits(min_decoded_bytes=0, max_expansion=1))
     with pytest.raises(dcformat.LimitError, match="tensors decode to more than"):
-        dcformat.load(good, limits=Limits(min_decoded_bytes=8000, max_expansion=0))
+        dcformat.load(good, limits=Limits(min_decoded_bytes=32000, max_expansion=0))
     assert len(dcformat.load(good, limits=Limits(max_tensors=4))) == 4
 
 

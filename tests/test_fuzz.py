@@ -33,6 +33,7 @@ def test_seeds_cover_every_encoding_coding_layout_and_dtype(seeds):
         with dcformat.open(data) as f:
             assert dcformat.load(data).keys() == set(f.keys())  # every seed is valid and decodes
             tables_used = []
+            seen.add(("header", f.header.header_coding, f.header.version))
             for t in f.header.tensors:
                 seen.add(("encoding", t.encoding))
                 seen.add(("dtype", t.dtype))
@@ -62,6 +63,7 @@ def test_seeds_cover_every_encoding_coding_layout_and_dtype(seeds):
     expected |= {("fillers", "fixed"), ("fillers", "huffman"), ("multiblock", "shared"), ("multiblock", "sparse")}
     expected |= {("coding", e, c) for e in ("shared", "sparse") for c in K.CODINGS}
     expected |= {("shared table",), ("15-bit codes",)}
+    expected |= {("header", "json", (1, 0)), ("header", "zlib", (1, 1)), ("header", "json", (1, 1))}
     assert expected <= seen, sorted(expected - seen)
     assert fuzz.seed_files() == seeds  # deterministic, so a run is reproducible from its seed
 
@@ -70,7 +72,7 @@ def test_serialize_rebuilds_a_writers_file_byte_for_byte(seeds):
     """The harness lays out files exactly as the writer does (§2-§4), so its repairs are faithful."""
     for name, data in seeds.items():
         doc, sections = fuzz.parse(data)
-        again = fuzz.serialize(doc, [b for _, b in sections])
+        again = fuzz.serialize(doc, [b for _, b in sections], compress=fuzz.is_zlib(data))
         if name.startswith("vector-"):  # some spec vectors use the reader's latitude (spacing, key order)
             expected, got = dcformat.load(data), dcformat.load(again)
             assert expected.keys() == got.keys(), name
@@ -98,6 +100,48 @@ def test_fix_checksums_lets_damaged_data_reach_the_decoder(seeds):
     assert fuzz.fix_checksums(data + b"\0" * 64)[24:32] == (len(data) + 64).to_bytes(8, "little")
     hlen = int.from_bytes(data[16:24], "little")
     assert zlib.crc32(fixed[32 : 32 + hlen]) == int.from_bytes(fixed[12:16], "little")
+
+
+def test_file_tools_handle_compressed_headers(seeds):
+    """parse/serialize/fix_checksums see through a zlib header (§2.2) and keep it compressed."""
+    data = seeds["zlib-model-mixed"]
+    assert fuzz.is_zlib(data) and data[8:12] == b"\x01\x00\x01\x00"
+    doc, sections = fuzz.parse(data)
+    assert doc == fuzz.parse(seeds["model-mixed"])[0] or len(doc["tensors"]) == 4
+    assert fuzz.serialize(doc, [b for _, b in sections], compress=True) == data
+    payload = sections[1]
+    sec = doc["tensors"][1]["codebook"]
+    damaged = bytearray(data)
+    damaged[sec["offset"]] ^= 0x01
+    with pytest.raises(dcformat.ChecksumError):
+        dcformat.load(bytes(damaged))
+    fixed = fuzz.fix_checksums(bytes(damaged))
+    assert fuzz.is_zlib(fixed) and len(fixed) == len(data) and payload
+    assert fuzz.parse(fixed)[0]["tensors"][1]["codebook"]["crc32"] == zlib.crc32(fixed[sec["offset"] : sec["offset"] + sec["length"]])
+    dcformat.load(fixed)  # the codebook's CRC is right again; its value changed, which is fine
+
+
+def test_zlib_mutations_reach_the_stream_checks(seeds):
+    """The two zlib mutation kinds produce valid files and every zlib-stream error of §2.2."""
+    m = fuzz.Mutator(seeds, random.Random(4))
+    messages = set()
+    outcomes = {}
+    for i in range(300):
+        kind = ("zlib_bytes", "zlib_json")[i % 2]
+        data = m._apply(kind, seeds[m.names[i % len(m.names)]], "")
+        try:
+            dcformat.load(data)
+            outcome = "ok"
+        except dcformat.DCFError as e:
+            outcome = type(e).__name__
+            messages.add(str(e).split(":")[0])
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert outcomes.get("ok", 0) > 20 and outcomes.get("HeaderError", 0) > 50, outcomes
+    for needle in ("header zlib stream is corrupt", "header zlib stream is truncated",
+                   "header zlib stream asks for a preset dictionary (FDICT set), which §2.2 forbids"):
+        assert any(needle in x for x in messages), sorted(messages)
+    assert any("follows the header's zlib stream" in x for x in messages), sorted(messages)
+    assert any("needs format version 1.1" in x for x in messages), sorted(messages)
 
 
 def test_random_tables_are_valid_prefix_codes():

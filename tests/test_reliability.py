@@ -30,9 +30,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build(drafts: list, mode: str = "off", block_size: int = K.DEFAULT_BLOCK_SIZE, metadata=None) -> bytes:
+    """A file with a JSON header (version 1.0): the tests below edit headers in place and compare offsets."""
     tables, encoded = codec.assemble(drafts, mode, block_size)
     out = io.BytesIO()
-    write_stream(out, metadata or {}, tables, encoded)
+    write_stream(out, metadata or {}, tables, encoded, compact_header=False)
     return out.getvalue()
 
 
@@ -182,7 +183,7 @@ def huffman_sparse_file(block_size: int = 4) -> bytes:
                        "block_bytes": block_bytes}
         payloads.append(payload)
     out = io.BytesIO()
-    write_stream(out, {}, tables, [EncodedTensor(header, payloads)])
+    write_stream(out, {}, tables, [EncodedTensor(header, payloads)], compact_header=False)
     return out.getvalue()
 
 

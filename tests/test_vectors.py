@@ -13,6 +13,7 @@ import io
 import json
 import re
 import sys
+import zlib
 from pathlib import Path
 
 import ml_dtypes
@@ -119,13 +120,58 @@ def _draft(t: dict, a: np.ndarray) -> codec.TensorDraft:
 REENCODE = [v for v in VALID if v["reencode"]]
 
 
+def _reencode(v: dict) -> bytes:
+    """The vector's expected tensors through dcformat's writer with the recorded settings (1.0 vectors
+    predate compact_header and huffman_header_cost: they were written with False and 0)."""
+    settings = v["settings"]
+    drafts = [_draft(t, _expected(t)) for t in v["tensors"]]
+    tables, encoded = codec.assemble(drafts, settings["huffman"], settings["block_size"],
+                                     header_cost=settings.get("huffman_header_cost", 0))
+    out = io.BytesIO()
+    container.write_stream(out, v["metadata"], tables, encoded, compact_header=settings.get("compact_header", False))
+    return out.getvalue()
+
+
+def _relative(data: bytes) -> tuple[dict, bytes]:
+    """A file's header document with every section offset counted from the data start, and the bytes
+    from the data start on: what a file is, whatever its header region holds and however long it is."""
+    header = container.parse_header(data)
+    text, _ = container.header_json_bytes(data[32 : header.data_start], header.version)
+    doc = json.loads(text)
+    for t in doc["tensors"]:
+        for key in ("data", "codebook", "gaps", "indices", "values"):
+            if key in t:
+                (t[key]["section"] if key in ("gaps", "indices") else t[key])["offset"] -= header.data_start
+    return doc, data[header.data_start :]
+
+
 @pytest.mark.parametrize("v", REENCODE, ids=_ids(REENCODE))
 def test_writer_reproduces_valid_vector(v):
-    drafts = [_draft(t, _expected(t)) for t in v["tensors"]]
-    tables, encoded = codec.assemble(drafts, v["settings"]["huffman"], v["settings"]["block_size"])
-    out = io.BytesIO()
-    container.write_stream(out, v["metadata"], tables, encoded)
-    assert out.getvalue() == _read(v["file"])
+    """Byte for byte; for a compressed header (whose bytes depend on the zlib build, and which the vector
+    holds as make_vectors.py's own deflate stream), the decompressed JSON and every byte after the
+    header exactly, and the writer's header bytes where the zlib is the one recorded."""
+    out, vector = _reencode(v), _read(v["file"])
+    if not v["settings"].get("compact_header", False):
+        assert out == vector
+        return
+    assert out[32] == 0x78 and out[8:12] == b"\x01\x00\x01\x00"  # the writer compresses it: version 1.1
+    assert _relative(out) == _relative(vector)
+    recorded = v["writer_header"]
+    if recorded["zlib"] == zlib.ZLIB_RUNTIME_VERSION:
+        n = int.from_bytes(out[16:24], "little")
+        assert (n, zlib.crc32(out[32 : 32 + n])) == (recorded["header_length"], recorded["header_crc32"])
+
+
+def test_the_one_zero_vectors_stay_one_zero():
+    """Every vector without a compressed header says version 1.0 (but the hand-made minor-version ones),
+    so a 1.0 reader reads them; each with one says 1.1 or later."""
+    for v in VALID:
+        data = _read(v["file"])
+        minor = int.from_bytes(data[10:12], "little")
+        if data[32] == 0x78:
+            assert minor >= 1, v["name"]
+        elif v["name"] != "23-minor-version":
+            assert minor == 0, v["name"]
 
 
 @pytest.mark.parametrize("e", INVALID, ids=_ids(INVALID))
@@ -185,6 +231,21 @@ def test_generator_refuses_to_overwrite_a_vector(generator, tmp_path, capsys):
     assert (tmp_path / "03-metadata.dcf").read_bytes() == _read("03-metadata.dcf")
 
 
+def test_generator_keeps_a_writer_record_made_with_another_zlib(generator, tmp_path, capsys):
+    """writer_header says what dcformat's writer stored with the zlib named there: on a machine whose
+    zlib differs, the check passes and the record stays (it cannot be remade here)."""
+    assert generator.main(["--out", str(tmp_path)]) == 0
+    index = json.loads((tmp_path / "index.json").read_text("utf-8"))
+    entry = next(v for v in index["valid"] if "writer_header" in v)
+    entry["writer_header"] = {"zlib": "0.0-elsewhere", "header_length": 1, "header_crc32": 2}
+    text = json.dumps(index, indent=1, ensure_ascii=False) + "\n"
+    (tmp_path / "index.json").write_text(text, "utf-8")
+    assert generator.main(["--check", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
+    entry["writer_header"]["zlib"] = zlib.ZLIB_RUNTIME_VERSION  # the same zlib: the record must match
+    (tmp_path / "index.json").write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n", "utf-8")
+    assert generator.main(["--check", "--out", str(tmp_path)]) == 1
+
+
 def test_generator_refuses_to_change_an_index_entry(generator, tmp_path):
     assert generator.main(["--out", str(tmp_path)]) == 0
     index = json.loads((tmp_path / "index.json").read_text("utf-8"))
@@ -199,10 +260,11 @@ def _spec_text() -> str:
     return (SPEC / "format.md").read_text("utf-8")
 
 
-def test_spec_hex_dump_is_vector_01():
-    """Appendix A's hex dump (hexdump -C style, '*' for repeated lines) is the committed vector 01."""
+@pytest.mark.parametrize("vector", ["01-spec-example.dcf", "26-zlib-spec-example.dcf"])
+def test_spec_hex_dump_is_the_vector(vector):
+    """Appendix A's hex dumps (hexdump -C style, '*' for repeated lines) are the committed vectors 01 and 26."""
     text = _spec_text()
-    block = text[text.index("<!-- hexdump: 01-spec-example.dcf -->") :]
+    block = text[text.index(f"<!-- hexdump: {vector} -->") :]
     block = block[block.index("```") + 3 :]
     block = block[block.index("\n") + 1 : block.index("```")]
     out = bytearray()
@@ -222,7 +284,25 @@ def test_spec_hex_dump_is_vector_01():
         assert offset == len(out), (hex(offset), hex(len(out)))
         previous = bytes.fromhex(m.group(2))
         out += previous
-    assert bytes(out) == _read("01-spec-example.dcf")
+    assert bytes(out) == _read(vector)
+
+
+def test_spec_appendix_a2_figures_are_vector_26s():
+    """The figures of Appendix A.2 and §2.2's example: 389 bytes of JSON in a 269-byte stream, 19 spaces,
+    Adler-32 0xc4d878c2, and vector 01's sections 128 bytes earlier."""
+    data, v01 = _read("26-zlib-spec-example.dcf"), _read("01-spec-example.dcf")
+    header = container.parse_header(data)
+    assert (header.version, header.header_length, header.data_start, len(data)) == ((1, 1), 288, 320, 450)
+    assert (header.header_coding, header.json_length) == ("zlib", 389)
+    inflater = zlib.decompressobj()
+    text = inflater.decompress(data[32:320])
+    assert (len(text), len(inflater.unused_data), inflater.unused_data) == (389, 19, b" " * 19)
+    assert data[32:34] == b"\x78\x01" and data[0x129:0x12D] == bytes.fromhex("c4d878c2") == zlib.adler32(text).to_bytes(4, "big")
+    assert data[34] == 0xAB and int.from_bytes(data[12:16], "little") == 0x9C060295
+    assert data[320:] == v01[448:]
+    spec = _spec_text()
+    assert "`78 01 … c4 d8 78 c2`" in spec and "226-byte" in spec
+    assert len(zlib.compress(text, 9)) == 226 or zlib.ZLIB_RUNTIME_VERSION != "1.2.13"  # the figure quoted
 
 
 def test_spec_header_json_is_vector_01s():

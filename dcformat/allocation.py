@@ -1,0 +1,261 @@
+"""Choosing quantization steps: a file-size target, a quality target, and steps by measured sensitivity.
+
+With uniform quantization (`Policy(step=...)`) one number sets how small a file gets, so a target is
+a one-dimensional search over it:
+
+- `fit_size`: the largest file of at most `target_size` bytes (what `Policy(target_size=...)` does).
+- `fit_quality`: the smallest file whose quality, measured by the caller's function on the decoded
+  tensors (accuracy, embedding similarity, ...), is at least a given level.
+
+One absolute step for every tensor minimises the total squared error for a file size, but tensors
+differ in how much their error costs the model (in all-MiniLM-L6-v2 by a factor of 400 per unit of
+squared error). `sensitivity` measures that cost per tensor with the caller's quality function, and
+`scales_from_sensitivity` turns it into per-tensor step factors: at high rate the size-optimal step of
+a tensor whose squared error costs s per unit is proportional to 1/sqrt(s).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .errors import EncodeError
+from .policy import Policy
+
+__all__ = ["fit_size", "fit_quality", "sensitivity", "scales_from_sensitivity"]
+
+Quality = Callable[[dict[str, np.ndarray]], float]
+Progress = Callable[[str], None]
+
+_SEARCH_STEPS = 40  # bisection halvings of log(step): ample for a ratio of 1.0005 over any bracket
+_RATIO = 1.0005  # the search stops when the bracket's ends are this close
+
+
+def _arrays(tensors: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    from .api import _to_numpy
+
+    return {name: np.asarray(_to_numpy(value)) for name, value in tensors.items()}
+
+
+def _scaled_names(arrays: Mapping[str, np.ndarray], policy: Policy) -> list[str]:
+    """The tensors whose step follows the policy's global step (not raw, not fixed by a rule)."""
+    probe, other = policy.with_(step=1.0, target_size=None), policy.with_(step=2.0, target_size=None)
+    return [name for name, a in arrays.items()
+            if (p := probe.plan(name, a)).step is not None and p.step != other.plan(name, a).step]
+
+
+def _start_step(arrays: Mapping[str, np.ndarray], names: list[str], policy: Policy) -> float:
+    """The policy's step, or a tenth of the quantized tensors' RMS (about 5 bits per weight)."""
+    if policy.step is not None:
+        return float(policy.step)
+    total = sum(float(np.sum(arrays[n].astype(np.float64) ** 2)) for n in names)
+    count = sum(arrays[n].size for n in names)
+    rms = math.sqrt(total / count) if count and math.isfinite(total) else 0.0
+    return 0.1 * rms if rms > 0 else 1e-3
+
+
+def _top(arrays: Mapping[str, np.ndarray], names: list[str], policy: Policy) -> float:
+    """A step at which every scaled tensor is all level 0: past it the file cannot shrink further."""
+    biggest = 0.0
+    for n in names:
+        a = arrays[n]
+        if a.size:
+            scale = policy.step_scales.get(n, 1.0)
+            biggest = max(biggest, float(np.max(np.abs(a.astype(np.float32)))) / scale)
+    return 4.0 * biggest if biggest > 0 and math.isfinite(biggest) else 1.0
+
+
+def fit_size(tensors: Mapping[str, Any], policy: Policy | None = None, target_size: int | None = None, *,
+             metadata: Mapping[str, str] | None = None, progress: Progress | None = None) -> Policy:
+    """A policy with the largest step-scaled file of at most `target_size` bytes (default: policy.target_size).
+
+    The policy's step (times its step_scales) is what is searched; tensors the policy keeps raw or
+    gives a fixed step in a rule stay as they are. Raises EncodeError when even the coarsest step
+    (every quantized weight 0) gives a larger file. The result has the step set and no target.
+    """
+    from . import api, codec
+
+    policy = policy or Policy()
+    target = policy.target_size if target_size is None else target_size
+    if isinstance(target, bool) or not isinstance(target, int) or target < 1:
+        raise EncodeError(f"target_size must be a positive number of bytes, not {target!r}")
+    arrays = _arrays(tensors)
+    names = _scaled_names(arrays, policy)
+    base = policy.with_(target_size=None)
+
+    def exact(step: float) -> int:
+        return len(api.save(arrays, policy=base.with_(step=step), metadata=metadata))
+
+    if not names:
+        size = exact(_start_step(arrays, names, policy))
+        if size > target:
+            raise EncodeError(f"target size {target:,} B is unreachable: no tensor is quantized and the "
+                              f"file takes {size:,} B")
+        return base.with_(step=policy.step if policy.step is not None else 1.0)
+
+    def estimate(step: float) -> float:
+        """Sum of the scaled tensors' estimated sizes (inf if the step leaves too many levels)."""
+        p = base.with_(step=step)
+        total = 0
+        for n in names:
+            try:
+                total += codec.draft_tensor(n, arrays[n], p.plan(n, arrays[n]), p.block_size).estimate()
+            except EncodeError:
+                return math.inf
+        if progress is not None:
+            progress(f"step {step:.6g}: about {total:,} B of quantized tensors")
+        return total
+
+    top = _top(arrays, names, policy)
+    start = min(_start_step(arrays, names, policy), top)
+    # What the estimates leave out (header, raw tensors, fixed-step tensors, alignment), measured at
+    # the coarsest step first and then again where the search lands, since it varies a little.
+    smallest = exact(top)
+    if smallest > target:
+        raise EncodeError(f"target size {target:,} B is unreachable: with every quantized weight at 0 the "
+                          f"file still takes {smallest:,} B")
+    overhead = smallest - estimate(top)
+    step = start
+    for _ in range(3):
+        step = _bisect_log(lambda s: overhead + estimate(s) <= target, step, top)
+        try:
+            size = exact(step)
+        except EncodeError:
+            break
+        if abs(size - target) <= 0.002 * target:
+            break
+        overhead = size - estimate(step)
+    # Exact sizes from here: bracket the step between one that does not fit and one that does.
+    fits = {}
+
+    def fit(s: float) -> bool:
+        if s not in fits:
+            try:
+                fits[s] = exact(s) <= target
+            except EncodeError:  # a step so fine that some tensor needs more than 2^16 levels
+                fits[s] = False
+        return fits[s]
+
+    return base.with_(step=_bisect_log(fit, step, top, factor=1.02))
+
+
+def _bisect_log(fits: Callable[[float], bool], start: float, top: float, factor: float = 4.0) -> float:
+    """The smallest step (within _RATIO) that fits, searching geometrically from `start`; fits(top) holds."""
+    lo = hi = min(start, top)
+    while not fits(hi):
+        lo, hi = hi, min(hi * factor, top)
+    if lo == hi:
+        while fits(lo):
+            if lo < top * 2.0 ** -60:
+                return lo
+            lo, hi = lo / factor, lo
+    for _ in range(_SEARCH_STEPS):
+        if hi / lo <= _RATIO:
+            break
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
+def fit_quality(tensors: Mapping[str, Any], quality: Quality, min_quality: float, policy: Policy | None = None, *,
+                tolerance: float = 1.01, progress: Progress | None = None) -> Policy:
+    """A policy with the largest step whose decoded tensors still score quality(...) >= min_quality.
+
+    `quality` gets the tensors as the file will decode them (dcformat.compress) and returns a number,
+    higher is better. The search assumes quality falls as the step grows and stops when the bracket's
+    ends are within a factor `tolerance`. Raises EncodeError when even a step of 1/1000 of the
+    starting one misses the target.
+    """
+    from .api import compress
+
+    policy = (policy or Policy()).with_(target_size=None)
+    arrays = _arrays(tensors)
+    names = _scaled_names(arrays, policy)
+    if not names:
+        raise EncodeError("no tensor is quantized with a step under this policy: nothing to fit")
+    if not (isinstance(tolerance, (int, float)) and tolerance > 1.0):
+        raise EncodeError(f"tolerance must be a number above 1, not {tolerance!r}")
+
+    def score(step: float) -> float:
+        try:
+            value = float(quality(compress(arrays, policy=policy.with_(step=step))))
+        except EncodeError:
+            return -math.inf
+        if progress is not None:
+            progress(f"step {step:.6g}: quality {value:.6g}")
+        return value
+
+    start = _start_step(arrays, names, policy)
+    top = _top(arrays, names, policy)
+    lo = hi = min(start, top)
+    if score(lo) >= min_quality:  # grow until it fails
+        while hi < top and score(hi := min(hi * 2.0, top)) >= min_quality:
+            lo = hi
+        if lo >= top:
+            return policy.with_(step=top)
+    else:  # shrink until it holds
+        while True:
+            hi, lo = lo, lo / 2.0
+            if lo < start * 1e-3:
+                raise EncodeError(f"quality {min_quality} not reached even with step {lo:.3g}")
+            if score(lo) >= min_quality:
+                break
+    while hi / lo > tolerance:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if score(mid) >= min_quality else (lo, mid)
+    return policy.with_(step=lo)
+
+
+def sensitivity(tensors: Mapping[str, Any], quality: Quality, policy: Policy | None = None, *,
+                probe: float = 0.5, progress: Progress | None = None) -> dict[str, float]:
+    """Quality lost per unit of squared error, for each tensor the policy quantizes with a step.
+
+    Each tensor in turn is quantized alone with step = probe × its RMS (the rest exact), and
+    (quality(original) − quality(perturbed)) / squared error is its sensitivity (0 if quality did
+    not fall). Use a quality set apart from the one you report, as with any tuning.
+    """
+    from . import quantize
+
+    policy = (policy or Policy()).with_(target_size=None)
+    arrays = _arrays(tensors)
+    names = _scaled_names(arrays, policy)
+    if not (isinstance(probe, (int, float)) and 0 < probe < math.inf):
+        raise EncodeError(f"probe must be a positive number, not {probe!r}")
+    reference = float(quality(dict(arrays)))
+    out: dict[str, float] = {}
+    for name in names:
+        a = arrays[name]
+        values = a.astype(np.float64)
+        rms = float(np.sqrt(np.mean(values * values))) if a.size else 0.0
+        if rms == 0.0 or not math.isfinite(rms):
+            out[name] = 0.0
+            continue
+        codebook, indices = quantize.quantize_uniform(a, probe * rms)
+        decoded = codebook[indices].reshape(a.shape)
+        sse = float(np.sum((decoded.astype(np.float64) - values) ** 2))
+        drop = reference - float(quality({**arrays, name: decoded}))
+        out[name] = max(drop, 0.0) / sse if sse > 0 else 0.0
+        if progress is not None:
+            progress(name)
+    return out
+
+
+def scales_from_sensitivity(sensitivities: Mapping[str, float], *, spread: float = 4.0) -> dict[str, float]:
+    """Step factors 1/sqrt(s / median s), clipped to [1/spread, spread], for Policy(step_scales=...).
+
+    A tensor whose error costs nothing (s = 0) gets the largest factor, `spread`, rather than an
+    unbounded step: a quality measure rarely sees every use of a tensor.
+    """
+    if not (isinstance(spread, (int, float)) and 1.0 <= spread < math.inf):
+        raise EncodeError(f"spread must be a finite number >= 1, not {spread!r}")
+    values = {n: float(s) for n, s in sensitivities.items()}
+    if any(not math.isfinite(s) or s < 0 for s in values.values()):
+        raise EncodeError("sensitivities must be finite and non-negative")
+    positive = [s for s in values.values() if s > 0]
+    if not positive:
+        return {n: 1.0 for n in values}
+    median = float(np.median(positive))
+    return {n: float(min(spread, max(1.0 / spread, math.sqrt(median / s)))) if s > 0 else float(spread)
+            for n, s in values.items()}
