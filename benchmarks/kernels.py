@@ -137,8 +137,9 @@ def load_pipeline(path: Path, dense: np.ndarray, repeats: int, threads: int) -> 
     def add(name: str, seconds: float, note: str = "") -> None:
         rows.append({"step": name, "ms": seconds * 1e3, "out_mb_s": nbytes / seconds / 1e6, "note": note})
 
-    add("dcformat.load_file (whole pipeline)", median_time(lambda: dcformat.load_file(path), repeats),
-        f"file in the page cache; {threads} threads available")
+    for n in sorted({1, threads}):
+        add(f"dcformat.load_file (whole pipeline), threads={n}",
+            median_time(lambda: dcformat.load_file(path, threads=n), repeats), "file in the page cache")
     with dcformat.open(path) as f:
         info = f.layout("weight")
         tables = codec.TableCache(f.header.tables)
@@ -173,6 +174,58 @@ def load_pipeline(path: Path, dense: np.ndarray, repeats: int, threads: int) -> 
             lambda: np.frombuffer(dctx.decompress(comp), np.float32), repeats), "1 thread")
     except ImportError:
         pass
+    return rows
+
+
+def thread_cases(seed: int = 0) -> dict[str, tuple[dict[str, np.ndarray], object]]:
+    """The files of the threads=1 vs threads=N comparison: (tensors, policy) by name."""
+    import data
+    from dcformat import Policy
+
+    rng = np.random.default_rng(seed)
+    model = {f"layer{i}.weight": rng.laplace(0.0, 0.02, (1024, 4096)).astype(np.float32) for i in range(8)}
+    synthetic = data.synthetic().tensors
+    dense = {"weight": rng.laplace(0.0, 0.02, (4096, 4096)).astype(np.float32)}
+    return {
+        "8 x 1024x4096, 10% kept, 5-bit codebook, 5-bit indices": (model, Policy(prune=0.9, fc_bits=5, index_bits=5)),
+        "synthetic 4096x4096 CSR, 6-bit codebook, 5-bit indices": (synthetic, Policy(fc_bits=6, index_bits=5, layout="csr")),
+        "synthetic 4096x4096 CSC, 6-bit codebook, 5-bit indices": (synthetic, Policy(fc_bits=6, index_bits=5, layout="csc")),
+        "dense 4096x4096 shared, 5-bit codebook (Huffman)": (dense, Policy(fc_bits=5)),
+    }
+
+
+def thread_scaling(work: Path, repeats: int = 11, threads: tuple[int, ...] = (1, 2)) -> list[dict]:
+    """dcformat.load_file of each `thread_cases` file at each thread count: medians of `repeats` runs,
+    the thread counts taking turns run by run (so a change in the machine's load hits all alike),
+    after checking that every thread count decodes the same bits."""
+    import dcformat
+
+    rows = []
+    for name, (tensors, policy) in thread_cases().items():
+        path = work / f"threads-{len(rows)}.dcf"
+        dcformat.save_file(tensors, path, policy=policy)
+        nbytes = sum(a.nbytes for a in tensors.values())
+        with dcformat.open(path) as f:
+            layout = sorted({f"{i.encoding}" + (f" {i.layout}" if i.layout else "") for i in map(f.layout, f.keys())})
+        reference = dcformat.load_file(path, threads=1)
+        for n in threads:
+            got = dcformat.load_file(path, threads=n)
+            assert all(np.array_equal(got[k].view(np.uint8), reference[k].view(np.uint8)) for k in reference)
+        del reference, got
+        times: dict[int, list[float]] = {n: [] for n in threads}
+        load_start = os.getloadavg()[0]
+        for _ in range(repeats):
+            for n in threads:
+                start = time.perf_counter()
+                dcformat.load_file(path, threads=n)
+                times[n].append(time.perf_counter() - start)
+        base = statistics.median(times[threads[0]])
+        for n in threads:
+            seconds = statistics.median(times[n])
+            rows.append({"file": name, "stored": ", ".join(layout), "file_bytes": path.stat().st_size,
+                         "threads": n, "ms": seconds * 1e3, "out_mb_s": nbytes / seconds / 1e6,
+                         "speedup": base / seconds, "load_average": (load_start, os.getloadavg()[0])})
+        path.unlink()
     return rows
 
 
@@ -259,3 +312,33 @@ def run_cli(args: list[str], env: dict | None = None) -> tuple[float, subprocess
     start = time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     return time.perf_counter() - start, proc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python benchmarks/kernels.py threads`: the threads=1 vs threads=N load_file comparison alone."""
+    import argparse
+    import json
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("what", choices=["threads"])
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--threads", default=f"1,{os.cpu_count() or 1}", help="comma-separated thread counts")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    counts = tuple(sorted({int(t) for t in args.threads.split(",")}))
+    with tempfile.TemporaryDirectory(prefix="dcformat-threads-") as work:
+        rows = thread_scaling(Path(work), args.repeats, counts)
+    print("| file | stored | threads | ms | MB/s of output | speedup | load average (start, end) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['file']} | {r['stored']} | {r['threads']} | {r['ms']:.1f} | {r['out_mb_s']:,.0f} | "
+              f"{r['speedup']:.2f}x | {r['load_average'][0]:.2f}, {r['load_average'][1]:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -78,6 +78,13 @@ def markdown(res: dict) -> str:
                 "Output MB/s of the 64 MB dense float32 matrix (stages: the same output size over the stage's time).", ""]
         out += [table(["step", "ms", "MB/s of output", "note"],
                       [[r["step"], f"{r['ms']:.2f}", _num(r["out_mb_s"]), r["note"]] for r in res["load_pipeline"]]), ""]
+    if res.get("threads"):
+        out += ["## Decoding on all cores", "",
+                "`dcformat.load_file(path, threads=n)`: tensors side by side and large ones in pieces; the thread "
+                "counts take turns run by run, so a change in the machine's load hits all alike.", ""]
+        out += [table(["file", "stored as", "threads", "ms", "MB/s of output", "vs 1 thread", "load avg"],
+                      [[r["file"], r["stored"], str(r["threads"]), f"{r['ms']:.2f}", _num(r["out_mb_s"]),
+                        f"{r['speedup']:.2f}x", f"{r['load_average'][0]:.2f}"] for r in res["threads"]]), ""]
     if res.get("kmeans"):
         k = res["kmeans"]
         out += ["## k-means: a 4096x9216 layer, 9% kept", "",

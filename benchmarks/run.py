@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["entropy_coders"] = kernels.entropy_coders(streams, max(repeats, 7), notes)
                 results["load_pipeline"] = kernels.load_pipeline(path, ds.tensors["weight"], max(repeats, 7),
                                                                  os.cpu_count() or 1)
+                print("   kernels: threads", flush=True)
+                results["threads"] = kernels.thread_scaling(work, max(repeats, 11))
                 print("   kernels: CLI", flush=True)
                 results["cli"] = kernels.cli_timings(work, path, 5)
         write(results, out, started)  # after each data set, so an interrupted run still leaves results

@@ -92,25 +92,52 @@ def load_file(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS,
               threads: int | None = None) -> dict[str, np.ndarray]:
     """Decode every tensor of the dcformat file at `path` (name -> numpy array).
 
-    Tensors decode on `threads` threads (default: one per CPU); the kernels release the GIL.
+    Decoding runs on `threads` threads (default: one per CPU; 1 decodes on the calling thread only):
+    tensors side by side, largest first, and a large tensor in pieces on the threads left idle.
     """
     with SafeOpen(path, limits=limits) as f:
         return _decode_all(f, threads)
 
 
 def _decode_all(f: "SafeOpen", threads: int | None) -> dict[str, np.ndarray]:
-    names = f.keys()
-    threads = min(len(names), threads or os.cpu_count() or 1)
-    if threads <= 1:
-        return {name: f.get_tensor(name) for name in names}
-    from concurrent.futures import ThreadPoolExecutor
+    from .pool import run
 
+    budget = _budget(threads)
+    names = f.keys()
+    if not budget.parallel or len(names) <= 1:
+        return {name: f._decode(name, budget) for name in names}
     f._table_cache()  # create the one table cache before the threads share it
-    # Largest first, so one big tensor does not start last and leave the other threads idle.
-    order = sorted(names, key=lambda n: -f.layout(n).nbytes)
-    with ThreadPoolExecutor(threads) as pool:
-        decoded = dict(zip(order, pool.map(f.get_tensor, order)))
+    sizes = {name: f.layout(name).nbytes for name in names}
+    total = sum(sizes.values())
+    whole = _budget(1)
+
+    def decode(name: str) -> np.ndarray | DCFError:
+        # Tensors run side by side; one that is more than half a thread's share of the work is also
+        # cut into pieces, so that it does not keep one thread busy after the others are done.
+        # (Pieces cost a little: smaller tensors are decoded whole, each on one thread. Also cutting
+        # the last tensors to start, so that the threads finish together, measured no faster.)
+        split = sizes[name] * 2 * budget.threads > total
+        try:
+            return f._decode(name, budget if split else whole)
+        except DCFError as e:  # raised below for the first bad tensor in file order, as one thread would
+            return e
+
+    # Largest first, so that a big tensor does not start last while the other threads sit idle.
+    order = sorted(names, key=lambda n: -sizes[n])
+    decoded = dict(zip(order, run([lambda n=n: decode(n) for n in order], budget)))
+    for name in names:
+        if isinstance(decoded[name], DCFError):
+            raise decoded[name]
     return {name: decoded[name] for name in names}
+
+
+def _budget(threads: int | None):
+    """The thread budget of one call: `threads` threads (None: one per CPU), the caller included."""
+    from .pool import Budget
+
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise DCFError(f"threads must be a positive integer or None, not {threads!r}")
+    return Budget(threads)
 
 
 class SafeOpen:
@@ -207,13 +234,20 @@ class SafeOpen:
         return self._tables
 
     # -- decoding --------------------------------------------------------------------------
-    def get_tensor(self, name: str, *, copy: bool = True) -> np.ndarray:
-        """Decode one tensor to a numpy array. copy=False returns raw tensors as read-only views of the map."""
+    def get_tensor(self, name: str, *, copy: bool = True, threads: int | None = None) -> np.ndarray:
+        """Decode one tensor to a numpy array. copy=False returns raw tensors as read-only views of the map.
+
+        A large tensor is decoded in pieces on `threads` threads (default: one per CPU; 1: on the
+        calling thread only).
+        """
+        return self._decode(name, _budget(threads), copy=copy)
+
+    def _decode(self, name: str, budget, *, copy: bool = True) -> np.ndarray:
         from .codec import decode_tensor
 
         info = self._info(name)
         self._check_readable(name)
-        return decode_tensor(self._buf, info, self._table_cache(), copy=copy)
+        return decode_tensor(self._buf, info, self._table_cache(), copy=copy, budget=budget)
 
     def get_sparse(self, name: str):
         """A sparse tensor's CSR/CSC arrays, codes and codebook, without densifying (a `SparseTensor`)."""

@@ -8,7 +8,7 @@ import numpy as np
 from .constants import MAX_ALPHABET, MAX_BITS, MIN_BITS
 from .errors import CorruptDataError, EncodeError
 
-__all__ = ["pack", "unpack", "packed_size"]
+__all__ = ["pack", "unpack", "packed_size", "check_length", "unpack_range", "gather_range"]
 
 
 def packed_size(count: int, width: int) -> int:
@@ -35,17 +35,7 @@ def pack(symbols: np.ndarray, width: int) -> bytes:
 
 def unpack(buf, count: int, width: int, alphabet: int) -> np.ndarray:
     """Unpack `count` `width`-bit symbols, rejecting wrong length, non-zero padding and symbols >= alphabet."""
-    _check_width(width)
-    if not 1 <= alphabet <= MAX_ALPHABET:
-        raise CorruptDataError(f"alphabet size {alphabet} is not in 1..{MAX_ALPHABET}")
-    if count < 0:
-        raise CorruptDataError(f"symbol count {count} is negative")
-    data = as_byte_array(buf)
-    expected = packed_size(count, width)
-    if data.size != expected:
-        raise CorruptDataError(
-            f"fixed-width stream of {count} symbols of {width} bits needs {expected} bytes, got {data.size}"
-        )
+    data = check_length(buf, count, width, alphabet)
     out = np.empty(count, dtype=np.uint16)
     if _unpack_fast(data, width, alphabet, out):
         return out
@@ -58,6 +48,51 @@ def unpack(buf, count: int, width: int, alphabet: int) -> np.ndarray:
     if status != _OK:  # the length check above makes this unreachable; never trust it silently
         raise CorruptDataError(f"fixed-width stream: ran out of bytes at symbol {index}")
     return out
+
+
+def check_length(buf, count: int, width: int, alphabet: int) -> np.ndarray:
+    """The stream's bytes as uint8, after the checks `unpack` makes before decoding (same errors)."""
+    _check_width(width)
+    if not 1 <= alphabet <= MAX_ALPHABET:
+        raise CorruptDataError(f"alphabet size {alphabet} is not in 1..{MAX_ALPHABET}")
+    if count < 0:
+        raise CorruptDataError(f"symbol count {count} is negative")
+    data = as_byte_array(buf)
+    expected = packed_size(count, width)
+    if data.size != expected:
+        raise CorruptDataError(
+            f"fixed-width stream of {count} symbols of {width} bits needs {expected} bytes, got {data.size}"
+        )
+    return data
+
+
+def _range_bytes(data: np.ndarray, count: int, width: int, s0: int, s1: int) -> np.ndarray:
+    """The bytes of symbols s0..s1: whole bytes, since s0 and s1 (unless s1 = count) are multiples of 8."""
+    if not (0 <= s0 <= s1 <= count and s0 % 8 == 0 and (s1 % 8 == 0 or s1 == count)
+            and data.size == packed_size(count, width)):
+        raise CorruptDataError(f"fixed-width stream: symbols {s0}..{s1} of {count} do not start on byte boundaries")
+    return data[s0 * width // 8 : packed_size(s1, width)]
+
+
+def unpack_range(data: np.ndarray, count: int, width: int, alphabet: int, s0: int, s1: int, out: np.ndarray) -> bool:
+    """Unpack symbols s0..s1 (s0, s1 multiples of 8, or s1 = count) of a stream checked by
+    `check_length` into out[s0:s1]; True if all are below `alphabet` (and, for the last range, the
+    padding is zero). Ranges are independent, so they can be unpacked on different threads."""
+    part = _range_bytes(data, count, width, s0, s1)
+    if out.dtype != np.uint16 or out.shape != (count,):
+        raise CorruptDataError(f"fixed-width stream: the output must hold {count} uint16 symbols")
+    return _unpack_fast(part, width, alphabet, out[s0:s1])
+
+
+def gather_range(data: np.ndarray, count: int, width: int, alphabet: int, s0: int, s1: int,
+                 codebook: np.ndarray, out: np.ndarray) -> bool:
+    """out[i] = codebook[symbol i] for symbols s0..s1, as `unpack_range` without an array of symbols;
+    True if every symbol is below `alphabet` and codebook.size (and the last range's padding is zero)."""
+    part = _range_bytes(data, count, width, s0, s1)
+    if not (out.ndim == 1 and out.size == count and codebook.ndim == 1 and codebook.size >= 1
+            and codebook.dtype == out.dtype):
+        raise CorruptDataError("fixed-width stream: wrong codebook or output for a gather")
+    return _unpack_gather(part, width, min(alphabet, codebook.size), codebook, out[s0:s1])
 
 
 def as_symbols(symbols) -> np.ndarray:
@@ -195,4 +230,40 @@ def _unpack_fast(data, width, alphabet, out):
     used = n * w
     if used & _U64(7) and nbytes:
         bad |= (_U64(data[nbytes - _U64(1)]) >> (used & _U64(7))) != _U64(0)  # padding bits of the last byte
+    return not bad
+
+
+@numba.njit(cache=True, nogil=True)
+def _unpack_gather(data, width, alphabet, codebook, out):
+    """out[i] = codebook[symbol i], the symbols unpacked as by _unpack_fast (same windows, same checks);
+    True if every symbol is below `alphabet` (<= codebook.size) and the padding is zero."""
+    n = _U64(out.size)
+    w = _U64(width)
+    mask = (_U64(1) << w) - _U64(1)
+    limit = _U64(alphabet)
+    nbytes = _U64(data.size)
+    safe = _U64(0)
+    if nbytes >= _U64(8):
+        safe = min(n, (nbytes - _U64(8)) * _U64(8) // w + _U64(1))
+    bad = False
+    for i in range(safe):
+        bit = _U64(i) * w
+        v = (_load_u64(data, bit >> _U64(3)) >> (bit & _U64(7))) & mask
+        ok = v < limit
+        bad |= not ok
+        out[i] = codebook[v if ok else _U64(0)]
+    for i in range(safe, n):
+        bit = _U64(i) * w
+        byte = bit >> _U64(3)
+        v = _U64(0)
+        for k in range(3):
+            if byte + _U64(k) < nbytes:
+                v |= _U64(data[byte + _U64(k)]) << _U64(8 * k)
+        v = (v >> (bit & _U64(7))) & mask
+        ok = v < limit
+        bad |= not ok
+        out[i] = codebook[v if ok else _U64(0)]
+    used = n * w
+    if used & _U64(7) and nbytes:
+        bad |= (_U64(data[nbytes - _U64(1)]) >> (used & _U64(7))) != _U64(0)
     return not bad

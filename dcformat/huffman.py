@@ -7,14 +7,13 @@ emits each codeword bit-reversed and the reader indexes a 2**L lookup table by t
 
 from __future__ import annotations
 
-import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numba
 import numpy as np
 
+from . import pool
 from .bitpack import _load_u64, as_byte_array, as_symbols
 from .constants import MAX_ALPHABET, MAX_CODE_LENGTH
 from .errors import CorruptDataError, EncodeError, HuffmanTableError
@@ -28,6 +27,11 @@ __all__ = [
     "encoded_bits",
     "encode",
     "decode",
+    "BlockStream",
+    "prepare",
+    "decode_units",
+    "gather_units",
+    "decode_exact",
 ]
 
 _HEX_DIGITS = "0123456789abcdef"
@@ -271,6 +275,47 @@ def decode(
     `parallel=True` decodes pairs of blocks on one thread per CPU (~1.6x on 2 idle cores; none when
     the cores are busy with other work, so it is not the default).
     """
+    stream = prepare(buf, count, lengths, block_size, block_bytes)
+    out = np.empty(stream.count, dtype=np.uint16)
+    if stream.count == 0:
+        return out
+    fast = _decode_fast_parallel if parallel else _decode_fast
+    if fast(stream.data, stream.starts, stream.ends, stream.multi, stream.multi_bits, stream.table,
+            stream.max_len, stream.block_size, out):
+        return out
+    # Some block is malformed: the exact one-symbol-at-a-time decoder finds the first bad block and
+    # says what is wrong with it (the fast decoder only knows that something is).
+    return decode_exact(stream, out)
+
+
+@dataclass(frozen=True)
+class BlockStream:
+    """A Huffman stream whose table and block list passed every check of `decode`, with its decoding
+    tables: ready to be decoded in pieces of whole units (a unit is two blocks, the last maybe one),
+    on any threads (§6.3: blocks are independent)."""
+
+    data: np.ndarray
+    count: int
+    block_size: int
+    starts: np.ndarray
+    ends: np.ndarray
+    table: np.ndarray
+    max_len: int
+    multi: np.ndarray
+    multi_bits: int
+
+    @property
+    def units(self) -> int:
+        """Units of the stream: pairs of blocks, the fast decoder's unit of work."""
+        return (self.starts.size + 1) // 2
+
+    def unit_start(self, u: int) -> int:
+        """Index of the first symbol of unit u (count for u = units)."""
+        return min(2 * u * self.block_size, self.count)
+
+
+def prepare(buf, count: int, lengths: np.ndarray, block_size: int, block_bytes: list[int]) -> BlockStream:
+    """Check a Huffman stream's table and blocks as `decode` does (same errors) and build its tables."""
     block_size = _check_block_size(block_size, CorruptDataError)
     validate_lengths(lengths)
     data = as_byte_array(buf)
@@ -278,18 +323,47 @@ def decode(
         raise CorruptDataError(f"Huffman stream: symbol count {count!r} is not a non-negative integer")
     count = int(count)
     starts, ends = _check_blocks(data.size, count, lengths, block_size, block_bytes)
-    out = np.empty(count, dtype=np.uint16)
     if count == 0:
-        return out
+        return BlockStream(data, 0, block_size, starts, ends, np.zeros(1, np.uint32), 1, np.zeros(1, np.uint64), 1)
     table, max_len, multi, multi_bits = _decode_tables(lengths)
-    fast = _decode_fast_parallel if parallel else _decode_fast
-    if fast(data, starts, ends, multi, multi_bits, table, max_len, block_size, out):
-        return out
-    # Some block is malformed: the exact one-symbol-at-a-time decoder finds the first bad block and
-    # says what is wrong with it (the fast decoder only knows that something is).
-    code, b, detail = _decode_blocks(data, starts, ends, table, max_len, block_size, out)
+    return BlockStream(data, count, block_size, starts, ends, table, max_len, multi, multi_bits)
+
+
+def decode_units(stream: BlockStream, out: np.ndarray, u0: int, u1: int) -> bool:
+    """Decode the symbols of units u0..u1 into out (uint16, all `count` symbols); True if all are valid.
+
+    The fast decoder only knows that a block is bad; `decode_exact` says which and why."""
+    if not (0 <= u0 <= u1 <= stream.units and out.dtype == np.uint16 and out.shape == (stream.count,)):
+        raise CorruptDataError(f"Huffman stream: units {u0}..{u1} of {stream.units}, or a wrong output")
+    return _decode_units(stream.data, stream.starts, stream.ends, stream.multi, stream.multi_bits, stream.table,
+                         stream.max_len, stream.block_size, out, u0, u1)
+
+
+def gather_units(stream: BlockStream, u0: int, u1: int, codebook: np.ndarray, out: np.ndarray) -> bool:
+    """out[i] = codebook[symbol i] for the symbols of units u0..u1, without an array of all the symbols;
+    True if all units are valid and every symbol is below codebook.size."""
+    if not (0 <= u0 <= u1 <= stream.units and out.ndim == 1 and out.size == stream.count
+            and codebook.ndim == 1 and codebook.size >= 1 and codebook.dtype == out.dtype):
+        raise CorruptDataError(f"Huffman stream: units {u0}..{u1} of {stream.units}, or a wrong codebook or output")
+    if u0 == u1:
+        return True
+    scratch = np.empty(min(2 * stream.block_size, stream.count), dtype=np.uint16)
+    return _decode_units_gather(stream.data, stream.starts, stream.ends, stream.multi, stream.multi_bits,
+                                stream.table, stream.max_len, stream.block_size, stream.count, u0, u1,
+                                codebook, scratch, out)
+
+
+def decode_exact(stream: BlockStream, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode every block one symbol at a time into out (uint16, made if None), raising the
+    CorruptDataError of the first malformed block: what to call once the fast decoder has failed."""
+    if out is None:
+        out = np.empty(stream.count, dtype=np.uint16)
+    if out.dtype != np.uint16 or out.shape != (stream.count,):
+        raise CorruptDataError(f"Huffman stream: the output must hold {stream.count} uint16 symbols")
+    code, b, detail = _decode_blocks(stream.data, stream.starts, stream.ends, stream.table, stream.max_len,
+                                     stream.block_size, out)
     if code != _OK:
-        _raise_block_error(code, b, detail, int(starts[b]), int(ends[b]))
+        _raise_block_error(code, b, detail, int(stream.starts[b]), int(stream.ends[b]))
     return out
 
 
@@ -649,21 +723,26 @@ def _finish_block(data, pos, end, bitbuf, bitcnt, multi, multi_bits, table, max_
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_pair(data, starts, ends, multi, multi_bits, table, max_len, block_size, out, b):
-    """Decode blocks b and b + 1 (both must exist) interleaved in one loop; True if both are valid."""
+def _decode_pair(data, starts, ends, multi, multi_bits, table, max_len, block_size, count, out, b, base):
+    """Decode blocks b and b + 1 (both must exist) interleaved in one loop into out, whose element 0 is
+    symbol `base` of the stream of `count` symbols; True if both are valid."""
     need = max(multi_bits, max_len)
     # lookups per refill: each takes at most `need` bits and must find `need` bits buffered (56 after a refill)
     k = 1 + (56 - need) // need
     room = _U64(3 * k)
     multi_mask = (_U64(1) << _U64(multi_bits)) - _U64(1)
     mask = (_U64(1) << _U64(max_len)) - _U64(1)
-    n = _U64(out.size)
+    n = _U64(count)
     p0, e0 = _U64(starts[b]), _U64(ends[b])
     p1, e1 = _U64(starts[b + 1]), _U64(ends[b + 1])
     i0 = _U64(b) * _U64(block_size)
     j0 = min(i0 + _U64(block_size), n)
     i1 = j0
     j1 = min(i1 + _U64(block_size), n)
+    i0 -= _U64(base)
+    j0 -= _U64(base)
+    i1 -= _U64(base)
+    j1 -= _U64(base)
     bb0 = bc0 = bb1 = bc1 = _U64(0)
     bad = False
     while p0 + _U64(8) <= e0 and p1 + _U64(8) <= e1 and i0 + room <= j0 and i1 + room <= j1:
@@ -680,23 +759,45 @@ def _decode_pair(data, starts, ends, multi, multi_bits, table, max_len, block_si
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _decode_unit(data, starts, ends, multi, multi_bits, table, max_len, block_size, out, u):
-    """Decode unit u: blocks 2u and 2u + 1 interleaved, or the last block alone; True if valid."""
+def _decode_unit(data, starts, ends, multi, multi_bits, table, max_len, block_size, count, out, u, base):
+    """Decode unit u: blocks 2u and 2u + 1 interleaved, or the last block alone, into out (element 0 is
+    symbol `base`); True if valid."""
     b = 2 * u
     if b + 1 < starts.size:
-        return _decode_pair(data, starts, ends, multi, multi_bits, table, max_len, block_size, out, b)
+        return _decode_pair(data, starts, ends, multi, multi_bits, table, max_len, block_size, count, out, b, base)
     i0 = _U64(b) * _U64(block_size)
-    i1 = min(i0 + _U64(block_size), _U64(out.size))
-    return _finish_block(
-        data, _U64(starts[b]), _U64(ends[b]), _U64(0), _U64(0), multi, multi_bits, table, max_len, out, i0, i1
-    )
+    i1 = min(i0 + _U64(block_size), _U64(count))
+    return _finish_block(data, _U64(starts[b]), _U64(ends[b]), _U64(0), _U64(0), multi, multi_bits, table,
+                         max_len, out, i0 - _U64(base), i1 - _U64(base))
 
 
 @numba.njit(cache=True, nogil=True)
 def _decode_units(data, starts, ends, multi, multi_bits, table, max_len, block_size, out, u0, u1):
     """Decode units u0..u1 (pairs of blocks) on this thread; True if all are valid (stops at the first bad)."""
     for u in range(u0, u1):
-        if not _decode_unit(data, starts, ends, multi, multi_bits, table, max_len, block_size, out, u):
+        if not _decode_unit(data, starts, ends, multi, multi_bits, table, max_len, block_size, out.size, out, u, 0):
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_units_gather(data, starts, ends, multi, multi_bits, table, max_len, block_size, count, u0, u1,
+                         codebook, scratch, out):
+    """out[i] = codebook[symbol i] for the symbols of units u0..u1: each unit is decoded into `scratch`
+    (2 * block_size symbols, cache-resident) and gathered from there. True if all units are valid and
+    every symbol is below codebook.size."""
+    k = codebook.size
+    for u in range(u0, u1):
+        i0 = 2 * u * block_size
+        i1 = min(i0 + 2 * block_size, count)
+        if not _decode_unit(data, starts, ends, multi, multi_bits, table, max_len, block_size, count, scratch, u, i0):
+            return False
+        bad = False
+        for i in range(i1 - i0):
+            s = np.int64(scratch[i])
+            bad |= s >= k
+            out[i0 + i] = codebook[s if s < k else 0]
+        if bad:
             return False
     return True
 
@@ -712,16 +813,10 @@ def _decode_fast_parallel(data, starts, ends, multi, multi_bits, table, max_len,
     the GIL); True if all are valid. Plain threads wait by blocking, where numba's OpenMP pool spins:
     measured on 2 busy cores, prange was 10x slower than one thread, threads were not."""
     units = (starts.size + 1) // 2
-    shares = min(units, os.cpu_count() or 1)
+    budget = pool.Budget()
+    shares = min(units, budget.threads)
     if shares <= 1:
         return _decode_fast(data, starts, ends, multi, multi_bits, table, max_len, block_size, out)
     bounds = [units * k // shares for k in range(shares + 1)]
     args = (data, starts, ends, multi, multi_bits, table, max_len, block_size, out)
-    work = _thread_pool().map(lambda k: _decode_units(*args, bounds[k], bounds[k + 1]), range(shares))
-    return all(list(work))  # list: wait for every share, even after a failed one
-
-
-@functools.lru_cache(maxsize=1)
-def _thread_pool() -> ThreadPoolExecutor:
-    """A process-wide pool of one decoding thread per CPU, made on first use."""
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="dcformat-decode")
+    return all(pool.run([lambda k=k: _decode_units(*args, bounds[k], bounds[k + 1]) for k in range(shares)], budget))

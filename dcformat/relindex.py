@@ -110,54 +110,159 @@ def _positions_kernel(gaps, total, out):
     return _OK, 0, 0
 
 
+# The CSC rebuild writes a band of columns at a time through a row-major tile of _CSC_TILE_BYTES (row
+# r of the band is a contiguous segment of the output), then copies each tile row to the output, so
+# the output is written in long row segments instead of one scattered element per entry. Measured on
+# 4096x4096 float32 at 10% kept: 2.4x faster than writing in column order with bands of 2 KB per
+# row (512 columns) and 256 rows; bands of 512 B to 4 KB and tiles of 128 KB to 1 MB are within 10%
+# of that, bands of one cache line (16 columns) are no faster than column order.
+_CSC_TILE_BYTES = 1 << 19
+_CSC_BAND_BYTES = 1 << 11
+_U64 = numba.uint64
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _source_index(indices, by_index, j):
+    """Where entry j's value is in the source: indices[j] (a codebook) or j (values, one per entry)."""
+    if by_index:
+        return np.int64(indices[j])
+    return np.int64(j)
+
+
 @numba.njit(cache=True, nogil=True)
-def _scatter_values(gaps, values, rows, cols, csc, out):
-    """out[flat(p_j)] = values[j]; (_OK, 0, 0) or (_PAST_END, entry, position)."""
-    total = rows * cols
-    p = -1
-    r = -1  # csc: row and column of p, kept incrementally to avoid a division per entry
-    c = 0
-    for j in range(gaps.shape[0]):
-        step = np.int64(gaps[j]) + 1
-        p += step
-        if p >= total:
+def _rebuild_csr(gaps, indices, source, by_index, e0, e1, lo, hi, out):
+    """out[p_j] = the value of entry j for entries e0..e1, whose positions follow lo - 1 (CSR: the scan
+    position is the C-order index; out[lo:hi] must be zero). (_OK, 0, 0), (_PAST_END, entry,
+    position) if p_j >= hi, or (_BAD_INDEX, entry, index), checked in that order entry by entry."""
+    p = lo - 1
+    for j in range(e0, e1):
+        p += np.int64(gaps[j]) + 1
+        if p >= hi:
             return _PAST_END, j, p
-        if csc:
-            r += step
-            if r >= rows:  # total > 0 here, so rows > 0
-                c += r // rows
-                r = r % rows
-            out[r * cols + c] = values[j]
-        else:
-            out[p] = values[j]
+        i = _source_index(indices, by_index, j)
+        if i >= source.shape[0]:
+            return _BAD_INDEX, j, i
+        out[p] = source[i]
+    return _OK, 0, 0
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _column_part(gaps, indices, source, by_index, j, e1, p, c, q_lo, q_hi, rows, cols, out):
+    """Write scan positions q_lo..q_hi-1, all in column c, element by element: zeros, then the
+    entries from j on (p: the position before entry j) that lie there. (code, entry, detail, j, p)."""
+    base = c * rows
+    for q in range(q_lo, q_hi):
+        out[(q - base) * cols + c] = 0
+    while j < e1:
+        q = p + np.int64(gaps[j]) + 1
+        if q >= q_hi:
+            break
+        i = _source_index(indices, by_index, j)
+        if i >= source.shape[0]:
+            return _BAD_INDEX, j, i, j, p
+        out[(q - base) * cols + c] = source[i]
+        p = q
+        j += 1
+    return _OK, 0, 0, j, p
+
+
+@numba.njit(cache=True, nogil=True)
+def _rebuild_csc(gaps, indices, source, by_index, e0, e1, lo, hi, rows, cols, band, block, out):
+    """Write the elements at scan positions lo..hi-1 (CSC: p = c*R + r is out[r*C + c]): entries
+    e0..e1, whose positions follow lo - 1, get their values and every other element zero.
+
+    Whole columns are done `band` at a time through a row-major tile of `block` rows x `band`
+    columns, whose rows are copied to the output as contiguous segments; a column shared with a
+    neighbouring range is written element by element. Errors are found in entry order, as
+    _rebuild_csr reports them.
+    """
+    p = lo - 1
+    j = e0
+    if hi <= lo:
+        if j < e1:
+            return _PAST_END, j, p + np.int64(gaps[j]) + 1
+        return _OK, 0, 0
+    full_lo = (lo + rows - 1) // rows  # the whole columns of [lo, hi)
+    full_hi = hi // rows
+    if lo % rows != 0:  # the head: a column begun by the previous range, or [lo, hi) within one column
+        c = lo // rows
+        code, entry, detail, j, p = _column_part(gaps, indices, source, by_index, j, e1, p, c, lo,
+                                                 min(hi, (c + 1) * rows), rows, cols, out)
+        if code != _OK:
+            return code, entry, detail
+    if full_hi > full_lo:
+        tile = np.empty(block * band, dtype=out.dtype)
+        starts = np.empty(band + 1, dtype=np.int64)  # first entry of each column of the band
+        before = np.empty(band, dtype=np.int64)  # the position before the next entry of each column
+        next_entry = np.empty(band, dtype=np.int64)
+        for c0 in range(full_lo, full_hi, band):
+            width = min(band, full_hi - c0)
+            # Check the band's entries in order and find where each column's entries begin.
+            w = 0
+            starts[0] = j
+            before[0] = p
+            boundary = (c0 + 1) * rows
+            stop = (c0 + width) * rows
+            while j < e1:
+                q = p + np.int64(gaps[j]) + 1
+                if q >= stop:
+                    break
+                i = _source_index(indices, by_index, j)
+                if i >= source.shape[0]:
+                    return _BAD_INDEX, j, i
+                while q >= boundary:
+                    w += 1
+                    starts[w] = j
+                    before[w] = p
+                    boundary += rows
+                p = q
+                j += 1
+            for t in range(w + 1, width + 1):
+                starts[t] = j
+                if t < width:
+                    before[t] = p
+            next_entry[:width] = starts[:width]
+            # Write the band block of rows by block of rows (unsigned indices where they only count
+            # up: numba then skips its negative-index checks, and the copies vectorize, 2x faster).
+            for r0 in range(0, rows, block):
+                height = min(block, rows - r0)
+                for t in range(_U64(height * width)):
+                    tile[t] = 0
+                for w in range(width):
+                    first = (c0 + w) * rows + r0
+                    jj = next_entry[w]
+                    pp = before[w]
+                    while jj < starts[w + 1]:
+                        q = pp + np.int64(gaps[jj]) + 1
+                        if q >= first + height:
+                            break
+                        tile[_U64((q - first) * width + w)] = source[_U64(_source_index(indices, by_index, jj))]
+                        pp = q
+                        jj += 1
+                    next_entry[w] = jj
+                    before[w] = pp
+                for r in range(height):
+                    row = _U64((r0 + r) * cols + c0)
+                    seg = _U64(r * width)
+                    for t in range(_U64(width)):
+                        out[row + t] = tile[seg + t]
+    if hi % rows != 0 and full_hi >= full_lo:  # the tail: a column finished by the next range
+        code, entry, detail, j, p = _column_part(gaps, indices, source, by_index, j, e1, p, full_hi,
+                                                 full_hi * rows, hi, rows, cols, out)
+        if code != _OK:
+            return code, entry, detail
+    if j < e1:
+        return _PAST_END, j, p + np.int64(gaps[j]) + 1
     return _OK, 0, 0
 
 
 @numba.njit(cache=True, nogil=True)
-def _scatter_codebook(gaps, indices, codebook, rows, cols, csc, out):
-    """out[flat(p_j)] = codebook[indices[j]]; _OK, (_PAST_END, entry, position) or (_BAD_INDEX, entry, index)."""
-    total = rows * cols
-    k = codebook.shape[0]
-    p = -1
-    r = -1
-    c = 0
-    for j in range(gaps.shape[0]):
-        step = np.int64(gaps[j]) + 1
-        p += step
-        if p >= total:
-            return _PAST_END, j, p
-        index = indices[j]
-        if index >= k:
-            return _BAD_INDEX, j, np.int64(index)
-        if csc:
-            r += step
-            if r >= rows:
-                c += r // rows
-                r = r % rows
-            out[r * cols + c] = codebook[index]
-        else:
-            out[p] = codebook[index]
-    return _OK, 0, 0
+def _gap_span(gaps, e0, e1):
+    """Sum of g + 1 over entries e0..e1: how far those entries advance the scan position."""
+    total = np.uint64(0)
+    for g in gaps[e0:e1]:
+        total += np.uint64(g)
+    return np.int64(total) + (e1 - e0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,16 +319,75 @@ def _raise_decode_error(code: int, entry: int, detail: int, total: int, k: int |
             f"value index {detail} of entry {entry} is not below the codebook size {k}")
 
 
-def _output(out: np.ndarray | None, dtype: np.dtype, size: int) -> np.ndarray:
-    """A zeroed flat output of dtype and size: out itself (cleared) or a new array."""
+def _output(out: np.ndarray | None, dtype: np.dtype, rows: int, cols: int, layout: str) -> np.ndarray:
+    """The flat output of a rebuild: a new one (`dense_output`), or out checked and cleared if needed."""
     if out is None:
-        return np.zeros(size, dtype=dtype)
+        return dense_output(dtype, rows, cols, layout)
+    size = int(rows) * int(cols)
     if not isinstance(out, np.ndarray) or out.dtype != dtype or out.ndim != 1 or out.size != size:
         raise DCFError(f"out must be a 1-D array of {dtype} and length {size}")
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise DCFError("out must be contiguous and writeable")
-    out.view(_UINT_OF_SIZE[dtype.itemsize])[:] = 0  # "zeros elsewhere" is part of the contract
+    if not _tiled(rows, cols, layout == CSC):
+        out.view(_UINT_OF_SIZE[dtype.itemsize])[:] = 0  # "zeros elsewhere" is part of the contract
     return out
+
+
+def _tiled(rows: int, cols: int, csc: bool) -> bool:
+    """Whether the rebuild goes through CSC tiles (which write every element) rather than scattering."""
+    return csc and rows > 1 and cols > 1
+
+
+def _csc_tile(rows: int, cols: int, itemsize: int) -> tuple[int, int]:
+    """(columns, rows) of the CSC rebuild's tile: _CSC_BAND_BYTES of columns, rows to fill _CSC_TILE_BYTES."""
+    band = max(1, min(cols, _CSC_BAND_BYTES // itemsize))
+    block = max(1, min(rows, _CSC_TILE_BYTES // (band * itemsize)))
+    return band, block
+
+
+def dense_output(dtype: np.dtype, rows: int, cols: int, layout: str) -> np.ndarray:
+    """A new flat output for `rebuild`: zeroed where the rebuild only scatters the entries (CSR), left
+    uninitialised where it writes every element (CSC tiles), so no byte is written twice."""
+    total = _check_dims(rows, cols, DCFError)
+    if _tiled(rows, cols, _check_layout(layout, DCFError)):
+        return np.empty(total, dtype=dtype)
+    return np.zeros(total, dtype=dtype)
+
+
+def rebuild(gaps: np.ndarray, indices: np.ndarray | None, source: np.ndarray, rows: int, cols: int, csc: bool,
+            out: np.ndarray, e0: int, e1: int, lo: int, hi: int) -> tuple[int, int, int]:
+    """Write scan positions lo..hi-1 of the flat C-order output `out` (bit patterns, the dtype of
+    `source`): entries e0..e1 get source[indices[j]] (a codebook) or source[j] (values without
+    indices), all else zero; lo - 1 must be the position of entry e0 - 1 (or -1). Where the
+    rebuild scatters (CSR), out[lo:hi] must already be zero (`dense_output` says which). Ranges that
+    share no position can be rebuilt on different threads. Returns the kernel's (code, entry,
+    detail): code 0 when every entry lies below hi and every index below the codebook size.
+    """
+    total = int(rows) * int(cols)
+    if not (0 <= e0 <= e1 <= gaps.size and 0 <= lo <= hi <= total and out.size == total
+            and out.dtype == source.dtype and gaps.dtype == np.uint16 and out.ndim == source.ndim == 1):
+        raise DCFError(f"rebuild: inconsistent ranges or arrays (entries {e0}..{e1} of {gaps.size}, "
+                       f"positions {lo}..{hi} of {total})")
+    by_index = indices is not None
+    if by_index:
+        if indices.size != gaps.size or indices.dtype != np.uint16:
+            raise DCFError("rebuild: indices must hold one uint16 per entry")
+    else:
+        if source.size != gaps.size:
+            raise DCFError(f"rebuild: values must hold one value per entry ({gaps.size}), not {source.size}")
+        indices = gaps  # unused: the kernels read indices only when by_index
+    if _tiled(rows, cols, csc):
+        band, block = _csc_tile(int(rows), int(cols), out.dtype.itemsize)
+        return _rebuild_csc(gaps, indices, source, by_index, e0, e1, lo, hi, int(rows), int(cols), band, block, out)
+    # csr, and csc with one row or one column (the scan position is then the C-order index)
+    return _rebuild_csr(gaps, indices, source, by_index, e0, e1, lo, hi, out)
+
+
+def gap_span(gaps: np.ndarray, e0: int, e1: int) -> int:
+    """How far entries e0..e1 advance the scan position: the sum of their g + 1."""
+    if not 0 <= e0 <= e1 <= gaps.size:
+        raise DCFError(f"gap_span: entries {e0}..{e1} of {gaps.size}")
+    return int(_gap_span(gaps, e0, e1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,9 +482,9 @@ def decode_dense(gaps: np.ndarray, values: np.ndarray, rows: int, cols: int, lay
     if values.ndim != 1 or values.size != gaps.size:
         raise DCFError(f"values must be 1-D with one value per entry ({gaps.size}), not shape {values.shape}")
     values_bits = _bits_view(values)
-    out = _output(out, values.dtype, total)
-    code, entry, detail = _scatter_values(
-        gaps, values_bits, int(rows), int(cols), csc, out.view(values_bits.dtype))
+    out = _output(out, values.dtype, rows, cols, layout)
+    code, entry, detail = rebuild(gaps, None, values_bits, rows, cols, csc, out.view(values_bits.dtype),
+                                  0, gaps.size, 0, total)
     _raise_decode_error(code, entry, detail, total)
     return out
 
@@ -341,9 +505,9 @@ def decode_dense_codebook(gaps: np.ndarray, indices: np.ndarray, codebook: np.nd
     if codebook.ndim != 1:
         raise DCFError(f"codebook must be 1-D, not shape {codebook.shape}")
     codebook_bits = _bits_view(codebook)
-    out = _output(out, codebook.dtype, total)
-    code, entry, detail = _scatter_codebook(
-        gaps, indices, codebook_bits, int(rows), int(cols), csc, out.view(codebook_bits.dtype))
+    out = _output(out, codebook.dtype, rows, cols, layout)
+    code, entry, detail = rebuild(gaps, indices, codebook_bits, rows, cols, csc, out.view(codebook_bits.dtype),
+                                  0, gaps.size, 0, total)
     _raise_decode_error(code, entry, detail, total, codebook.size)
     return out
 

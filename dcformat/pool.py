@@ -1,0 +1,137 @@
+"""Running decoding work on several threads: the numba kernels release the GIL, so Python threads work.
+
+A `Budget` caps how many threads one call (a `load_file`, a `get_tensor`) may occupy, the caller
+included. `run(tasks, budget)` runs a list of independent tasks: the caller works through the list
+and, while tasks are left, takes a thread of the budget to help it; a task may itself call `run`
+(a tensor split into pieces, inside a whole file). The caller never waits for work that no thread
+has started, so nesting cannot deadlock, and with a budget of one thread nothing leaves the caller.
+numba's own `parallel=True` is not used: its default threading layer aborts when several Python
+threads enter it at once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
+
+__all__ = ["Budget", "run", "default_threads"]
+
+T = TypeVar("T")
+
+_MAX_WORKERS = 64  # the shared pool's size; a budget above it only queues helpers that the caller cancels
+
+
+def default_threads() -> int:
+    """The thread count used when none is given: one per CPU this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class Budget:
+    """How many threads a call may use at once, the calling thread included (at least 1)."""
+
+    def __init__(self, threads: int | None = None):
+        if threads is None:
+            threads = default_threads()
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer or None, not {threads!r}")
+        self.threads = threads
+        self._helpers = threading.Semaphore(threads - 1)
+
+    @property
+    def parallel(self) -> bool:
+        """True when more than the calling thread may work."""
+        return self.threads > 1
+
+    def _take(self) -> bool:
+        return self._helpers.acquire(blocking=False)
+
+    def _give(self) -> None:
+        self._helpers.release()
+
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The process-wide helper threads, made on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_MAX_WORKERS, thread_name_prefix="dcformat-decode")
+        return _pool
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's threads do not exist there, so start afresh."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def run(tasks: Sequence[Callable[[], T]], budget: Budget) -> list[T]:
+    """Run every task, in list order as far as threads allow, and return their results in order.
+
+    If tasks raise, the exception of the first such task in the list is raised after all have run.
+    """
+    n = len(tasks)
+    results: list = [None] * n
+    errors: list[BaseException | None] = [None] * n
+    if not budget.parallel or n <= 1:
+        for i, task in enumerate(tasks):
+            results[i] = task()
+        return results
+    lock = threading.Lock()
+    state = {"next": 0, "stop": False}
+    helpers: list[Future] = []
+
+    def take() -> int | None:
+        """The next task to run, after asking for a helper if tasks remain beyond it."""
+        with lock:
+            i = state["next"]
+            if state["stop"] or i >= n:
+                return None
+            state["next"] = i + 1
+            if i + 1 < n and budget._take():
+                try:
+                    helpers.append(_executor().submit(helper))
+                except BaseException:  # e.g. the interpreter is shutting down: work on alone
+                    budget._give()
+        return i
+
+    def work() -> None:
+        while (i := take()) is not None:
+            try:
+                results[i] = tasks[i]()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, in task order
+                errors[i] = exc
+
+    def helper() -> None:
+        try:
+            work()
+        finally:
+            budget._give()
+
+    try:
+        work()
+    finally:
+        with lock:
+            state["stop"] = True  # after an interrupt, helpers start no new task
+            started = list(helpers)
+        for future in started:
+            if future.cancel():  # queued, never started: its thread was never used
+                budget._give()
+            else:
+                future.result()
+    for error in errors:
+        if error is not None:
+            raise error
+    return results
