@@ -27,8 +27,9 @@ PAPER = {
 NOTES = (
     "Differences from the paper's settings: 4-bit codebooks instead of 6 (the paper finds fully connected "
     "layers hold down to 2 bits; here a 6-bit codebook, 63 float32 values, would cost as much as the "
-    "indices of a layer of a few hundred kept weights) and the index width that gives the smallest file "
-    "instead of 5 bits."
+    "indices of a layer of a few hundred kept weights), the index width that gives the smallest file "
+    "instead of 5 bits, and the biases shared too (a 4-bit k-means codebook per bias vector, set after the "
+    "centroid fine-tuning; the paper does not say how it stores biases)."
 )
 
 
@@ -47,6 +48,7 @@ CONFIG = Config(
     sparsity={"ip1.weight": 0.96, "ip2.weight": 0.97, "ip3.weight": 0.80},
     bits={"ip1.weight": 4, "ip2.weight": 4, "ip3.weight": 4},
     index_bits="auto", dense_epochs=60, rounds=6, retrain_epochs=30, finetune_epochs=15, batch=64,
+    vector_bits=4,
 )
 
 

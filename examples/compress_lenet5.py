@@ -31,8 +31,9 @@ PAPER = {
 NOTES = (
     "Differences from the paper's settings: 5-bit codebooks for the convolutions instead of 8 (conv1 has "
     "about 300 kept weights: a 255-entry float32 codebook would be 1 KB, more than its indices; the paper "
-    "finds conv layers hold down to 4 bits), 4-bit instead of 5-bit for ip1 and ip2, and the index width "
-    "that gives the smallest file instead of 5 bits."
+    "finds conv layers hold down to 4 bits), 4-bit instead of 5-bit for ip1 and ip2, the index width "
+    "that gives the smallest file instead of 5 bits, and the biases shared too (a 4-bit k-means codebook per "
+    "bias vector, set after the centroid fine-tuning; the paper does not say how it stores biases)."
 )
 
 
@@ -55,6 +56,7 @@ CONFIG = Config(
     sparsity={"conv1.weight": 0.40, "conv2.weight": 0.92, "ip1.weight": 0.975, "ip2.weight": 0.83},
     bits={"conv1.weight": 5, "conv2.weight": 5, "ip1.weight": 4, "ip2.weight": 4},
     index_bits="auto", dense_epochs=30, rounds=6, retrain_epochs=15, finetune_epochs=10, batch=64,
+    vector_bits=4,
 )
 
 

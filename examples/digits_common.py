@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import dcformat
+from dcformat import quantize as dc_quantize
 from dcformat.cli import layout_report
 from dcformat.pipeline import CodebookTrainer, Pruner, iterative_prune
 from dcformat.prune import gradual_schedule
@@ -49,6 +50,7 @@ class Config:
     test_size: int = 600
     method: str = "kmeans"
     init: str = "linear"
+    vector_bits: int | None = None  # codebook bits for the biases (None: stored raw, exact)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,6 +129,15 @@ def quantize_stage(model: torch.nn.Module, cfg: Config, data) -> tuple[CodebookT
     return trainer, before
 
 
+def share_biases(model: torch.nn.Module, bits: int) -> None:
+    """Replace each 1-D parameter by its k-means codebook values (the file then stores them exactly)."""
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.dim() == 1:
+                codebook, indices = dc_quantize.quantize(p.detach().numpy(), bits, sparse=False)
+                p.copy_(torch.from_numpy(codebook[indices].reshape(p.shape)))
+
+
 def store(model: torch.nn.Module, make_model: Callable[[], torch.nn.Module], policy: dcformat.Policy, path: str,
           data) -> tuple[dict[str, Any], float, bool]:
     """Save the state dict with `policy`; (layout report, accuracy of the decoded model, bit-exact?)."""
@@ -153,6 +164,8 @@ def run(name: str, make_model: Callable[[], torch.nn.Module], cfg: Config, out_d
     result["kept"] = prune_stage(model, cfg, data, log)
     result["pruned"] = accuracy(model, xte, yte)
     trainer, result["quantized_before_finetune"] = quantize_stage(model, cfg, data)
+    if cfg.vector_bits:
+        share_biases(model, cfg.vector_bits)
     result["quantized"] = accuracy(model, xte, yte)
     result["quantization"] = trainer.report()
     log(f"[{name} seed {cfg.seed}] pruned {result['pruned']:.4f}, quantized {result['quantized_before_finetune']:.4f}"
@@ -163,7 +176,7 @@ def run(name: str, make_model: Callable[[], torch.nn.Module], cfg: Config, out_d
         os.makedirs(folder, exist_ok=True)
         result["files"] = {}
         for stage, huffman in (("pq", "off"), ("pqh", "auto")):
-            policy = trainer.policy(index_bits=cfg.index_bits, huffman=huffman)
+            policy = trainer.policy(index_bits=cfg.index_bits, huffman=huffman).with_(vector_bits=cfg.vector_bits)
             path = os.path.join(folder, f"{name}-seed{cfg.seed}-{stage}.dcf")
             result["files"][stage], result[f"accuracy_{stage}"], result[f"exact_{stage}"] = store(
                 model, make_model, policy, path, data)
@@ -238,12 +251,17 @@ def size_breakdown(result: dict[str, Any]) -> str:
     padding = t["file_bytes"] - header - weights - biases
     dense = t["dense_bytes"]
     return (
-        f"File {t['file_bytes']:,} B = header {header:,} B + coded weights {weights:,} B + raw float32 "
-        f"biases {biases:,} B + section alignment {padding:,} B. Dense float32: {dense:,} B. "
+        f"File {t['file_bytes']:,} B = header {header:,} B + coded weights {weights:,} B + "
+        f"{_bias_form(result)} biases {biases:,} B + section alignment {padding:,} B. Dense float32: {dense:,} B. "
         f"Ratio of the whole file {dense / t['file_bytes']:.1f}x; without the container header "
         f"{dense / (t['file_bytes'] - header):.1f}x; weights alone (coded vs dense weights) "
         f"{sum(r['dense_bytes'] for r in rows if r['name'].endswith('weight')) / weights:.1f}x."
     )
+
+
+def _bias_form(result: dict[str, Any]) -> str:
+    bits = result["config"].vector_bits
+    return f"{bits}-bit shared (k-means)" if bits else "raw float32"
 
 
 def accuracy_table(result: dict[str, Any]) -> str:
@@ -354,7 +372,7 @@ def limits_note(results: list[dict[str, Any]]) -> str:
     return (
         f"What limits the ratio: {fixed:,} B of the file do not shrink with the weights — the JSON header "
         f"({t['header_bytes']:,} B, {100 * t['header_bytes'] / dense:.2f}% of the dense model), the biases, "
-        f"stored raw as float32 ({biases:,} B; dcformat keeps 1-D tensors raw) and 64-byte section "
+        f"stored {_bias_form(results[0])} ({biases:,} B) and 64-byte section "
         f"alignment. Even with weights of zero bytes the file could not be more than {dense / fixed:.0f}x "
         f"smaller than the dense model. Without the header (the paper counts weights, biases, indices and "
         f"codebooks, not a container) the mean ratio is {no_header:.1f}x."
