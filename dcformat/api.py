@@ -102,13 +102,17 @@ def load_file(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS,
 def _decode_all(f: "SafeOpen", threads: int | None) -> dict[str, np.ndarray]:
     from .pool import run
 
+    from .codec import PIECE_BYTES
+
     budget = _budget(threads)
     names = f.keys()
+    sizes = {name: f.layout(name).nbytes for name in names}
+    total = sum(sizes.values())
+    if total <= PIECE_BYTES:  # a model smaller than one piece decodes faster on this thread alone
+        budget = _budget(1)
     if not budget.parallel or len(names) <= 1:
         return {name: f._decode(name, budget) for name in names}
     f._table_cache()  # create the one table cache before the threads share it
-    sizes = {name: f.layout(name).nbytes for name in names}
-    total = sum(sizes.values())
     whole = _budget(1)
 
     def decode(name: str) -> np.ndarray | DCFError:
