@@ -53,7 +53,7 @@ class StreamDraft:
     counts: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.counts = np.bincount(self.symbols, minlength=1).astype(np.int64)
+        self.counts = huffman.symbol_counts(self.symbols)
 
     @property
     def fixed_bytes(self) -> int:

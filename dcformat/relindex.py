@@ -426,9 +426,17 @@ def scan_to_flat(positions: np.ndarray, rows: int, cols: int, layout: str) -> np
         raise DCFError(f"positions must lie in 0..{total - 1}")
     if not csc:
         return positions.copy()
-    r = positions % rows  # rows > 0 whenever a position exists
-    c = positions // rows
-    return r * cols + c
+    out = np.empty(positions.size, dtype=np.int64)
+    _csc_scan_to_flat(positions, rows, cols, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _csc_scan_to_flat(positions, rows, cols, out):  # pragma: no cover - compiled
+    """out[i] = (p % rows) * cols + p // rows for p = positions[i] (checked in range by the caller)."""
+    for i in range(positions.size):
+        c = positions[i] // rows
+        out[i] = (positions[i] - c * rows) * cols + c
 
 
 def encode_gaps(positions: np.ndarray, index_bits: int, *,

@@ -944,3 +944,12 @@ def test_kernels_stay_in_bounds_with_numba_boundscheck(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 65535), max_size=300), st.integers(0, 3))
+def test_symbol_counts_is_bincount(values, repeat):
+    symbols = np.array(values * (repeat + 1), dtype=np.uint16)
+    expected = np.bincount(symbols, minlength=1).astype(np.int64)
+    counts = huffman_module.symbol_counts(symbols)
+    assert counts.dtype == np.int64 and np.array_equal(counts, expected)
