@@ -46,11 +46,7 @@ def _encode(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping
     from . import codec  # numba-backed; imported here so that `import dcformat` stays light
 
     meta = _check_inputs(tensors, metadata)
-    policy = policy or Policy()
-    if policy.target_size is not None:
-        from .allocation import fit_size
-
-        policy = fit_size(tensors, policy, metadata=metadata)
+    policy = _resolve(tensors, policy, metadata)
     drafts = []
     for name, value in tensors.items():
         value = _to_numpy(value)
@@ -60,6 +56,16 @@ def _encode(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping
     cost = K.HUFFMAN_ZLIB_COST if policy.compact_header else K.HUFFMAN_JSON_COST
     tables, encoded = codec.assemble(drafts, policy.huffman, policy.block_size, header_cost=cost)
     return meta, tables, encoded
+
+
+def _resolve(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping[str, str] | None) -> Policy:
+    """The policy to encode with: a target size becomes the step that meets it (allocation.fit_size)."""
+    policy = policy or Policy()
+    if policy.target_size is None:
+        return policy
+    from .allocation import fit_size
+
+    return fit_size(tensors, policy, metadata=metadata)
 
 
 def save(tensors: Mapping[str, Any], *, policy: Policy | None = None, metadata: Mapping[str, str] | None = None) -> bytes:
@@ -409,11 +415,7 @@ def compress(tensors: Mapping[str, Any], *, policy: Policy | None = None) -> dic
     from . import codec
 
     _check_inputs(tensors, None)
-    policy = policy or Policy()
-    if policy.target_size is not None:
-        from .allocation import fit_size
-
-        policy = fit_size(tensors, policy)
+    policy = _resolve(tensors, policy, None)
     out = {}
     for name, value in tensors.items():
         value = _to_numpy(value)

@@ -171,18 +171,16 @@ def draft_tensor(name: str, value: Any, plan: TensorPlan, block_size: int = K.DE
     x = a
     if plan.prune or plan.threshold is not None:
         x = pruning.prune(a, sparsity=plan.prune if plan.prune else None, threshold=plan.threshold)
-    zero = _bits_view(x.reshape(-1)) == 0
-    has_zeros = bool(zero.any())
-    candidates: list[TensorDraft] = []
-    bits = plan.bits
-    if bits is not None and x.size and not np.isfinite(x.astype(np.float32, copy=False)).all():
+    bits, step = plan.bits, plan.step
+    if (bits is not None or step is not None) and x.size and not np.isfinite(x.astype(np.float32, copy=False)).all():
         # A codebook cannot stand for NaN or inf: keep such a tensor's values exact instead.
-        warnings.warn(f"tensor {name!r} has non-finite values: stored without weight sharing", stacklevel=3)
-        bits = None
-    if plan.step is not None and x.size and not np.isfinite(x.astype(np.float32, copy=False)).all():
-        warnings.warn(f"tensor {name!r} has non-finite values: stored without quantization", stacklevel=3)
-    elif plan.step is not None:
+        what = "quantization" if step is not None else "weight sharing"
+        warnings.warn(f"tensor {name!r} has non-finite values: stored without {what}", stacklevel=3)
+        bits = step = None
+    if step is not None:
         return _uniform_draft(base, a, x, plan)
+    has_zeros = bool((_bits_view(x.reshape(-1)) == 0).any())
+    candidates: list[TensorDraft] = []
     if bits is not None:
         codebook, indices = _quantize_for(a, x, bits, has_zeros, plan)
         bits = max(1, int(len(codebook) - 1).bit_length())
@@ -208,13 +206,11 @@ def _smallest(candidates: list[TensorDraft], decoded: np.ndarray, original: np.n
         return d.estimate() + SECTION_OVERHEAD * (len(d.payloads) + len(d.streams))
 
     best = min(candidates, key=lambda d: d.estimate())
-    if original.ndim > 1:  # matrices take the form the plan asks for, even when raw would be as small
-        best.decoded = decoded
-        return best
-    raw = TensorDraft(base["name"], {**base, "encoding": K.RAW, "data": 0}, [original.reshape(-1).view(np.uint8)], {})
-    if cost(raw) <= cost(best):
-        raw.decoded = original
-        return raw
+    if original.ndim <= 1:  # matrices take the form the plan asks for, even when raw would be as small
+        raw = TensorDraft(base["name"], {**base, "encoding": K.RAW, "data": 0}, [original.reshape(-1).view(np.uint8)], {})
+        if cost(raw) <= cost(best):
+            raw.decoded = original
+            return raw
     best.decoded = decoded
     return best
 
