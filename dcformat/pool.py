@@ -82,56 +82,67 @@ def run(tasks: Sequence[Callable[[], T]], budget: Budget) -> list[T]:
 
     If tasks raise, the exception of the first such task in the list is raised after all have run.
     """
-    n = len(tasks)
-    results: list = [None] * n
-    errors: list[BaseException | None] = [None] * n
-    if not budget.parallel or n <= 1:
-        for i, task in enumerate(tasks):
-            results[i] = task()
-        return results
-    lock = threading.Lock()
-    state = {"next": 0, "stop": False}
-    helpers: list[Future] = []
+    if not budget.parallel or len(tasks) <= 1:
+        return [task() for task in tasks]
+    return _Run(tasks, budget).run()
 
-    def take() -> int | None:
-        """The next task to run, after asking for a helper if tasks remain beyond it."""
-        with lock:
-            i = state["next"]
-            if state["stop"] or i >= n:
-                return None
-            state["next"] = i + 1
-            if i + 1 < n and budget._take():
-                try:
-                    helpers.append(_executor().submit(helper))
-                except BaseException:  # e.g. the interpreter is shutting down: work on alone
-                    budget._give()
-        return i
 
-    def work() -> None:
-        while (i := take()) is not None:
-            try:
-                results[i] = tasks[i]()
-            except Exception as exc:  # noqa: BLE001 - re-raised below, in task order
-                errors[i] = exc
+class _Run:
+    """One `run` call's shared state. A class rather than closures that call each other: closures
+    would form a reference cycle through their cells, and every task (with the arrays it holds,
+    a decoded tensor among them) would then live until the garbage collector found the cycle."""
 
-    def helper() -> None:
+    def __init__(self, tasks: Sequence[Callable[[], T]], budget: Budget):
+        self.tasks, self.budget = tasks, budget
+        self.results: list = [None] * len(tasks)
+        self.errors: list[BaseException | None] = [None] * len(tasks)
+        self.lock = threading.Lock()
+        self.next, self.stop = 0, False
+        self.helpers: list[Future] = []
+
+    def run(self) -> list:
         try:
-            work()
+            self.work()
         finally:
-            budget._give()
-
-    try:
-        work()
-    finally:
-        with lock:
-            state["stop"] = True  # after an interrupt, helpers start no new task
-            started = list(helpers)
-        for future in started:
-            if future.cancel():  # queued, never started: its thread was never used
-                budget._give()
-            else:
-                future.result()
-    for error in errors:
+            with self.lock:
+                self.stop = True  # after an interrupt, helpers start no new task
+                started = list(self.helpers)
+            for future in started:
+                if future.cancel():  # queued, never started: its thread was never used
+                    self.budget._give()
+                else:
+                    future.result()
+        error = next((e for e in self.errors if e is not None), None)
+        results = self.results
+        # A raised error's traceback refers back to this run: drop the tasks, so what they hold is freed
+        self.tasks = self.results = self.errors = []
         if error is not None:
             raise error
-    return results
+        return results
+
+    def take(self) -> int | None:
+        """The next task to run, after asking for a helper if tasks remain beyond it."""
+        with self.lock:
+            i = self.next
+            if self.stop or i >= len(self.tasks):
+                return None
+            self.next = i + 1
+            if i + 1 < len(self.tasks) and self.budget._take():
+                try:
+                    self.helpers.append(_executor().submit(self.helper))
+                except BaseException:  # e.g. the interpreter is shutting down: work on alone
+                    self.budget._give()
+        return i
+
+    def work(self) -> None:
+        while (i := self.take()) is not None:
+            try:
+                self.results[i] = self.tasks[i]()
+            except Exception as exc:  # noqa: BLE001 - re-raised by run, in task order
+                self.errors[i] = exc
+
+    def helper(self) -> None:
+        try:
+            self.work()
+        finally:
+            self.budget._give()

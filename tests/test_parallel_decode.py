@@ -4,10 +4,12 @@ the same error. PIECE_BYTES is lowered here so that even small tensors are cut i
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import threading
 import time
+import weakref
 import zlib
 
 import numpy as np
@@ -393,6 +395,39 @@ def test_nested_runs_never_exceed_the_budget_nor_deadlock():
         outer = [lambda: sum(pool.run([leaf] * 6, budget)) for _ in range(6)]
         assert pool.run(outer, budget) == [6] * 6
         assert 1 <= active[1] <= threads
+
+
+class _Held:
+    """Something a task holds on to, whose death a weak reference can see."""
+
+
+def test_a_run_leaves_no_reference_cycle_behind():
+    # A cycle would keep every task, and what it holds (a decoded tensor), alive until the garbage
+    # collector ran: memory held for no reason, then a collection pause on some later call.
+    held = _Held()
+    alive = weakref.ref(held)
+    gc.disable()
+    try:
+        assert pool.run([lambda h=held: 1 for _ in range(8)], pool.Budget(2)) == [1] * 8
+        del held
+        assert alive() is None
+    finally:
+        gc.enable()
+
+
+def test_a_parallel_load_frees_its_tensor_when_the_caller_drops_it():
+    big = np.random.default_rng(3).laplace(0, 0.02, (1024, 2048)).astype(np.float32)  # 8 MB: several pieces
+    data = dcformat.save({"w": big}, policy=Policy(prune=0.9, fc_bits=5))
+    gc.disable()
+    try:
+        out = dcformat.load(data, threads=2)["w"]
+        while out.base is not None:  # the memory itself, not a reshaped view of it
+            out = out.base
+        alive = weakref.ref(out)
+        del out
+        assert alive() is None
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
