@@ -63,11 +63,16 @@ class StreamDraft:
 def estimate_stream_bytes(draft: StreamDraft, header_cost: int = K.HUFFMAN_ZLIB_COST) -> int:
     """Bytes the stream will take, coded the cheaper way (table text and, for Huffman, the `header_cost`
     bytes its stream object adds to the header counted)."""
-    best = draft.fixed_bytes
-    if len(draft.symbols) == 0 or np.count_nonzero(draft.counts) > (1 << K.MAX_CODE_LENGTH):
+    return estimate_coded_bytes(draft.counts, len(draft.symbols), draft.width, header_cost)
+
+
+def estimate_coded_bytes(counts: np.ndarray, n: int, width: int, header_cost: int = K.HUFFMAN_ZLIB_COST) -> int:
+    """`estimate_stream_bytes` of a stream known only by its symbol counts, length and fixed width."""
+    best = bitpack.packed_size(n, width)
+    if n == 0 or np.count_nonzero(counts) > (1 << K.MAX_CODE_LENGTH):
         return best
-    lengths = huffman.code_lengths(draft.counts)
-    payload = -(-huffman.encoded_bits(draft.counts, lengths) // 8)
+    lengths = huffman.code_lengths(counts)
+    payload = -(-huffman.encoded_bits(counts, lengths) // 8)
     return min(best, payload + len(huffman.lengths_to_hex(lengths)) + 8 + header_cost)
 
 
@@ -310,36 +315,71 @@ def _shared_draft(base: dict, codebook: np.ndarray, indices: np.ndarray, bits: i
 
 
 def _sparse_drafts(base: dict, x: np.ndarray, plan: TensorPlan, *, codebook=None, indices=None, bits=None) -> list[TensorDraft]:
-    """Sparse candidates for every layout and index width the plan allows."""
-    rows, cols = relindex.matrix_shape(tuple(x.shape))
+    """The smallest sparse form over every layout and index width the plan allows (a list of at most
+    one): each is priced from symbol counts alone (`relindex.gap_counts`), and only the cheapest built."""
     layouts = (K.CSR, K.CSC) if plan.layout == AUTO else (plan.layout,)
     widths = INDEX_BITS_CANDIDATES if plan.index_bits == AUTO else (plan.index_bits,)
-    flat = x.reshape(-1)
-    out = []
+    if len(layouts) == len(widths) == 1:  # nothing to choose: build it (if its fillers fit)
+        positions = relindex.nonzero_positions(x, layouts[0])
+        try:
+            return [_sparse_draft(base, x, layouts[0], widths[0], positions, codebook, indices, bits)]
+        except EncodeError:
+            return []
+    fixed_bytes = 0  # bytes that do not depend on the layout or width: the codebook
+    if codebook is not None:
+        fixed_bytes = codebook.nbytes
+        # Entries' codes: the non-zero elements' indices (an index whose codebook value has all-zero
+        # bits marks a zero element), then one 0 per filler.
+        code_counts = huffman.symbol_counts(indices)
+        code_counts[: len(codebook)][_bits_view(codebook[: len(code_counts)]) == 0] = 0
+    best = None  # (bytes, layout, width, positions)
     for layout in layouts:
         positions = relindex.nonzero_positions(x, layout)
-        order = relindex.scan_to_flat(positions, rows, cols, layout)
-        for b in widths:
-            try:
-                gaps, real = relindex.encode_gaps(positions, b, max_entries=max(1, x.size))
-            except EncodeError:
+        for b, (gap_counts, fillers) in zip(widths, relindex.gap_counts(positions, widths)):
+            entries = len(positions) + fillers
+            if entries > max(1, x.size):  # as encode_gaps's limit: fillers beyond the tensor's size
                 continue
-            entries = len(gaps)
-            header = {**base, "encoding": K.SPARSE, "layout": layout, "index_bits": b, "entries": entries, "fillers": entries - len(positions)}
-            streams = {"gaps": StreamDraft("gaps", gaps, 1 << b, b)}
-            if codebook is not None:
-                codes = np.zeros(entries, np.uint16)
-                codes[real] = indices[order]
-                header.update({"bits": bits, "codebook": 0, "gaps": "gaps", "indices": "indices"})
-                streams["indices"] = StreamDraft("indices", codes, len(codebook), bits)
-                payloads = [codebook.view(np.uint8)]
+            size = fixed_bytes + estimate_coded_bytes(gap_counts, entries, b)
+            if codebook is None:
+                size += entries * x.dtype.itemsize
             else:
-                values = np.zeros(entries, flat.dtype)
-                values[real] = flat[order]
-                header.update({"gaps": "gaps", "values": 0})
-                payloads = [values.view(np.uint8)]
-            out.append(TensorDraft(base["name"], header, payloads, streams))
-    return out
+                counts = code_counts.copy()
+                counts[0] += fillers
+                size += estimate_coded_bytes(_trimmed(counts), entries, bits)
+            if best is None or size < best[0]:
+                best = (size, layout, b, positions)
+    if best is None:
+        return []
+    _, layout, b, positions = best
+    return [_sparse_draft(base, x, layout, b, positions, codebook, indices, bits)]
+
+
+def _trimmed(counts: np.ndarray) -> np.ndarray:
+    """Counts without trailing zeros (at least one entry), as huffman.symbol_counts returns them."""
+    used = np.flatnonzero(counts)
+    return counts[: used[-1] + 1 if used.size else 1]
+
+
+def _sparse_draft(base: dict, x: np.ndarray, layout: str, b: int, positions: np.ndarray, codebook, indices,
+                  bits) -> TensorDraft:
+    """The sparse form of x in one layout and index width, `positions` its non-zeros' scan positions."""
+    rows, cols = relindex.matrix_shape(tuple(x.shape))
+    order = relindex.scan_to_flat(positions, rows, cols, layout)
+    gaps, real = relindex.encode_gaps(positions, b, max_entries=max(1, x.size))
+    entries = len(gaps)
+    header = {**base, "encoding": K.SPARSE, "layout": layout, "index_bits": b, "entries": entries,
+              "fillers": entries - len(positions)}
+    streams = {"gaps": StreamDraft("gaps", gaps, 1 << b, b)}
+    if codebook is not None:
+        codes = relindex.entry_values(indices.astype(np.uint16, copy=False), order, real, entries)
+        header.update({"bits": bits, "codebook": 0, "gaps": "gaps", "indices": "indices"})
+        streams["indices"] = StreamDraft("indices", codes, len(codebook), bits)
+        payloads = [codebook.view(np.uint8)]
+    else:
+        values = relindex.entry_values(x, order, real, entries)
+        header.update({"gaps": "gaps", "values": 0})
+        payloads = [values.view(np.uint8)]
+    return TensorDraft(base["name"], header, payloads, streams)
 
 
 # ---------------------------------------------------------------------------------------------

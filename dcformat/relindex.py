@@ -22,6 +22,8 @@ __all__ = [
     "nonzero_positions",
     "scan_to_flat",
     "encode_gaps",
+    "gap_counts",
+    "entry_values",
     "decode_positions",
     "decode_dense",
     "decode_dense_codebook",
@@ -437,6 +439,80 @@ def _csc_scan_to_flat(positions, rows, cols, out):  # pragma: no cover - compile
     for i in range(positions.size):
         c = positions[i] // rows
         out[i] = (positions[i] - c * rows) * cols + c
+
+
+@numba.njit(cache=True, nogil=True)
+def _zero_runs(positions, cap, widths, runs, long_counts, long_fillers):  # pragma: no cover - compiled
+    """Histogram into `runs` the zeros before each position (runs below `cap`); a run of `cap` or more
+    adds its gap symbol and fillers at each width straight to long_counts / long_fillers (such runs
+    are rare). Returns -1, or the index of the first position that is not above the one before."""
+    previous = -1
+    for i in range(positions.size):
+        if positions[i] <= previous:  # also a negative first position
+            return i
+        zeros = positions[i] - previous - 1
+        previous = positions[i]
+        if zeros < cap:
+            runs[zeros] += 1
+        else:
+            for w in range(widths.size):
+                long_fillers[w] += zeros >> widths[w]
+                long_counts[w, zeros & ((1 << widths[w]) - 1)] += 1
+    return -1
+
+
+def gap_counts(positions: np.ndarray, widths: tuple[int, ...]) -> list[tuple[np.ndarray, int]]:
+    """For each index width, the gaps stream that `encode_gaps` would make, in summary: (its symbol
+    counts, as `huffman.symbol_counts` gives them, and its number of fillers), without building it.
+
+    One pass over the positions for all widths, so the encoder can price every width and layout and
+    build only the stream it keeps. `positions` must be sorted, distinct and non-negative.
+    """
+    positions = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
+    if any(not MIN_BITS <= int(b) <= MAX_BITS for b in widths):
+        raise EncodeError(f"index widths must lie in {MIN_BITS}..{MAX_BITS}, not {widths}")
+    width_array = np.asarray(widths, dtype=np.int64)
+    cap = 1 << int(width_array.max(initial=MIN_BITS))
+    runs = np.zeros(cap, dtype=np.int64)
+    long_counts = np.zeros((len(widths), cap), dtype=np.int64)
+    long_fillers = np.zeros(len(widths), dtype=np.int64)
+    bad = _zero_runs(positions, cap, width_array, runs, long_counts, long_fillers)
+    if bad >= 0:
+        raise EncodeError(f"positions must be non-negative and strictly increasing (position index {bad})")
+    run_lengths = np.arange(cap, dtype=np.int64)
+    out = []
+    for w, b in enumerate(widths):
+        filler_gap = (1 << int(b)) - 1
+        counts = np.bincount(run_lengths & filler_gap, weights=runs, minlength=filler_gap + 1).astype(np.int64)
+        counts += long_counts[w, : filler_gap + 1]
+        fillers = int(np.dot(runs, run_lengths >> int(b))) + int(long_fillers[w])
+        counts[filler_gap] += fillers
+        used = np.flatnonzero(counts)
+        out.append((counts[: used[-1] + 1 if used.size else 1], fillers))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _place(source, order, real, out):  # pragma: no cover - compiled
+    """out[real[i]] = source[order[i]]: each non-zero's value (or code) into its entry, in one pass."""
+    for i in range(order.size):
+        out[real[i]] = source[order[i]]
+
+
+def entry_values(source: np.ndarray, order: np.ndarray, real: np.ndarray, entries: int) -> np.ndarray:
+    """The value of every entry (zero for fillers): source[order[i]] at entry real[i], where `order`
+    (from `scan_to_flat`) and `real` (from `encode_gaps`) belong to the same positions."""
+    source = np.ascontiguousarray(source).reshape(-1)
+    order = np.asarray(order, dtype=np.int64)
+    real = np.asarray(real, dtype=np.int64)
+    if order.shape != real.shape or order.ndim != 1:
+        raise EncodeError("entry_values: order and real must be two 1-D arrays of one length")
+    if order.size and (order.min() < 0 or order.max() >= source.size or real.min() < 0 or real.max() >= entries):
+        raise EncodeError("entry_values: an index lies outside the source or the entries")
+    out = np.zeros(entries, dtype=source.dtype)
+    bits = np.dtype(f"<u{source.dtype.itemsize}") if source.dtype.kind not in "ui" else source.dtype
+    _place(source.view(bits), order, real, out.view(bits))
+    return out
 
 
 def encode_gaps(positions: np.ndarray, index_bits: int, *,

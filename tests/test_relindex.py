@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from dcformat.constants import DTYPE_SIZES
 from dcformat.errors import CorruptDataError, DCFError, EncodeError
-from dcformat.relindex import (decode_dense, decode_dense_codebook, decode_positions, encode_gaps,
-                               matrix_shape, nonzero_positions, scan_to_flat, to_compressed)
+from dcformat.huffman import symbol_counts
+from dcformat.relindex import (decode_dense, decode_dense_codebook, decode_positions, encode_gaps, entry_values,
+                               gap_counts, matrix_shape, nonzero_positions, scan_to_flat, to_compressed)
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ALL_DTYPES = [ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name) for name in DTYPE_SIZES]
@@ -308,6 +309,59 @@ def dense_ref(gaps, values, rows, cols, layout, dtype):
     for j, p in enumerate(ref_decode(list(gaps), rows * cols)):
         out[ref_flat(p, rows, cols, layout) : ref_flat(p, rows, cols, layout) + 1] = values[j : j + 1]
     return out
+
+
+@given(positions_and_bits(), st.lists(st.integers(1, 16), min_size=1, max_size=4, unique=True))
+@SETTINGS
+def test_gap_counts_equal_the_counts_of_the_built_stream(case, more_widths):
+    # The encoder prices widths and layouts from gap_counts and builds only the winner: the prices
+    # must be those of the streams encode_gaps builds, at every width, filler boundaries included.
+    positions, b = case
+    widths = tuple(dict.fromkeys([b, *more_widths]))
+    positions = np.array(positions, dtype=np.int64)
+    for width, (counts, fillers) in zip(widths, gap_counts(positions, widths)):
+        gaps, _ = encode_gaps(positions, width)
+        assert counts.dtype == np.int64
+        assert counts.tolist() == symbol_counts(gaps).tolist()
+        assert fillers == len(gaps) - len(positions)
+
+
+def test_gap_counts_long_runs_and_empty():
+    positions = np.array([0, 5, 70_000, 70_001, 3_000_000], dtype=np.int64)  # runs beyond the histogram
+    for width, (counts, fillers) in zip((1, 12, 16), gap_counts(positions, (1, 12, 16))):
+        gaps, _ = encode_gaps(positions, width)
+        assert counts.tolist() == symbol_counts(gaps).tolist() and fillers == len(gaps) - 5
+    assert [(c.tolist(), f) for c, f in gap_counts(np.zeros(0, np.int64), (3, 5))] == [([0], 0), ([0], 0)]
+
+
+@pytest.mark.parametrize("positions", [[3, 3], [5, 2], [-1, 4]])
+def test_gap_counts_rejects_unsorted(positions):
+    with pytest.raises(EncodeError, match="strictly increasing"):
+        gap_counts(np.array(positions), (4,))
+    with pytest.raises(EncodeError, match="widths"):
+        gap_counts(np.array([1, 2]), (0,))
+
+
+@given(sparse_tensors(), st.integers(1, 16), st.sampled_from(["csr", "csc"]))
+@SETTINGS
+def test_entry_values_places_each_value_at_its_entry(x, b, layout):
+    rows, cols = matrix_shape(x.shape)
+    positions = nonzero_positions(x, layout)
+    gaps, real = encode_gaps(positions, b)
+    order = scan_to_flat(positions, rows, cols, layout)
+    expected = np.zeros(gaps.size, dtype=x.dtype)
+    expected[real] = np.ascontiguousarray(x).reshape(-1)[order]
+    got = entry_values(x, order, real, gaps.size)
+    assert got.dtype == x.dtype and got.tobytes() == expected.tobytes()  # bit for bit, fillers zero
+
+
+def test_entry_values_rejects_indices_outside():
+    with pytest.raises(EncodeError, match="outside"):
+        entry_values(np.ones(3, np.float32), np.array([3]), np.array([0]), 1)
+    with pytest.raises(EncodeError, match="outside"):
+        entry_values(np.ones(3, np.float32), np.array([0]), np.array([1]), 1)
+    with pytest.raises(EncodeError, match="one length"):
+        entry_values(np.ones(3, np.float32), np.array([0, 1]), np.array([0]), 2)
 
 
 @given(sparse_tensors(), st.integers(1, 16), st.sampled_from(["csr", "csc"]))
