@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import codec, huffman, relindex
+from . import codec, relindex
 from . import constants as K
 from .container import DEFAULT_LIMITS, Limits, atomic_write, check_section, write_stream
 from .errors import CorruptDataError, DCFError, EncodeError, FormatError, LimitError, TruncatedError
@@ -429,37 +429,24 @@ def _weight_draft(layer: NetLayer, index_bits: int | str) -> tuple[codec.TensorD
     return draft, True
 
 
-def _stream_estimate(counts: np.ndarray, count: int, width: int) -> int:
-    """Bytes of a stream with these symbol counts, fixed width or Huffman-coded, whichever is smaller
-    (as `codec.estimate_stream_bytes` counts them)."""
-    fixed = -(-count * width // 8)
-    if count == 0 or np.count_nonzero(counts) > (1 << K.MAX_CODE_LENGTH):
-        return fixed
-    lengths = huffman.code_lengths(counts)
-    return min(fixed, -(-huffman.encoded_bits(counts, lengths) // 8) + len(huffman.lengths_to_hex(lengths)) + 8)
-
-
 def _best_index_bits(layer: NetLayer) -> int:
     """The relative-index width giving the smallest gaps + codes streams for a canonical layer.
 
-    Counts only: for width b a run of z zeros before an entry costs z >> b fillers (symbol 2^b - 1,
-    code 0) and the symbol z mod 2^b, so no candidate stream is built. Ties keep the released 4 bits.
+    Priced from symbol counts (`relindex.gap_counts`), as codec prices sparse drafts, so no
+    candidate stream is built. Ties keep the released 4 bits.
     """
     real = _bits(layer.codebook)[layer.codes] != 0
     positions = layer.positions()[real]
-    zeros = np.diff(positions, prepend=-1) - 1
     code_counts = np.bincount(layer.codes[real], minlength=1 << layer.bits).astype(np.int64)
+    widths = [INDEX_BITS] + [w for w in codec.INDEX_BITS_CANDIDATES if w != INDEX_BITS]
     best, best_size = INDEX_BITS, None
-    for b in [INDEX_BITS] + [w for w in codec.INDEX_BITS_CANDIDATES if w != INDEX_BITS]:
-        fillers = int((zeros >> b).sum())
-        entries = len(zeros) + fillers
+    for b, (gap_counts, fillers) in zip(widths, relindex.gap_counts(positions, tuple(widths))):
+        entries = len(positions) + fillers
         if entries > max(1, layer.spec.weight_numel):  # as codec's drafts: never more entries than weights
             continue
-        gap_counts = np.bincount(zeros & ((1 << b) - 1), minlength=1 << b).astype(np.int64)
-        gap_counts[-1] += fillers
         codes = code_counts.copy()
         codes[0] += fillers
-        size = _stream_estimate(gap_counts, entries, b) + _stream_estimate(codes, entries, layer.bits)
+        size = codec.estimate_coded_bytes(gap_counts, entries, b) + codec.estimate_coded_bytes(codes, entries, layer.bits)
         if best_size is None or size < best_size:
             best, best_size = b, size
     return best

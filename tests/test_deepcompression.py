@@ -770,3 +770,28 @@ def test_synthetic_alexnet_full_size():
         assert dcformat_to_net(dcf) == net
         assert len(dcf) < len(net)
         print(f"\nindex_bits={index_bits}: .net {len(net):,} B -> dcformat {len(dcf):,} B, {100 * (1 - len(dcf) / len(net)):.1f}% smaller")
+
+
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.005, 0.05, 0.3, 0.9]))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_auto_index_width_is_the_width_whose_built_streams_are_smallest(seed, kept):
+    # index_bits="auto" prices each width from symbol counts; building the layer at every width and
+    # pricing the built streams must pick the same width (the first of the smallest, 4 bits first).
+    from dcformat import deepcompression as dc
+    from dcformat import prune, quantize
+
+    layer_spec = fc("f", 37, 53, bias=False)
+    rng = np.random.default_rng(seed)
+    w = prune.prune(rng.laplace(0, 0.1, layer_spec.weight_shape).astype(np.float32), sparsity=1 - kept)
+    codebook, indices = quantize.quantize(w, default_bits(layer_spec), sparse=True)
+    tensors = {"f.weight": codebook[indices].reshape(layer_spec.weight_shape)}
+    (layer,) = parse_net(write_net(tensors, [layer_spec]), [layer_spec])
+    sizes = {}
+    for b in [dc.INDEX_BITS] + [b for b in codec.INDEX_BITS_CANDIDATES if b != dc.INDEX_BITS]:
+        try:
+            draft, canonical = dc._weight_draft(layer, b)
+        except EncodeError:  # more fillers than weights at this width
+            continue
+        assert canonical
+        sizes[b] = sum(codec.estimate_stream_bytes(s) for s in draft.streams.values())
+    assert dc._best_index_bits(layer) == min(sizes, key=sizes.get)
