@@ -226,7 +226,47 @@ def thread_scaling(work: Path, repeats: int = 11, threads: tuple[int, ...] = (1,
                          "threads": n, "ms": seconds * 1e3, "out_mb_s": nbytes / seconds / 1e6,
                          "speedup": base / seconds, "load_average": (load_start, os.getloadavg()[0])})
         path.unlink()
+    rows += fresh_memory_scaling(repeats, threads)
     return rows
+
+
+def fresh_memory_scaling(repeats: int, threads: tuple[int, ...], nbytes: int = 64 << 20) -> list[dict]:
+    """The ceiling under every decoder's output: a new 64 MB array (np.zeros) whose pages are first
+    touched on 1 and on N threads. The kernel zeroes each page on its first touch, and on a VM that
+    scales with the memory bandwidth, not the cores: part of every decode above is this."""
+    import threading
+
+    import numba
+
+    @numba.njit(nogil=True)
+    def touch(a, lo, hi):  # one write per 4 KB page
+        for i in range(lo, hi, 4096):
+            a[i] = 1
+
+    def run(n: int) -> None:
+        a = np.zeros(nbytes, np.uint8)
+        cuts = [nbytes * k // n // 4096 * 4096 for k in range(n)] + [nbytes]
+        helpers = [threading.Thread(target=touch, args=(a, cuts[k], cuts[k + 1])) for k in range(1, n)]
+        for t in helpers:
+            t.start()
+        touch(a, cuts[0], cuts[1])
+        for t in helpers:
+            t.join()
+
+    for n in threads:
+        run(n)  # compiles, and warms the allocator
+    times: dict[int, list[float]] = {n: [] for n in threads}
+    load_start = os.getloadavg()[0]
+    for _ in range(repeats):
+        for n in threads:
+            start = time.perf_counter()
+            run(n)
+            times[n].append(time.perf_counter() - start)
+    base = statistics.median(times[threads[0]])
+    return [{"file": "reference: first touch of a new 64 MB array (page zeroing, no decoding)", "stored": "-",
+             "file_bytes": 0, "threads": n, "ms": statistics.median(times[n]) * 1e3,
+             "out_mb_s": nbytes / statistics.median(times[n]) / 1e6, "speedup": base / statistics.median(times[n]),
+             "load_average": (load_start, os.getloadavg()[0])} for n in threads]
 
 
 def kmeans_comparison(repeats: int, notes: list[str], seed: int = 1) -> list[dict]:
