@@ -442,20 +442,27 @@ def _stream(value: Any, what: str, tensor: str, count: int, alphabet: int, width
                 f"{what}: {count} symbols in blocks of {block_size} make {nblocks} blocks, block_bytes lists {len(block_bytes)}",
                 tensor=tensor, offset=section.offset,
             )
-        sizes = tuple(_require_int(b, f"{what}.block_bytes[{i}]", tensor=tensor) for i, b in enumerate(block_bytes))
+        # (checked in bulk first: a large tensor lists thousands of blocks)
+        if not all(type(b) is int and b >= 0 for b in block_bytes):
+            for i, b in enumerate(block_bytes):
+                _require_int(b, f"{what}.block_bytes[{i}]", tensor=tensor)
+        sizes = tuple(block_bytes)
         if sum(sizes) != section.length:
             raise FormatError(
                 f"{what}: block_bytes add up to {sum(sizes)}, the section holds {section.length}",
                 tensor=tensor, offset=section.offset,
             )
-        # Each symbol costs at least one bit (§6.2: minimum code length 1)
-        for i, size in enumerate(sizes):
-            n = min(block_size, count - i * block_size)
-            if n > 8 * size:
-                raise FormatError(
-                    f"{what}: Huffman block {i} of {size} bytes cannot hold {n} symbols",
-                    tensor=tensor, offset=section.offset,
-                )
+        # Each symbol costs at least one bit (§6.2: minimum code length 1); every block but the last
+        # holds block_size symbols.
+        last = count - (nblocks - 1) * block_size
+        if nblocks and (8 * min(sizes[:-1], default=block_size) < block_size or 8 * sizes[-1] < last):
+            for i, size in enumerate(sizes):
+                n = min(block_size, count - i * block_size)
+                if n > 8 * size:
+                    raise FormatError(
+                        f"{what}: Huffman block {i} of {size} bytes cannot hold {n} symbols",
+                        tensor=tensor, offset=section.offset,
+                    )
         return Stream(K.HUFFMAN, section, count, alphabet, width, table, block_size, sizes)
     raise HeaderError(f"{what}.coding is {coding!r}, not one of {list(K.CODINGS)}", tensor=tensor)
 
@@ -479,9 +486,7 @@ def validate_table_text(text: str, what: str) -> None:
     bad = set(text) - set("0123456789abcdef")
     if bad:
         raise HuffmanTableError(f"Huffman table {what}: character(s) {sorted(bad)} are not lowercase hex digits")
-    counts = [0] * 16
-    for ch in text:
-        counts[int(ch, 16)] += 1
+    counts = [text.count(digit) for digit in "0123456789abcdef"]  # codes of each length 0..15
     used = sum(counts[1:])
     if used == 0:
         raise HuffmanTableError(f"Huffman table {what}: no symbol has a code")
