@@ -170,10 +170,10 @@ def check_fast_decoder(expected, buf, count, lengths, block_size, block_bytes, p
     sizes = np.asarray(block_bytes, dtype=np.int64)
     ends = np.cumsum(sizes)
     starts = ends - sizes
-    table, max_len, multi, multi_bits = huffman_module._decode_tables(lengths)
+    table, max_len, multi = huffman_module._decode_tables(lengths)
     kernel = huffman_module._decode_fast_parallel if parallel else huffman_module._decode_fast
     out = np.full(count, 0xFFFF, dtype=np.uint16)
-    ok = kernel(data, starts, ends, multi, multi_bits, table, max_len, block_size, out)
+    ok = kernel(data, starts, ends, multi, table, max_len, block_size, out)
     assert ok == isinstance(expected, list)
     if ok:
         assert out.tolist() == expected
@@ -183,7 +183,7 @@ def ref_multi_table(lengths, bits: int) -> np.ndarray:
     """The fast decoder's table, textbook style: read up to 3 whole codewords from each `bits`-bit value.
 
     Value v stands for the next `bits` stream bits, the first in bit 0 (§1). Entry: symbols in bits
-    16..31, 32..47, 48..63, their count in bits 4..5, their total length in bits 0..3; 0 when the first
+    16..31, 32..47, 48..63, their count in bits 6..7, their total length in bits 0..5; 0 when the first
     codeword does not fit (or is invalid).
     """
     codes = {(length, code): s for s, (code, length) in ref_codes(lengths).items()}
@@ -205,7 +205,7 @@ def ref_multi_table(lengths, bits: int) -> np.ndarray:
         for k, s in enumerate(found):
             entry |= s << (16 + 16 * k)
         if found:
-            entry |= p | (len(found) << 4)
+            entry |= p | (len(found) << 6)
         table[v] = entry
     return table
 
@@ -772,19 +772,23 @@ def test_multi_symbol_table_matches_reference(case, bits):
 def test_multi_symbol_table_spec_example():
     # "1332": 0 -> 0, 10 -> 3, 110 -> 1, 111 -> 2 (stream order, first bit in bit 0 of the index)
     multi = ref_multi_table(lengths_from_hex("1332"), 3)
-    assert int(multi[0b000]) == (0 << 16 | 0 << 32 | 0 << 48) | 3 | 3 << 4  # 0 0 0
-    assert int(multi[0b001]) == (3 << 16 | 0 << 32) | 3 | 2 << 4  # "10" then "0"
-    assert int(multi[0b011]) == 1 << 16 | 3 | 1 << 4  # "110"
-    assert int(multi[0b101]) == 3 << 16 | 2 | 1 << 4  # "10", then "1" is not a whole codeword
-    table, max_len, multi_k, bits = huffman_module._decode_tables(lengths_from_hex("1332"))
-    assert (max_len, bits) == (3, 9)  # 3 codewords of at most 3 bits: 9 bits are enough
-    assert np.array_equal(multi_k, ref_multi_table(lengths_from_hex("1332"), 9))
+    assert int(multi[0b000]) == (0 << 16 | 0 << 32 | 0 << 48) | 3 | 3 << 6  # 0 0 0
+    assert int(multi[0b001]) == (3 << 16 | 0 << 32) | 3 | 2 << 6  # "10" then "0"
+    assert int(multi[0b011]) == 1 << 16 | 3 | 1 << 6  # "110"
+    assert int(multi[0b101]) == 3 << 16 | 2 | 1 << 6  # "10", then "1" is not a whole codeword
+    table, max_len, multi_k = huffman_module._decode_tables(lengths_from_hex("1332"))
+    # 3 codewords of at most 3 bits: the 12-bit table is the 9-bit one 8 times over, and it is the
+    # table read from all 12 bits (a value's bits beyond 3 longest codes never matter)
+    assert max_len == 3 and multi_k.size == 1 << 12
+    assert np.array_equal(multi_k, np.tile(ref_multi_table(lengths_from_hex("1332"), 9), 8))
+    assert np.array_equal(multi_k, ref_multi_table(lengths_from_hex("1332"), 12))
 
 
 @pytest.mark.parametrize("nblocks", [1, 2, 3, 6, 7])
 @pytest.mark.parametrize("max_length", [1, 4, 11, 12, 13, 15])
 def test_fast_decoder_every_code_length_and_block_count(nblocks, max_length):
-    """Pairs and a lone last block, codes shorter and longer than the 12-bit multi-symbol lookup."""
+    """Groups of three blocks and a last group of one or two, codes shorter and longer than the 12-bit
+    multi-symbol lookup (the branch-free and the branching kernel)."""
     rng = np.random.default_rng(max_length * 10 + nblocks)
     fib = [1, 1]
     while len(fib) < max_length + 1:
@@ -800,6 +804,50 @@ def test_fast_decoder_every_code_length_and_block_count(nblocks, max_length):
     for parallel in (False, True):
         check_fast_decoder(symbols.tolist(), buf, symbols.size, lengths, block_size, block_bytes, parallel)
         assert np.array_equal(decode(buf, symbols.size, lengths, block_size, block_bytes, parallel=parallel), symbols)
+
+
+@pytest.mark.parametrize("max_length", [4, 12, 15])
+def test_units_decode_and_gather_any_range_alone(max_length):
+    """decode_units and gather_units fill exactly the symbols of units u0..u1, for every range of a
+    stream of 7 blocks (4 units), whatever groups of three blocks the range splits into."""
+    rng = np.random.default_rng(max_length)
+    weights = np.array([2 ** (max_length - k) for k in range(max_length)] + [1], dtype=np.int64)
+    lengths = code_lengths(weights, max_length)
+    block_size = 300
+    symbols = rng.choice(weights.size, size=7 * block_size - 5, p=weights / weights.sum()).astype(np.uint16)
+    symbols[::97] = weights.size - 1  # longest codes in every block
+    buf, block_bytes = encode(symbols, lengths, block_size)
+    stream = huffman_module.prepare(buf, symbols.size, lengths, block_size, block_bytes)
+    assert stream.units == 4
+    codebook = np.arange(weights.size, dtype=np.float32) * 0.5 - 1.0
+    for u0 in range(5):
+        for u1 in range(u0, 5):
+            s0, s1 = stream.unit_start(u0), stream.unit_start(u1)
+            out = np.full(symbols.size, 0xFFFF, dtype=np.uint16)
+            assert huffman_module.decode_units(stream, out, u0, u1)
+            assert np.array_equal(out[s0:s1], symbols[s0:s1])
+            assert (out[:s0] == 0xFFFF).all() and (out[s1:] == 0xFFFF).all()
+            values = np.full(symbols.size, np.nan, dtype=np.float32)
+            assert huffman_module.gather_units(stream, u0, u1, codebook, values)
+            assert np.array_equal(values[s0:s1], codebook[symbols[s0:s1]])
+            assert np.isnan(values[:s0]).all() and np.isnan(values[s1:]).all()
+    # a symbol beyond the codebook: gather says so
+    assert not huffman_module.gather_units(stream, 0, 4, codebook[:-1], np.empty(symbols.size, np.float32))
+
+
+@pytest.mark.parametrize("bad_block", [0, 2, 3, 4])
+def test_fast_decoder_rejects_an_invalid_codeword_without_stalling(bad_block):
+    """The one-codeword table ("0" only) is the only one with invalid codewords: a "1" bit takes no
+    bits in the fast loop, so the block stalls on it; the kernel must notice and return False."""
+    lengths = lengths_from_hex("1")
+    block_size = 200  # 25 zero bytes a block
+    blocks = [bytearray(25) for _ in range(5)]
+    blocks[bad_block][11] = 0x10  # symbol 92 of the block is "1"
+    buf = b"".join(bytes(b) for b in blocks)
+    for parallel in (False, True):
+        check_fast_decoder(("invalid", bad_block, 92), buf, 1000, lengths, block_size, [25] * 5, parallel)
+    with pytest.raises(CorruptDataError, match=rf"Huffman block {bad_block} .*invalid codeword at symbol {bad_block * 200 + 92}"):
+        decode(buf, 1000, lengths, block_size, [25] * 5)
 
 
 def test_decode_accepts_any_bytes_like():
