@@ -252,7 +252,7 @@ def encode(symbols: np.ndarray, lengths: np.ndarray, block_size: int) -> tuple[b
     if count == 0:
         return b"", []
     lens = np.asarray(lengths).astype(np.uint32)
-    rev = _reversed_codes(canonical_codes(lengths), lens)
+    rev = _canonical_reversed(lens)
     table = (rev << np.uint32(4)) | lens  # one gather per symbol: bit-reversed code above a 4-bit length
     nblocks = -(-count // block_size)
     max_len = int(lens.max())
@@ -373,11 +373,10 @@ def _decode_tables(lengths: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     """(one-symbol table, max code length, multi-symbol table of 2**_MULTI_BITS entries) of a valid table."""
     lens = np.asarray(lengths).astype(np.uint32)
     max_len = int(lens.max())
-    rev = _reversed_codes(canonical_codes(lengths), lens)
-    table = _build_decode_table(lens, rev, max_len)
-    if lens.size <= _NARROW_TABLE_MAX_SYMBOLS:
-        # symbol << 4 | length fits 16 bits: a half-size table stays in cache better (~30% faster at L=15)
-        table = table.astype(np.uint16)
+    # symbol << 4 | length fits 16 bits for up to 4096 symbols: a half-size table stays in cache
+    # better (~30% faster at L=15)
+    table = np.zeros(1 << max_len, dtype=np.uint16 if lens.size <= _NARROW_TABLE_MAX_SYMBOLS else np.uint32)
+    _fill_decode_table(lens, _canonical_reversed(lens), table)
     # an entry holds at most _MULTI_SYMBOLS codewords, so with short codes the entries repeat every
     # 2**(that many longest codes) values: build one period, copy it (the lookup mask stays constant)
     bits = min(_MULTI_BITS, _MULTI_SYMBOLS * max_len)
@@ -470,17 +469,31 @@ def symbol_counts(symbols: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _reversed_codes(codes, lens):  # pragma: no cover - compiled
-    """Bit-reverse each codeword within its length, because the stream stores code MSB first but LSB-first.
-
-    (A kernel: the numpy version took ~120 us per table, most of the setup of a small stream's decode.)"""
-    rev = np.zeros(codes.size, dtype=np.uint32)
-    for i in range(codes.size):
-        code = np.uint32(codes[i])
-        r = np.uint32(0)
-        for b in range(lens[i]):  # bit b moves to position len - 1 - b
-            r = (r << np.uint32(1)) | ((code >> np.uint32(b)) & np.uint32(1))
-        rev[i] = r
+def _canonical_reversed(lens):  # pragma: no cover - compiled
+    """`canonical_codes` of a valid table, each codeword bit-reversed within its length, in one pass:
+    symbols in order take the next code of their length (DEFLATE order). About 1 us where the numpy
+    version plus the reversal took ~30 us, a large part of a small stream's setup."""
+    first = np.zeros(MAX_CODE_LENGTH + 2, dtype=np.int64)  # codes per length, then first code of each
+    for s in range(lens.size):
+        first[lens[s]] += 1
+    first[0] = 0
+    code = 0
+    previous = 0
+    for length in range(1, MAX_CODE_LENGTH + 1):
+        code = (code + previous) << 1
+        previous = first[length]
+        first[length] = code
+    rev = np.zeros(lens.size, dtype=np.uint32)
+    for s in range(lens.size):
+        length = lens[s]
+        if length == 0:
+            continue
+        c = first[length]
+        first[length] = c + 1
+        r = 0
+        for b in range(length):  # bit b moves to position length - 1 - b
+            r = (r << 1) | ((c >> b) & 1)
+        rev[s] = r
     return rev
 
 
@@ -546,19 +559,25 @@ def _encode_kernel(syms, table, block_size, out, block_bytes):
 @numba.njit(cache=True, nogil=True)
 def _build_decode_table(lens, rev, max_len):
     """2**max_len entries: next max_len stream bits (LSB first) -> symbol << 4 | length; 0 = invalid."""
-    size = 1 << max_len
-    table = np.zeros(size, dtype=np.uint32)
+    table = np.zeros(1 << max_len, dtype=np.uint32)
+    _fill_decode_table(lens, rev, table)
+    return table
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_decode_table(lens, rev, table):
+    """Fill a zeroed table of 2**max_len entries (uint16 or uint32) as `_build_decode_table` does."""
+    size = table.size
     for s in range(lens.size):
         length = np.int64(lens[s])
         if length == 0:
             continue
-        entry = np.uint32((s << 4) | length)
+        entry = (s << 4) | length
         step = 1 << length
         j = np.int64(rev[s])
         while j < size:  # every completion of the codeword's bits maps to it
             table[j] = entry
             j += step
-    return table
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -763,10 +763,20 @@ def test_multi_symbol_table_matches_reference(case, bits):
     lengths = code_lengths(*case)
     max_len = int(lengths.max())
     lens = lengths.astype(np.uint32)
-    one = huffman_module._build_decode_table(lens, huffman_module._reversed_codes(canonical_codes(lengths), lens), max_len)
+    one = huffman_module._build_decode_table(lens, huffman_module._canonical_reversed(lens), max_len)
     expected = ref_multi_table(lengths, bits)
     for table in (one, one.astype(np.uint16)):
         assert np.array_equal(huffman_module._build_multi_table(table, max_len, bits), expected)
+
+
+@settings(max_examples=150, deadline=None)
+@given(count_arrays(max_symbols=300))
+def test_canonical_reversed_is_each_canonical_code_read_backwards(case):
+    """The decoder's and encoder's codewords: §6.2's canonical codes, bit-reversed within their length."""
+    lengths = code_lengths(*case)
+    codes = canonical_codes(lengths)
+    expected = [int(format(int(c), f"0{n}b")[::-1], 2) if n else 0 for c, n in zip(codes, lengths)]
+    assert huffman_module._canonical_reversed(lengths.astype(np.uint32)).tolist() == expected
 
 
 def test_multi_symbol_table_spec_example():
