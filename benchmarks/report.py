@@ -38,7 +38,9 @@ def markdown(res: dict) -> str:
         f"{env['date']}, {env.get('cpu', '')} ({env['cpus']} CPUs), Python {env['python']}, numpy {env['numpy']}, "
         f"numba {env['numba']}, dcformat {env['dcformat']}. Load average at start / end: "
         f"{env['load_average_start'][0]:.2f} / {env.get('load_average_end', [0])[0]:.2f}. "
-        f"Each speed is the median of {res['repeats']} runs, after a verified round trip; MB/s are of dense "
+        f"Each encode speed is the median of {res['repeats']} runs and each decode speed of "
+        f"{max(res['repeats'], res.get('decode_repeats', res['repeats']))} (NNCodec: {res['repeats']}), after a "
+        f"verified round trip; MB/s are of dense "
         f"float32 (in for encode, out for decode), 1 MB = 10^6 B. {'Quick run.' if res['quick'] else ''}",
         "",
     ]
