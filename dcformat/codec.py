@@ -345,19 +345,13 @@ def _sparse_drafts(base: dict, x: np.ndarray, plan: TensorPlan, *, codebook=None
             else:
                 counts = code_counts.copy()
                 counts[0] += fillers
-                size += estimate_coded_bytes(_trimmed(counts), entries, bits)
+                size += estimate_coded_bytes(counts, entries, bits)  # trailing zero counts cost nothing
             if best is None or size < best[0]:
                 best = (size, layout, b, positions)
     if best is None:
         return []
     _, layout, b, positions = best
     return [_sparse_draft(base, x, layout, b, positions, codebook, indices, bits)]
-
-
-def _trimmed(counts: np.ndarray) -> np.ndarray:
-    """Counts without trailing zeros (at least one entry), as huffman.symbol_counts returns them."""
-    used = np.flatnonzero(counts)
-    return counts[: used[-1] + 1 if used.size else 1]
 
 
 def _sparse_draft(base: dict, x: np.ndarray, layout: str, b: int, positions: np.ndarray, codebook, indices,
