@@ -557,16 +557,9 @@ def _encode_kernel(syms, table, block_size, out, block_bytes):
 
 
 @numba.njit(cache=True, nogil=True)
-def _build_decode_table(lens, rev, max_len):
-    """2**max_len entries: next max_len stream bits (LSB first) -> symbol << 4 | length; 0 = invalid."""
-    table = np.zeros(1 << max_len, dtype=np.uint32)
-    _fill_decode_table(lens, rev, table)
-    return table
-
-
-@numba.njit(cache=True, nogil=True)
 def _fill_decode_table(lens, rev, table):
-    """Fill a zeroed table of 2**max_len entries (uint16 or uint32) as `_build_decode_table` does."""
+    """Fill a zeroed table of 2**max_len entries (uint16 or uint32): next max_len stream bits (LSB
+    first) -> symbol << 4 | length; 0 = invalid."""
     size = table.size
     for s in range(lens.size):
         length = np.int64(lens[s])
