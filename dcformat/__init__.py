@@ -9,9 +9,7 @@
 Importing the package is light: numba is loaded on the first encode or decode.
 """
 
-from .api import (
-    SafeOpen, compress, load, load_file, load_torch, open, read_tensors, save, save_file, save_torch, write_tensors,
-)
+from .api import SafeOpen, compress, load, load_file, open, save, save_file
 from .container import Limits, read_header
 from .errors import (
     ChecksumError,
@@ -25,6 +23,8 @@ from .errors import (
     TruncatedError,
     VersionError,
 )
+from .interop.formats import read_tensors, write_tensors
+from .interop.torch import load_torch, save_torch
 from .policy import Policy
 
 __version__ = "0.1.0"

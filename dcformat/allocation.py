@@ -34,9 +34,7 @@ _RATIO = 1.0005  # the search stops when the bracket's ends are this close
 
 
 def _arrays(tensors: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    from .api import _to_numpy
-
-    return {name: np.asarray(_to_numpy(value)) for name, value in tensors.items()}
+    return {name: np.asarray(value) for name, value in tensors.items()}
 
 
 def _scaled_names(arrays: Mapping[str, np.ndarray], policy: Policy) -> list[str]:
@@ -75,7 +73,7 @@ def fit_size(tensors: Mapping[str, Any], policy: Policy | None = None, target_si
     gives a fixed step in a rule stay as they are. Raises EncodeError when even the coarsest step
     (every quantized weight 0) gives a larger file. The result has the step set and no target.
     """
-    from . import api, codec
+    from . import codec, encoder
 
     policy = policy or Policy()
     target = policy.target_size if target_size is None else target_size
@@ -86,7 +84,7 @@ def fit_size(tensors: Mapping[str, Any], policy: Policy | None = None, target_si
     base = policy.with_(target_size=None)
 
     def exact(step: float) -> int:
-        return len(api.save(arrays, policy=base.with_(step=step), metadata=metadata))
+        return len(encoder.encode_bytes(arrays, base.with_(step=step), metadata))
 
     if not names:
         size = exact(_start_step(arrays, names, policy))
@@ -168,7 +166,7 @@ def fit_quality(tensors: Mapping[str, Any], quality: Quality, min_quality: float
     ends are within a factor `tolerance`. Raises EncodeError when even a step of 1/1000 of the
     starting one misses the target.
     """
-    from .api import compress
+    from .encoder import decoded
 
     policy = (policy or Policy()).with_(target_size=None)
     arrays = _arrays(tensors)
@@ -180,7 +178,7 @@ def fit_quality(tensors: Mapping[str, Any], quality: Quality, min_quality: float
 
     def score(step: float) -> float:
         try:
-            value = float(quality(compress(arrays, policy=policy.with_(step=step))))
+            value = float(quality(decoded(arrays, policy.with_(step=step))))
         except EncodeError:
             return -math.inf
         if progress is not None:

@@ -12,50 +12,30 @@ import numpy as np
 
 from . import constants as K
 from .container import DEFAULT_LIMITS, Header, Limits, TensorInfo, atomic_write, parse_header, write_stream
-from .errors import DCFError, EncodeError, TruncatedError
+from .errors import DCFError, TruncatedError
 from .policy import Policy
 
 Progress = Callable[[str], None]
 
 
-def _check_inputs(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> dict[str, str]:
+def _arrays(tensors: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The tensors as numpy arrays: torch tensors (any device, bfloat16 included) are converted."""
     if not isinstance(tensors, Mapping):
-        raise EncodeError(f"tensors must be a mapping of names to arrays, not {type(tensors).__name__}")
-    for name in tensors:
-        if not isinstance(name, str) or not name or len(_utf8(name, "tensor name")) > K.MAX_NAME_BYTES:
-            raise EncodeError(f"tensor name {name!r} must be a non-empty string of at most {K.MAX_NAME_BYTES} UTF-8 bytes")
-    meta = dict(metadata or {})
-    for k, v in meta.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise EncodeError(f"metadata must map strings to strings; got {k!r}: {type(v).__name__}")
-        _utf8(k, "metadata key")
-        _utf8(v, "metadata value")
-    return meta
+        return tensors  # encoder.check_inputs names the problem
+    if not any(type(v).__module__.startswith("torch") for v in tensors.values()):
+        return tensors
+    from .interop.torch import to_numpy
 
-
-def _utf8(text: str, what: str) -> bytes:
-    """The UTF-8 bytes of a header string; lone surrogates cannot be written (spec §3)."""
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise EncodeError(f"{what} {text!r} is not valid Unicode text (it has a lone surrogate)") from None
+    return {name: to_numpy(value) for name, value in tensors.items()}
 
 
 def _encode(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping[str, str] | None,
-            progress: Progress | None = None) -> tuple[dict[str, str], list[str], list]:
-    from . import codec  # numba-backed; imported here so that `import dcformat` stays light
+            progress: Progress | None = None):
+    from . import encoder
 
-    meta = _check_inputs(tensors, metadata)
-    policy = _resolve(tensors, policy, metadata)
-    drafts = []
-    for name, value in tensors.items():
-        value = _to_numpy(value)
-        drafts.append(codec.draft_tensor(name, value, policy.plan(name, np.asarray(value)), policy.block_size))
-        if progress is not None:
-            progress(name)
-    cost = K.HUFFMAN_ZLIB_COST if policy.compact_header else K.HUFFMAN_JSON_COST
-    tables, encoded = codec.assemble(drafts, policy.huffman, policy.block_size, header_cost=cost)
-    return meta, tables, encoded
+    tensors = _arrays(tensors)
+    encoder.check_inputs(tensors, metadata)
+    return encoder.encode(tensors, _resolve(tensors, policy, metadata), metadata, progress)
 
 
 def _resolve(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping[str, str] | None) -> Policy:
@@ -290,135 +270,13 @@ def open(source: str | os.PathLike | bytes, *, limits: Limits = DEFAULT_LIMITS) 
     return SafeOpen(source, limits=limits)
 
 
-# ---------------------------------------------------------------------------------------------
-# Interop: PyTorch and safetensors (optional extras, imported lazily)
-
-
-def _to_numpy(value: Any) -> Any:
-    """Convert a torch tensor to numpy (bfloat16 kept as its bit pattern); leave others as they are."""
-    if type(value).__module__.startswith("torch"):
-        import torch
-
-        t = value.detach().cpu().contiguous()
-        if t.dtype == torch.bfloat16:
-            import ml_dtypes
-
-            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-        return t.numpy()
-    return value
-
-
-def _to_torch(a: np.ndarray) -> Any:
-    import torch
-
-    if a.dtype.name == "bfloat16":
-        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    if a.dtype in (np.uint16, np.uint32, np.uint64) and not hasattr(torch, "uint16"):
-        raise DCFError(f"torch has no dtype for {a.dtype}")
-    return torch.from_numpy(np.array(a, order="C", copy=True))
-
-
-def save_torch(state_dict: Mapping[str, Any], path: str | os.PathLike, *, policy: Policy | None = None,
-               metadata: Mapping[str, str] | None = None) -> None:
-    """Save a PyTorch state dict (tensors on any device) as a dcformat file."""
-    save_file({k: _to_numpy(v) for k, v in state_dict.items()}, path, policy=policy, metadata=metadata)
-
-
-def load_torch(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
-    """Load a dcformat file as a dict of torch tensors (requires torch)."""
-    return {k: _to_torch(v) for k, v in load_file(path, limits=limits).items()}
-
-
-def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read the tensors of a .npz, .safetensors or .pt/.pth file (PyTorch files with weights_only=True)."""
-    path = os.fspath(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    if ext == ".safetensors":
-        return _read_safetensors(path)
-    if ext in (".pt", ".pth", ".bin"):
-        import torch
-
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-            obj = obj["state_dict"]
-        if not isinstance(obj, Mapping):
-            raise DCFError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
-        return {k: _to_numpy(v) for k, v in obj.items() if hasattr(v, "dtype")}
-    if ext == ".dcf":
-        return load_file(path)
-    raise DCFError(f"{path}: unknown input type {ext!r} (expected .npz, .safetensors, .pt, .pth or .dcf)")
-
-
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
-    out = {}
-    try:
-        with safe_open(path, framework="numpy") as f:
-            for k in f.keys():
-                out[k] = f.get_tensor(k)
-        return out
-    except (KeyError, TypeError, ValueError):  # safetensors' numpy side has no bfloat16: go through torch
-        pass
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise DCFError(f"{path}: reading bfloat16 tensors from safetensors needs torch installed") from None
-    out = {}
-    with safe_open(path, framework="pt") as f:
-        for k in f.keys():
-            out[k] = _to_numpy(f.get_tensor(k))
-    return out
-
-
-def _write_npz(f: Any, tensors: Mapping[str, np.ndarray]) -> None:
-    """An uncompressed .npz, like np.savez, but any tensor name works (np.savez reserves 'file')."""
-    import zipfile
-
-    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
-        for name, a in tensors.items():
-            with z.open(name + ".npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asarray(a), allow_pickle=False)
-
-
-def write_tensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Write tensors to a .npz or .safetensors file, atomically."""
-    path = os.fspath(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".npz":
-        bf16 = [k for k, a in tensors.items() if a.dtype.name == "bfloat16"]
-        if bf16:
-            raise DCFError(f"{path}: .npz cannot hold bfloat16 (tensor {bf16[0]!r}); write .safetensors instead")
-        atomic_write(path, lambda f: _write_npz(f, tensors))
-    elif ext == ".safetensors":
-        if any(a.dtype.name == "bfloat16" for a in tensors.values()):
-            from safetensors.torch import save as save_pt
-
-            data = save_pt({k: _to_torch(v) for k, v in tensors.items()})
-        else:
-            from safetensors.numpy import save as save_np
-
-            data = save_np({k: np.array(v, order="C") for k, v in tensors.items()})
-        atomic_write(path, lambda f: f.write(data))
-    else:
-        raise DCFError(f"{path}: unknown output type {ext!r} (expected .npz or .safetensors)")
-
-
 def compress(tensors: Mapping[str, Any], *, policy: Policy | None = None) -> dict[str, np.ndarray]:
     """The tensors exactly as a file saved with `policy` decodes them (pruned, quantized), without writing.
 
     Useful to measure the accuracy cost of a policy before saving.
     """
-    from . import codec
+    from . import encoder
 
-    _check_inputs(tensors, None)
-    policy = _resolve(tensors, policy, None)
-    out = {}
-    for name, value in tensors.items():
-        value = _to_numpy(value)
-        draft = codec.draft_tensor(name, value, policy.plan(name, np.asarray(value)), policy.block_size)
-        out[name] = draft.decoded if draft.decoded is not None else np.array(value, copy=True)
-    return out
+    tensors = _arrays(tensors)
+    encoder.check_inputs(tensors, None)
+    return encoder.decoded(tensors, _resolve(tensors, policy, None))

@@ -229,7 +229,8 @@ def _index_bits(text: str) -> int | str:
 def cmd_compress(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .api import read_tensors, save_file
+    from .api import save_file
+    from .interop.formats import read_tensors
 
     policy = _policy_from_args(args)
     tensors = read_tensors(args.input)
@@ -252,7 +253,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from .api import SafeOpen, write_tensors
+    from .api import SafeOpen
+    from .interop.formats import write_tensors
 
     with SafeOpen(args.input) as f:
         progress = Progress(len(f), "decompress")
@@ -374,7 +376,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .deepcompression import cli_convert
+    from .interop.deepcompression import cli_convert
 
     return cli_convert(args)
 

@@ -64,7 +64,7 @@ def test_compress_inspect_verify_decompress(model_npz, tmp_path, capsys):
         dec = tmp_path / f"d{ext}"
         code, _, _ = run(["decompress", out, "-o", dec], capsys)
         assert code == 0
-        back = dcformat.api.read_tensors(dec)
+        back = dcformat.read_tensors(dec)
         expected = dcformat.load_file(out)
         assert set(back) == set(expected)
         for k in expected:

@@ -17,15 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dcformat
-from dcformat import prototxt
+from dcformat.interop import prototxt
 from dcformat import codec
 from dcformat.cli import main, verify_file
 from dcformat.container import write_stream
-from dcformat.deepcompression import (
+from dcformat.interop.deepcompression import (
     dcformat_to_net, default_bits, net_to_dcformat, parse_net, read_net, write_net,
 )
 from dcformat.errors import CorruptDataError, DCFError, EncodeError, FormatError, LimitError, TruncatedError
-from dcformat.prototxt import LayerSpec, layer_shapes
+from dcformat.interop.prototxt import LayerSpec, layer_shapes
 
 from .filetools import resection, split
 from .strategies import assert_same
@@ -777,7 +777,7 @@ def test_synthetic_alexnet_full_size():
 def test_auto_index_width_is_the_width_whose_built_streams_are_smallest(seed, kept):
     # index_bits="auto" prices each width from symbol counts; building the layer at every width and
     # pricing the built streams must pick the same width (the first of the smallest, 4 bits first).
-    from dcformat import deepcompression as dc
+    from dcformat.interop import deepcompression as dc
     from dcformat import prune, quantize
 
     layer_spec = fc("f", 37, 53, bias=False)

@@ -41,10 +41,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import codec, relindex
-from . import constants as K
-from .container import DEFAULT_LIMITS, Limits, atomic_write, check_section, write_stream
-from .errors import CorruptDataError, DCFError, EncodeError, FormatError, LimitError, TruncatedError
+from .. import codec, relindex
+from .. import constants as K
+from ..container import DEFAULT_LIMITS, Limits, atomic_write, check_section, write_stream
+from ..errors import CorruptDataError, DCFError, EncodeError, FormatError, LimitError, TruncatedError
 from .prototxt import LayerSpec, layer_shapes
 
 __all__ = [
@@ -570,7 +570,7 @@ def _layer_from_dcformat(f: Any, spec: LayerSpec, bits: int) -> NetLayer:
 
 def _to_net(source: str | os.PathLike | bytes | bytearray | memoryview, layers: Sequence[LayerSpec] | None,
             bits: Bits) -> list[NetLayer]:
-    from .api import SafeOpen
+    from ..api import SafeOpen
 
     with SafeOpen(source) as f:
         recorded, recorded_bits = None, {}

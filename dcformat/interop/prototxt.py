@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .errors import FormatError
+from ..errors import FormatError
 
 __all__ = ["Message", "LayerSpec", "parse", "layer_shapes", "WEIGHT_LAYER_TYPES", "SHAPE_LAYER_TYPES"]
 
