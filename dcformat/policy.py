@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -180,6 +180,18 @@ class Policy:
             init=settings["init"], lam=float(settings["lam"]), max_error=settings["max_error"],
             step=None if settings["step"] is None else float(settings["step"]),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings that differ from the defaults, JSON-safe (what a file records of its policy)."""
+        default = Policy()
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "bits":
+                continue
+            value = getattr(self, f.name)
+            if value != getattr(default, f.name):
+                out[f.name] = list(value) if isinstance(value, tuple) else (dict(value) if isinstance(value, Mapping) else value)
+        return out
 
     def with_(self, **changes: Any) -> "Policy":
         """A copy with some settings changed."""
