@@ -14,8 +14,10 @@ from . import constants as K
 from .container import DEFAULT_LIMITS, Header, Limits, TensorInfo, atomic_write, parse_header, write_stream
 from .errors import DCFError, TruncatedError
 from .policy import Policy
+from .progress import ProgressEvent
 
 Progress = Callable[[str], None]
+EventCallback = Callable[[ProgressEvent], None]
 
 
 def _arrays(tensors: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -57,14 +59,25 @@ def save(tensors: Mapping[str, Any], *, policy: Policy | None = None, metadata: 
 
 
 def save_file(tensors: Mapping[str, Any], path: str | os.PathLike, *, policy: Policy | None = None,
-              metadata: Mapping[str, str] | None = None, progress: Progress | None = None) -> None:
+              metadata: Mapping[str, str] | None = None, progress: EventCallback | None = None,
+              threads: int | None = None) -> None:
     """Encode `tensors` into a dcformat file at `path`, atomically (a failed write leaves `path` as it was).
 
-    Example: ``dcformat.save_file({"fc1.weight": w}, "model.dcf", policy=dcformat.Policy(prune=0.9))``
+    Tensors are encoded one at a time (`threads` side by side: default one per CPU) and their sections
+    written to a spill beside `path` as they are coded, so memory stays near a few tensors; `progress`
+    receives `ProgressEvent`s. Example:
+    ``dcformat.save_file({"fc1.weight": w}, "model.dcf", policy=dcformat.Policy(prune=0.9))``
     """
-    meta, tables, encoded = _encode(tensors, policy, metadata, progress)
-    compact = (policy or Policy()).compact_header
-    atomic_write(path, lambda f: write_stream(f, meta, tables, encoded, compact_header=compact))
+    from . import encoder
+
+    tensors = _arrays(tensors)
+    meta = encoder.check_inputs(tensors, metadata)
+    policy = _resolve(tensors, policy, metadata)
+    sources = [(name, (lambda v=value: v)) for name, value in tensors.items()]
+    sizes = {name: int(getattr(value, "nbytes", 0)) for name, value in tensors.items()}
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    atomic_write(path, lambda f: encoder.write_file(f, sources, policy, meta, directory=directory, threads=threads,
+                                                    progress=progress, sizes=sizes))
 
 
 def load(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS,

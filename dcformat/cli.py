@@ -31,7 +31,12 @@ class Progress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.start = time.perf_counter()
 
-    def __call__(self, name: str) -> None:
+    def __call__(self, event: Any) -> None:
+        if not isinstance(event, str):  # a ProgressEvent: one before each tensor starts, one at the end
+            self.started = getattr(self, "started", 0) + (event.tensor is not None)
+            self.done = self.started - 1 if event.tensor is not None else self.total - 1
+            event = event.tensor or ""
+        name = event
         self.done += 1
         if not self.enabled:
             return

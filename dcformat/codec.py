@@ -380,6 +380,68 @@ def _sparse_draft(base: dict, x: np.ndarray, layout: str, b: int, positions: np.
 # Assembling coded tensors
 
 
+def shared_lengths(counts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """huffman="shared": one code per stream kind from the symbol counts of all its streams."""
+    shared: dict[str, np.ndarray] = {}
+    for kind, all_counts in counts.items():
+        if all_counts:
+            total = np.zeros(max(len(c) for c in all_counts), np.int64)
+            for c in all_counts:
+                total[: len(c)] += c
+            if np.count_nonzero(total) <= (1 << K.MAX_CODE_LENGTH):
+                shared[kind] = huffman.code_lengths(total)
+    return shared
+
+
+def stream_counts(drafts: list[TensorDraft]) -> dict[str, list[np.ndarray]]:
+    """The symbol counts of the drafts' non-empty streams, by kind (what `shared_lengths` needs)."""
+    return {kind: [d.streams[kind].counts for d in drafts if kind in d.streams and len(d.streams[kind].symbols)]
+            for kind in ("indices", "gaps")}
+
+
+def code_tensor(d: TensorDraft, mode: str = "auto", block_size: int = K.DEFAULT_BLOCK_SIZE,
+                shared: dict[str, np.ndarray] | None = None, header_cost: int = K.HUFFMAN_ZLIB_COST) -> EncodedTensor:
+    """Code one draft's streams and lay out its payloads in file order (§5). A stream's "table" holds
+    the table's text until `Tables.intern` numbers it; independent of other tensors (any thread)."""
+    shared = shared or {}
+    header = dict(d.header)
+    payloads: list[Any] = []
+    for key in ("data", "codebook", "gaps", "indices", "values"):
+        if key not in header:
+            continue
+        if key in d.streams:
+            obj, payload, text = code_stream(d.streams[key], "auto" if mode == "shared" else mode, block_size,
+                                             shared.get(key), header_cost)
+            if text is not None:
+                obj["table"] = text
+            header[key] = obj
+            payloads.append(payload)
+        else:
+            payloads.append(d.payloads[header[key]])
+    out = EncodedTensor(header, payloads)
+    _number_sections([out])
+    return out
+
+
+class Tables:
+    """A file's Huffman tables in first-use order: tensors coded by `code_tensor` get table numbers."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def intern(self, t: EncodedTensor) -> EncodedTensor:
+        for key in ("gaps", "indices"):
+            obj = t.header.get(key)
+            if isinstance(obj, dict) and isinstance(obj.get("table"), str):
+                text = obj["table"]
+                if text not in self._index:
+                    self._index[text] = len(self.texts)
+                    self.texts.append(text)
+                obj["table"] = self._index[text]
+        return t
+
+
 def assemble(drafts: list[TensorDraft], mode: str = "auto", block_size: int = K.DEFAULT_BLOCK_SIZE,
              progress: Callable[[str], None] | None = None, *,
              header_cost: int = K.HUFFMAN_ZLIB_COST) -> tuple[list[str], list[EncodedTensor]]:
@@ -387,43 +449,14 @@ def assemble(drafts: list[TensorDraft], mode: str = "auto", block_size: int = K.
 
     `header_cost`: the header bytes a Huffman stream adds (see code_stream).
     """
-    shared: dict[str, np.ndarray] = {}
-    if mode == "shared":
-        for kind in ("indices", "gaps"):
-            streams = [d.streams[kind] for d in drafts if kind in d.streams and len(d.streams[kind].symbols)]
-            if streams:
-                size = max(len(s.counts) for s in streams)
-                total = np.zeros(size, np.int64)
-                for s in streams:
-                    total[: len(s.counts)] += s.counts
-                if np.count_nonzero(total) <= (1 << K.MAX_CODE_LENGTH):
-                    shared[kind] = huffman.code_lengths(total)
-    tables: list[str] = []
-    table_index: dict[str, int] = {}
+    shared = shared_lengths(stream_counts(drafts)) if mode == "shared" else {}
+    tables = Tables()
     out = []
     for d in drafts:
-        header = dict(d.header)
-        payloads: list[Any] = []
-        for key in ("data", "codebook", "gaps", "indices", "values"):
-            if key not in header:
-                continue
-            if key in d.streams:
-                obj, payload, text = code_stream(d.streams[key], "auto" if mode == "shared" else mode, block_size,
-                                                 shared.get(key), header_cost)
-                if text is not None:
-                    if text not in table_index:
-                        table_index[text] = len(tables)
-                        tables.append(text)
-                    obj["table"] = table_index[text]
-                header[key] = obj
-                payloads.append(payload)
-            else:
-                payloads.append(d.payloads[header[key]])
-        out.append(EncodedTensor(header, payloads))
+        out.append(tables.intern(code_tensor(d, mode, block_size, shared, header_cost)))
         if progress is not None:
             progress(d.name)
-    _number_sections(out)
-    return tables, out
+    return tables.texts, out
 
 
 def _number_sections(tensors: list[EncodedTensor]) -> None:

@@ -7,6 +7,7 @@ imports numba: `dcformat inspect` stays instant.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -765,6 +766,146 @@ def _layout_header(metadata: dict[str, str], tables: list[str], tensors: list[En
     raise RuntimeError("header layout did not converge")  # pragma: no cover - the data start only grows
 
 
+SPILL_MEMORY_BYTES = 64 << 20  # a file's data region is held in memory up to this size, then spilled to disk
+
+
+class Spill:
+    """The data region of a file being written, relative to its data start (a multiple of 64, §4), so
+    sections can be written as they are coded, before the header that gives their offsets is known.
+
+    Held in memory while small; beyond `memory_bytes` it moves to an unnamed temporary file in
+    `directory` (the output's folder, so the final copy stays on one file system).
+    """
+
+    def __init__(self, directory: str | None = None, memory_bytes: int = SPILL_MEMORY_BYTES):
+        self.directory, self.memory_bytes = directory, memory_bytes
+        self._memory: bytearray | None = bytearray()
+        self._file: BinaryIO | None = None
+        self.length = 0
+
+    def append(self, view: memoryview) -> int:
+        """Write a section at the next multiple of 64; return its offset relative to the data start."""
+        offset = align64(self.length)
+        pad = offset - self.length
+        if self._memory is not None and offset + view.nbytes > self.memory_bytes:
+            self._file = tempfile.TemporaryFile(dir=self.directory)
+            self._file.write(self._memory)
+            self._memory = None
+        if self._memory is not None:
+            self._memory += bytes(pad)
+            self._memory += view
+        else:
+            if pad:
+                self._file.write(bytes(pad))
+            self._file.write(view)
+        self.length = offset + view.nbytes
+        return offset
+
+    def copy_to(self, f: BinaryIO) -> None:
+        """Append the whole region to `f` (at its current position): a kernel-side copy where it can."""
+        if self._memory is not None:
+            f.write(self._memory)
+            return
+        self._file.flush()
+        try:
+            dst = f.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            dst = None
+        if dst is not None:
+            f.flush()
+            src, done = self._file.fileno(), 0
+            try:
+                while done < self.length:
+                    n = os.copy_file_range(src, dst, self.length - done, done)
+                    if n == 0:
+                        break
+                    done += n
+            except (AttributeError, OSError):
+                pass  # no copy_file_range here (or across these files): copy what is left by hand
+            if done == self.length:
+                return
+            self._file.seek(done)
+        else:
+            self._file.seek(0)
+            done = 0
+        while done < self.length:
+            chunk = self._file.read(min(8 << 20, self.length - done))
+            if not chunk:
+                raise OSError("the spill file ended early")  # pragma: no cover - we wrote it
+            f.write(chunk)
+            done += len(chunk)
+
+    def close(self) -> None:
+        self._memory = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class StreamWriter:
+    """Write a dcformat file tensor by tensor, holding one tensor's payloads at a time.
+
+    Each tensor's sections go to a `Spill` as it is added (with their CRCs); `finish` writes the
+    preamble and header, then copies the data region after them. The bytes are those `write_stream`
+    gives for the same tensors.
+
+        w = StreamWriter(f, metadata, directory=folder)
+        for t in encoded: w.add(t)
+        w.finish(tables)
+    """
+
+    def __init__(self, f: BinaryIO, metadata: dict[str, str], *, compact_header: bool = True,
+                 directory: str | None = None, memory_bytes: int = SPILL_MEMORY_BYTES):
+        self.f, self.metadata, self.compact_header = f, metadata, compact_header
+        self.spill = Spill(directory, memory_bytes)
+        self.tensors: list[EncodedTensor] = []  # headers only: payloads are dropped once spilled
+        self.crcs: list[list[int]] = []
+        self.sizes: list[list[int]] = []
+        self.finished = False
+
+    def add(self, t: EncodedTensor) -> None:
+        if self.finished:
+            raise RuntimeError("StreamWriter: add after finish")
+        crcs, sizes = [], []
+        for p in t.payloads:
+            view = memoryview(p).cast("B")
+            crcs.append(zlib.crc32(view))
+            sizes.append(view.nbytes)
+            self.spill.append(view)
+        self.tensors.append(EncodedTensor(t.header, []))
+        self.crcs.append(crcs)
+        self.sizes.append(sizes)
+
+    def finish(self, tables: list[str]) -> int:
+        """Write the file; return its length."""
+        if self.finished:
+            raise RuntimeError("StreamWriter: finish called twice")
+        self.finished = True
+        try:
+            args = (self.metadata, tables, self.tensors, self.crcs, self.sizes)
+            header, file_length = _layout_header(*args)
+            minor = K.JSON_HEADER_MINOR
+            if self.compact_header:
+                packed, packed_length = _layout_header(*args, compress=True)
+                if packed_length < file_length:
+                    header, file_length, minor = packed, packed_length, K.ZLIB_HEADER_MINOR
+            data_start = K.PREAMBLE_SIZE + len(header)
+            if data_start + self.spill.length != file_length:  # pragma: no cover - both lay out alike
+                raise RuntimeError(f"layout mismatch: {data_start} + {self.spill.length} != {file_length}")
+            self.f.write(struct.pack(K.PREAMBLE_FORMAT, K.MAGIC, K.VERSION_MAJOR, minor, zlib.crc32(header),
+                                     len(header), file_length))
+            self.f.write(header)
+            self.spill.copy_to(self.f)
+            return file_length
+        finally:
+            self.spill.close()
+
+    def abort(self) -> None:
+        """Drop the spill without writing (the caller removes its own temporary file)."""
+        self.finished = True
+        self.spill.close()
+
+
 def write_stream(f: BinaryIO, metadata: dict[str, str], tables: list[str], tensors: list[EncodedTensor], *,
                  compact_header: bool = True) -> int:
     """Write a whole file to the binary stream `f`; return its length.
@@ -772,30 +913,10 @@ def write_stream(f: BinaryIO, metadata: dict[str, str], tables: list[str], tenso
     With `compact_header`, the header is stored zlib-compressed (version 1.1) when that makes the file
     smaller; otherwise it is JSON text and the file says version 1.0, readable by every 1.x reader.
     """
-    crcs = [[zlib.crc32(memoryview(p)) for p in t.payloads] for t in tensors]
-    sizes = [[memoryview(p).nbytes for p in t.payloads] for t in tensors]
-    header, file_length = _layout_header(metadata, tables, tensors, crcs, sizes)
-    minor = K.JSON_HEADER_MINOR
-    if compact_header:
-        packed, packed_length = _layout_header(metadata, tables, tensors, crcs, sizes, compress=True)
-        if packed_length < file_length:
-            header, file_length, minor = packed, packed_length, K.ZLIB_HEADER_MINOR
-    preamble = struct.pack(
-        K.PREAMBLE_FORMAT, K.MAGIC, K.VERSION_MAJOR, minor, zlib.crc32(header), len(header), file_length
-    )
-    f.write(preamble)
-    f.write(header)
-    pos = K.PREAMBLE_SIZE + len(header)
+    w = StreamWriter(f, metadata, compact_header=compact_header)
     for t in tensors:
-        for p in t.payloads:
-            view = memoryview(p).cast("B")
-            pad = align64(pos) - pos
-            if pad:
-                f.write(b"\0" * pad)
-            f.write(view)
-            pos = align64(pos) + view.nbytes
-    assert pos == file_length, (pos, file_length)
-    return file_length
+        w.add(t)
+    return w.finish(tables)
 
 
 def _fsync_directory(directory: str) -> None:

@@ -8,16 +8,25 @@ files on disk, frameworks or size targets (a target size is resolved into a step
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Mapping
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
 import numpy as np
 
 from . import constants as K
-from .container import EncodedTensor, write_stream
+from .container import EncodedTensor, StreamWriter, write_stream
 from .errors import EncodeError
 from .policy import Policy
+from .progress import ProgressEvent
 
 Progress = Callable[[str], None]
+EventCallback = Callable[[ProgressEvent], None]
+Source = Callable[[], Any]  # returns a tensor's array when called: inputs are read one at a time
+
+ENCODER_METADATA_KEY = "dcformat.encoder"  # the file's record of how it was encoded (see `choices`)
+_ERROR_CHUNK = 1 << 20  # elements per float64 chunk when measuring an error (bounded temporaries)
 
 
 def check_inputs(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -85,3 +94,204 @@ def decoded(tensors: Mapping[str, np.ndarray], policy: Policy) -> dict[str, np.n
         draft = codec.draft_tensor(name, value, policy.plan(name, np.asarray(value)), policy.block_size)
         out[name] = draft.decoded if draft.decoded is not None else np.array(value, copy=True)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor by tensor, into a StreamWriter (memory near one tensor; tensors side by side on threads)
+
+
+@dataclass
+class TensorResult:
+    """What encoding one tensor did: its form, sizes, the lossy settings used and the error reached."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    encoding: str
+    dense_bytes: int
+    stored_bytes: int
+    squared_error: float  # ||decoded - original||^2 (0 for an exact tensor)
+    squared_norm: float  # ||original||^2
+    lossy: bool
+    step: float | None = None
+    bits: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def error(self) -> float:
+        """Relative RMS error ||decoded - original|| / ||original|| (0 for an exact tensor)."""
+        if not self.lossy or self.squared_error == 0.0:
+            return 0.0
+        return float(np.sqrt(self.squared_error / self.squared_norm)) if self.squared_norm else float("inf")
+
+    def record(self) -> dict[str, Any]:
+        """This tensor's entry of the `dcformat.encoder` record."""
+        out: dict[str, Any] = {"error": _round(self.error)}
+        if self.step is not None:
+            out["step"] = self.step
+        if self.bits is not None:
+            out["bits"] = self.bits
+        return out
+
+
+def _round(x: float) -> float | None:
+    """An error for the record: 6 significant digits (None if not finite: JSON has no inf)."""
+    return float(f"{x:.6g}") if np.isfinite(x) else None
+
+
+def squared_error(original: np.ndarray, decoded: np.ndarray) -> tuple[float, float]:
+    """(||decoded - original||^2, ||original||^2) in float64, a chunk at a time (no full-size float64 copy)."""
+    a, b = np.asarray(original).reshape(-1), np.asarray(decoded).reshape(-1)
+    err = norm = 0.0
+    for i in range(0, a.size, _ERROR_CHUNK):
+        x = a[i: i + _ERROR_CHUNK].astype(np.float64)
+        d = b[i: i + _ERROR_CHUNK].astype(np.float64) - x
+        err += float(np.dot(d, d))
+        norm += float(np.dot(x, x))
+    return err, norm
+
+
+def encode_tensor(name: str, value: Any, policy: Policy, shared: dict[str, np.ndarray] | None = None
+                  ) -> tuple[EncodedTensor, TensorResult]:
+    """Encode one tensor under `policy` (no target size): the tensor ready for a writer, and its result.
+
+    Independent of every other tensor (tables are numbered later, in file order), so tensors can be
+    encoded side by side on threads.
+    """
+    from . import codec
+
+    start = time.perf_counter()
+    a = np.asarray(value)
+    plan = policy.plan(name, a)
+    draft = codec.draft_tensor(name, a, plan, policy.block_size)
+    lossy = draft.header["encoding"] != K.RAW and draft.decoded is not None and draft.decoded is not a \
+        and a.dtype.kind == "f"
+    if lossy:
+        err, norm = squared_error(a, draft.decoded)
+    else:
+        err, norm = 0.0, 0.0
+    lossy = lossy and err > 0.0
+    cost = K.HUFFMAN_ZLIB_COST if policy.compact_header else K.HUFFMAN_JSON_COST
+    encoded = codec.code_tensor(draft, policy.huffman, policy.block_size, shared, cost)
+    del draft
+    result = TensorResult(
+        name, str(encoded.header["dtype"]), tuple(a.shape), str(encoded.header["encoding"]), a.nbytes,
+        sum(memoryview(p).nbytes for p in encoded.payloads), err, norm, lossy,
+        step=plan.step if lossy else None, bits=encoded.header.get("bits") if lossy else None,
+        seconds=time.perf_counter() - start)
+    return encoded, result
+
+
+def shared_tables(sources: Iterable[tuple[str, Source]], policy: Policy) -> dict[str, np.ndarray]:
+    """huffman="shared": a counting pass over every tensor (drafted, then dropped) for the shared codes."""
+    from . import codec
+
+    counts: dict[str, list[np.ndarray]] = {"indices": [], "gaps": []}
+    for name, source in sources:
+        a = np.asarray(source())
+        draft = codec.draft_tensor(name, a, policy.plan(name, a), policy.block_size)
+        for kind, found in codec.stream_counts([draft]).items():
+            counts[kind] += found
+        del draft, a
+    return codec.shared_lengths(counts)
+
+
+def encode_to(writer: StreamWriter, sources: list[tuple[str, Source]], policy: Policy, *,
+              threads: int | None = None, progress: EventCallback | None = None, stage: str = "compress",
+              shard: str | None = None, sizes: Mapping[str, int] | None = None) -> tuple[list[str], list[TensorResult]]:
+    """Encode each (name, source) in order into `writer` (not finished); return (tables, results).
+
+    With `threads` > 1, up to that many tensors are encoded at once on threads (the numba kernels and
+    numpy release the GIL); each is written as soon as those before it are, so at most `threads`
+    encoded tensors wait in memory. `sizes` (name -> dense bytes) lets progress count bytes before
+    a tensor is read.
+    """
+    from . import codec
+    from .pool import default_threads
+
+    if policy.target_size is not None:
+        raise EncodeError("encoder: resolve the policy's target_size first (allocation.fit_size)")
+    threads = default_threads() if threads is None else threads
+    shared = shared_tables(sources, policy) if policy.huffman == "shared" else None
+    tables = codec.Tables()
+    results: list[TensorResult] = []
+    sizes = dict(sizes or {})
+    total = sum(sizes.values())
+    done = 0
+
+    def emit(tensor: str | None) -> None:
+        if progress is not None:
+            progress(ProgressEvent(stage, done, total, tensor=tensor, shard=shard))
+
+    def work(name: str, source: Source) -> tuple[EncodedTensor, TensorResult]:
+        return encode_tensor(name, source(), policy, shared)
+
+    def finish(encoded: EncodedTensor, result: TensorResult) -> None:
+        nonlocal done
+        writer.add(tables.intern(encoded))
+        results.append(result)
+        done += sizes.get(result.name, result.dense_bytes)
+
+    if threads <= 1 or len(sources) <= 1:
+        for name, source in sources:
+            emit(name)
+            finish(*work(name, source))
+        emit(None)
+        return tables.texts, results
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dcformat-encode") as pool:
+        try:
+            for name, source in sources:
+                if len(pending) >= threads:  # the oldest must be written before another starts
+                    first, future = pending.popleft()
+                    emit(first)
+                    finish(*future.result())
+                pending.append((name, pool.submit(work, name, source)))
+            while pending:
+                first, future = pending.popleft()
+                emit(first)
+                finish(*future.result())
+        except BaseException:
+            for _, future in pending:
+                future.cancel()
+            raise
+    emit(None)
+    return tables.texts, results
+
+
+def choices(policy: Policy, results: list[TensorResult]) -> str:
+    """The `dcformat.encoder` record: the policy, the error of all lossy tensors together, and per tensor."""
+    import json
+
+    lossy = [r for r in results if r.lossy]
+    err = sum(r.squared_error for r in lossy)
+    norm = sum(r.squared_norm for r in lossy)
+    doc: dict[str, Any] = {"policy": policy.to_dict()}
+    if lossy:
+        doc["error"] = _round(float(np.sqrt(err / norm)) if norm else float("inf"))
+    doc["tensors"] = {r.name: r.record() for r in results}
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+
+
+def write_file(f: BinaryIO, sources: list[tuple[str, Source]], policy: Policy, metadata: Mapping[str, str] | None,
+               *, directory: str | None = None, threads: int | None = None, progress: EventCallback | None = None,
+               record: bool = False, stage: str = "compress", shard: str | None = None,
+               sizes: Mapping[str, int] | None = None) -> list[TensorResult]:
+    """Encode and write a whole file to `f`, tensor by tensor (sections spill to `directory`).
+
+    With `record`, the file's metadata also gets the `dcformat.encoder` record (see `choices`).
+    """
+    meta = dict(metadata or {})
+    writer = StreamWriter(f, meta, compact_header=policy.compact_header, directory=directory)
+    try:
+        tables, results = encode_to(writer, sources, policy, threads=threads, progress=progress, stage=stage,
+                                    shard=shard, sizes=sizes)
+        if record:
+            meta[ENCODER_METADATA_KEY] = choices(policy, results)
+        writer.finish(tables)
+    except BaseException:
+        writer.abort()
+        raise
+    return results

@@ -199,8 +199,7 @@ def test_failed_write_leaves_existing_file_and_no_temporaries(tmp_path, monkeypa
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(container, "write_stream", boom)
-    monkeypatch.setattr(dcformat.api, "write_stream", boom)
+    monkeypatch.setattr(container.StreamWriter, "finish", boom)  # the streaming writer save_file uses
     with pytest.raises(KeyboardInterrupt):
         dcformat.save_file({"a": np.zeros(10, np.float32)}, path)
     assert path.read_bytes() == before
