@@ -237,20 +237,29 @@ class SafeOpen:
         return self._tables
 
     # -- decoding --------------------------------------------------------------------------
-    def get_tensor(self, name: str, *, copy: bool = True, threads: int | None = None) -> np.ndarray:
+    def get_tensor(self, name: str, *, copy: bool = True, threads: int | None = None,
+                   out: np.ndarray | None = None) -> np.ndarray:
         """Decode one tensor to a numpy array. copy=False returns raw tensors as read-only views of the map.
 
         A large tensor is decoded in pieces on `threads` threads (default: one per CPU; 1: on the
-        calling thread only).
+        calling thread only). `out`: a writable C-contiguous array of the tensor's dtype and size to
+        decode into (and return) instead of a new one; if decoding fails, its contents are
+        unspecified (the file is untouched and the error is raised).
         """
-        return self._decode(name, _budget(threads), copy=copy)
+        return self._decode(name, _budget(threads), copy=copy, out=out)
 
-    def _decode(self, name: str, budget, *, copy: bool = True) -> np.ndarray:
-        from .codec import decode_tensor
+    def _decode(self, name: str, budget, *, copy: bool = True, out: np.ndarray | None = None,
+                bits: bool = False) -> np.ndarray:
+        from .codec import check_out, decode_tensor
 
         info = self._info(name)
         self._check_readable(name)
-        return decode_tensor(self._buf, info, self._table_cache(), copy=copy, budget=budget)
+        if out is not None and bits:  # a view of other memory (a torch bfloat16 tensor as int16)
+            check_out(out, info, bits=True)
+            out = out.view(np.dtype(f"<u{info.itemsize}") if info.itemsize > 1 else np.uint8)
+        elif out is not None:
+            check_out(out, info)
+        return decode_tensor(self._buf, info, self._table_cache(), copy=copy, budget=budget, out=out)
 
     def get_sparse(self, name: str):
         """A sparse tensor's CSR/CSC arrays, codes and codebook, without densifying (a `SparseTensor`)."""

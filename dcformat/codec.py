@@ -486,34 +486,69 @@ _ONE_THREAD = pool.Budget(1)
 
 
 def decode_tensor(buf: Any, info: TensorInfo, tables: TableCache, *, copy: bool = True,
-                  budget: pool.Budget | None = None) -> np.ndarray:
+                  budget: pool.Budget | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Decode one tensor to a dense numpy array of its dtype and shape (spec §5).
 
     With a `budget` of several threads, a large tensor is decoded in pieces on those threads: its
     streams block range by block range, then its dense output range by range (each thread writes
     its own part of the output). Without one, everything runs on the calling thread.
+
+    `out`: an array the caller owns to decode into (see `check_out`), returned. On a decoding error
+    its contents are unspecified; the error is raised all the same.
     """
     budget = budget or _ONE_THREAD
-    dtype = numpy_dtype(info.dtype)
+    bits = storage_dtype(info.dtype)  # decoding works on bit patterns: no ml_dtypes unless one is returned
+    target = None if out is None else check_out(out, info)
     if info.encoding == K.RAW:
         data = _checked(buf, info.data, "data", info.name, budget)
-        a = np.frombuffer(data, dtype=dtype, count=info.numel).reshape(info.shape)
+        a = np.frombuffer(data, dtype=bits, count=info.numel)
         if info.dtype == "bool":
             _check_bool(a, info, info.data.offset)
-        return _copy(a, budget) if copy else a
+        if target is not None:
+            _copy(a, budget, target)
+            return out
+        a = _copy(a, budget) if copy else a
+        return a.view(numpy_dtype(info.dtype)).reshape(info.shape)
     # The fast path only learns that something is wrong (a kernel's flag, a check that raised); the
     # exact path then decodes again step by step, as the spec orders the checks, and raises the
     # error that names the first problem. So both paths fail on the same files with the same errors.
     try:
         if info.encoding == K.SHARED:
-            flat = _decode_shared(buf, info, tables, dtype, budget)
+            flat = _decode_shared(buf, info, tables, bits, budget, target)
         else:
-            flat = _decode_sparse(buf, info, tables, dtype, budget)
+            flat = _decode_sparse(buf, info, tables, bits, budget, target)
     except DCFError:
         flat = None
     if flat is None:
-        flat = _decode_exact(buf, info, tables, dtype)
-    return flat.reshape(info.shape)
+        flat = _decode_exact(buf, info, tables, bits)
+        if target is not None:  # only if the fast path failed where the exact one did not
+            target[:] = flat
+    if target is not None:
+        return out
+    return flat.view(numpy_dtype(info.dtype)).reshape(info.shape)
+
+
+def storage_dtype(name: str) -> np.dtype:
+    """The unsigned integer dtype holding the bit patterns of the spec dtype `name` (bool stays bool-sized u8)."""
+    size = K.DTYPE_SIZES[name]
+    return np.dtype(f"<u{size}") if size > 1 else np.dtype(np.uint8)
+
+
+def check_out(out: Any, info: TensorInfo, *, bits: bool = False) -> np.ndarray:
+    """The flat bit-pattern view of a caller's output array for `info`; DCFError if it cannot take it.
+
+    `out` must be a writable, C-contiguous numpy array with the tensor's element count and dtype
+    (with `bits`, any dtype of the same item size: for callers that view other types' memory).
+    """
+    if not isinstance(out, np.ndarray):
+        raise DCFError(f"out must be a numpy array, not {type(out).__name__}", tensor=info.name)
+    same = out.dtype.itemsize == info.itemsize if bits else out.dtype.name == info.dtype
+    if not same or out.size != info.numel:
+        raise DCFError(f"out is {out.dtype}{list(out.shape)}; the tensor is {info.dtype}{list(info.shape)}",
+                       tensor=info.name)
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise DCFError("out must be a writable C-contiguous array", tensor=info.name)
+    return out.reshape(-1).view(storage_dtype(info.dtype))
 
 
 def _pieces(nbytes: int, budget: pool.Budget) -> int:
@@ -530,12 +565,17 @@ def _cuts(count: int, pieces: int, step: int = 1) -> list[int]:
     return sorted(bounds) if count else [0, 0]
 
 
-def _copy(a: np.ndarray, budget: pool.Budget) -> np.ndarray:
-    """A copy of a (C-contiguous), made in pieces on the budget's threads (numpy's copy drops the GIL)."""
+def _copy(a: np.ndarray, budget: pool.Budget, out: np.ndarray | None = None) -> np.ndarray:
+    """A copy of a (C-contiguous, into `out` if given), made in pieces on the budget's threads
+    (numpy's copy drops the GIL)."""
     pieces = _pieces(a.nbytes, budget)
     if pieces == 1:
-        return a.copy()
-    out = np.empty_like(a)
+        if out is None:
+            return a.copy()
+        np.copyto(out.reshape(-1), a.reshape(-1))
+        return out
+    if out is None:
+        out = np.empty_like(a)
     src, dst = a.reshape(-1), out.reshape(-1)
     cuts = _cuts(src.size, pieces, 4096)
     pool.run([lambda s0=s0, s1=s1: np.copyto(dst[s0:s1], src[s0:s1]) for s0, s1 in zip(cuts, cuts[1:])], budget)
@@ -629,11 +669,11 @@ class _StreamPieces:
 
 
 def _decode_shared(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dtype,
-                   budget: pool.Budget) -> np.ndarray | None:
+                   budget: pool.Budget, target: np.ndarray | None = None) -> np.ndarray | None:
     """A shared tensor, flat: each piece decodes its indices and looks them up straight into the output."""
     codebook = _bits_view(np.frombuffer(check_section(buf, info.codebook, "codebook", info.name), dtype=dtype))
     indices = _StreamPieces(buf, info.indices, tables, "indices", info.name, budget)
-    out = np.empty(info.numel, dtype=dtype)
+    out = np.empty(info.numel, dtype=dtype) if target is None else target
     cuts = indices.cuts(_pieces(out.nbytes, budget))
     bits = _bits_view(out)
     tasks = [lambda s0=s0, s1=s1: indices.gather(codebook, bits, s0, s1) for s0, s1 in zip(cuts, cuts[1:])]
@@ -641,7 +681,7 @@ def _decode_shared(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dty
 
 
 def _decode_sparse(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dtype,
-                   budget: pool.Budget) -> np.ndarray | None:
+                   budget: pool.Budget, target: np.ndarray | None = None) -> np.ndarray | None:
     """A sparse tensor, flat, in two parallel steps.
 
     1. The gaps and indices streams are decoded range by range; each gaps range also sums its
@@ -688,7 +728,11 @@ def _decode_sparse(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dty
         start[y] = start[x] + span
     if len(entry_cuts) > 2 and start[n] > total:  # positions only grow: only the last entry can be past the end
         return None
-    out = relindex.dense_output(dtype, rows, cols, info.layout)
+    zero = False  # a caller's array is not zero: where the rebuild only scatters, each range zeroes its span
+    if target is None:
+        out = relindex.dense_output(dtype, rows, cols, info.layout)
+    else:
+        out, zero = target, relindex.scatters(rows, cols, info.layout)
     bits = _bits_view(out)
     csc = info.layout == K.CSC
     last = len(entry_cuts) - 2
@@ -696,6 +740,8 @@ def _decode_sparse(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dty
     def rebuild(k: int) -> bool:
         e0, e1 = entry_cuts[k], entry_cuts[k + 1]
         hi = total if k == last else start[e1]
+        if zero:
+            bits[start[e0]:hi] = 0
         code, _, _ = relindex.rebuild(gaps, indices, source, rows, cols, csc, bits, e0, e1, start[e0], hi)
         return code == 0
 

@@ -356,6 +356,11 @@ def dense_output(dtype: np.dtype, rows: int, cols: int, layout: str) -> np.ndarr
     return np.zeros(total, dtype=dtype)
 
 
+def scatters(rows: int, cols: int, layout: str) -> bool:
+    """True where `rebuild` writes only the entries (so its output must start zeroed), as `dense_output` says."""
+    return not _tiled(rows, cols, _check_layout(layout, DCFError))
+
+
 def rebuild(gaps: np.ndarray, indices: np.ndarray | None, source: np.ndarray, rows: int, cols: int, csc: bool,
             out: np.ndarray, e0: int, e1: int, lo: int, hi: int) -> tuple[int, int, int]:
     """Write scan positions lo..hi-1 of the flat C-order output `out` (bit patterns, the dtype of
