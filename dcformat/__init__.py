@@ -9,7 +9,7 @@
 Importing the package is light: numba is loaded on the first encode or decode.
 """
 
-from .api import SafeOpen, compress, load, load_file, open, save, save_file
+from .api import SafeOpen, compress, load, load_file, load_into, open, save, save_file
 from .container import Limits, read_header
 from .errors import (
     ChecksumError,
@@ -32,5 +32,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ChecksumError", "CorruptDataError", "DCFError", "EncodeError", "FormatError", "HeaderError",
     "HuffmanTableError", "LimitError", "Limits", "Policy", "SafeOpen", "TruncatedError", "VersionError",
-    "compress", "load", "load_file", "load_torch", "open", "read_header", "read_tensors", "save", "save_file", "save_torch", "write_tensors",
+    "compress", "load", "load_file", "load_into", "load_torch", "open", "read_header", "read_tensors", "save", "save_file", "save_torch", "write_tensors",
 ]

@@ -94,8 +94,42 @@ def load_file(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS,
     Decoding runs on `threads` threads (default: one per CPU; 1 decodes on the calling thread only):
     tensors side by side, largest first, and a large tensor in pieces on the threads left idle.
     """
-    with SafeOpen(path, limits=limits) as f:
+    from .shards import ShardedOpen, resolve
+
+    kind, target = resolve(path)
+    if kind == "index":
+        with ShardedOpen(target, limits=limits) as model:
+            out: dict[str, np.ndarray] = {}
+            for shard in model.shards:
+                out.update(_decode_all(model.shard(shard), threads))
+            return {name: out[name] for name in model.keys()}
+    with SafeOpen(target, limits=limits) as f:
         return _decode_all(f, threads)
+
+
+def load_into(source: Any, arrays: Mapping[str, np.ndarray], *, strict: bool = True,
+              threads: int | None = None, limits: Limits = DEFAULT_LIMITS) -> list[str]:
+    """Decode tensors into arrays the caller owns: arrays[name] is filled in place for each name.
+
+    `source`: a path (.dcf, index file or folder) or an open reader. Each array must be writable,
+    C-contiguous, of the tensor's dtype and size. With `strict`, the names must match the file's
+    exactly; otherwise only the common names are filled. Returns the names filled. If decoding a
+    tensor fails its array's contents are unspecified (the file is untouched; the error is raised).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, limits=limits) as f:
+            return load_into(f, arrays, strict=strict, threads=threads)
+    names = [n for n in source.keys() if n in arrays]
+    if strict:
+        missing = [n for n in source.keys() if n not in arrays]
+        unexpected = [n for n in arrays if n not in source]
+        if missing or unexpected:
+            raise DCFError(f"load_into: names differ: {len(missing)} tensors of the file have no array "
+                           f"({missing[:3]}), {len(unexpected)} arrays have no tensor ({unexpected[:3]})")
+    budget = _budget(threads)
+    for name in names:
+        source._decode(name, budget, out=arrays[name])
+    return names
 
 
 def _decode_all(f: "SafeOpen", threads: int | None) -> dict[str, np.ndarray]:
@@ -254,11 +288,8 @@ class SafeOpen:
 
         info = self._info(name)
         self._check_readable(name)
-        if out is not None and bits:  # a view of other memory (a torch bfloat16 tensor as int16)
-            check_out(out, info, bits=True)
-            out = out.view(np.dtype(f"<u{info.itemsize}") if info.itemsize > 1 else np.uint8)
-        elif out is not None:
-            check_out(out, info)
+        if out is not None:  # with `bits`, a view of other memory (a torch bfloat16 tensor as int16)
+            check_out(out, info, bits=bits)
         return decode_tensor(self._buf, info, self._table_cache(), copy=copy, budget=budget, out=out)
 
     def get_sparse(self, name: str):
@@ -287,9 +318,15 @@ class SafeOpen:
                                  "another program overwrote it in place", tensor=name)
 
 
-def open(source: str | os.PathLike | bytes, *, limits: Limits = DEFAULT_LIMITS) -> SafeOpen:  # noqa: A001
-    """Open a dcformat file (a path, or the file's bytes) for lazy reading."""
-    return SafeOpen(source, limits=limits)
+def open(source: str | os.PathLike | bytes, *, limits: Limits = DEFAULT_LIMITS):  # noqa: A001
+    """Open a model for lazy reading: a .dcf file (a path, or the file's bytes), an index file
+    (`model.dcf.index.json`) or a model folder; tensors are decoded one at a time when asked for."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return SafeOpen(source, limits=limits)
+    from .shards import ShardedOpen, resolve
+
+    kind, target = resolve(source)
+    return ShardedOpen(target, limits=limits) if kind == "index" else SafeOpen(target, limits=limits)
 
 
 def compress(tensors: Mapping[str, Any], *, policy: Policy | None = None) -> dict[str, np.ndarray]:

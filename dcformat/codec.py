@@ -498,7 +498,7 @@ def decode_tensor(buf: Any, info: TensorInfo, tables: TableCache, *, copy: bool 
     """
     budget = budget or _ONE_THREAD
     bits = storage_dtype(info.dtype)  # decoding works on bit patterns: no ml_dtypes unless one is returned
-    target = None if out is None else check_out(out, info)
+    target = None if out is None else check_out(out, info, bits=True)  # callers check the dtype (api)
     if info.encoding == K.RAW:
         data = _checked(buf, info.data, "data", info.name, budget)
         a = np.frombuffer(data, dtype=bits, count=info.numel)

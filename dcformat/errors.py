@@ -6,6 +6,8 @@ the tensor and the byte offset, which are also kept as the ``tensor`` and ``offs
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DCFError(ValueError):
     """Base class of every error dcformat raises about a file, a stream or an argument."""
@@ -55,3 +57,25 @@ class LimitError(DCFError):
 
 class EncodeError(DCFError):
     """The input cannot be encoded as asked (unsupported dtype, bad policy or parameter)."""
+
+
+class OutputExistsError(DCFError):
+    """The output exists and overwriting it was not asked for (`overwrite=True`, the CLI's --force)."""
+
+
+class SameFileError(DCFError):
+    """The output is the input, or lies inside the input folder (or holds it): refused whatever `overwrite` says."""
+
+
+class MissingExtraError(DCFError):
+    """An optional dependency is needed for this input or output; the message names the extra to install."""
+
+
+def needs(module: str, extra: str, what: str) -> Any:
+    """Import `module`, or raise MissingExtraError: "<what> needs <module>: pip install 'dcformat[<extra>]'"."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"{what} needs {module}: pip install 'dcformat[{extra}]'") from None
