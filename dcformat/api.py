@@ -292,6 +292,18 @@ class SafeOpen:
             check_out(out, info, bits=bits)
         return decode_tensor(self._buf, info, self._table_cache(), copy=copy, budget=budget, out=out)
 
+    def release(self, name: str) -> None:
+        """Drop a tensor's mapped pages from this process's memory after use (see safetensors.release_range)."""
+        if self._map is None or self._closed:
+            return
+        from .interop.safetensors import release_range
+
+        sections = self._info(name).sections()
+        if sections:
+            lo = min(s.offset for _, s in sections)
+            hi = max(s.end for _, s in sections)
+            release_range(self._map, lo, hi - lo)
+
     def get_sparse(self, name: str):
         """A sparse tensor's CSR/CSC arrays, codes and codebook, without densifying (a `SparseTensor`)."""
         from .codec import decode_sparse

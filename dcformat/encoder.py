@@ -23,10 +23,10 @@ from .progress import ProgressEvent
 
 Progress = Callable[[str], None]
 EventCallback = Callable[[ProgressEvent], None]
-Source = Callable[[], Any]  # returns a tensor's array when called: inputs are read one at a time
+Source = Callable[[], Any]  # returns a tensor's array when called: inputs are read one at a time;
+# an optional `release()` attribute is called once the tensor is written (a lazy input drops its pages)
 
 ENCODER_METADATA_KEY = "dcformat.encoder"  # the file's record of how it was encoded (see `choices`)
-_ERROR_CHUNK = 1 << 20  # elements per float64 chunk when measuring an error (bounded temporaries)
 
 
 def check_inputs(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -139,18 +139,6 @@ def _round(x: float) -> float | None:
     return float(f"{x:.6g}") if np.isfinite(x) else None
 
 
-def squared_error(original: np.ndarray, decoded: np.ndarray) -> tuple[float, float]:
-    """(||decoded - original||^2, ||original||^2) in float64, a chunk at a time (no full-size float64 copy)."""
-    a, b = np.asarray(original).reshape(-1), np.asarray(decoded).reshape(-1)
-    err = norm = 0.0
-    for i in range(0, a.size, _ERROR_CHUNK):
-        x = a[i: i + _ERROR_CHUNK].astype(np.float64)
-        d = b[i: i + _ERROR_CHUNK].astype(np.float64) - x
-        err += float(np.dot(d, d))
-        norm += float(np.dot(x, x))
-    return err, norm
-
-
 def encode_tensor(name: str, value: Any, policy: Policy, shared: dict[str, np.ndarray] | None = None
                   ) -> tuple[EncodedTensor, TensorResult]:
     """Encode one tensor under `policy` (no target size): the tensor ready for a writer, and its result.
@@ -167,10 +155,13 @@ def encode_tensor(name: str, value: Any, policy: Policy, shared: dict[str, np.nd
     lossy = draft.header["encoding"] != K.RAW and draft.decoded is not None and draft.decoded is not a \
         and a.dtype.kind == "f"
     if lossy:
+        from .errorstats import squared_error
+
         err, norm = squared_error(a, draft.decoded)
     else:
         err, norm = 0.0, 0.0
     lossy = lossy and err > 0.0
+    draft.decoded = None  # the dense decoded copy is no longer needed: free it before coding
     cost = K.HUFFMAN_ZLIB_COST if policy.compact_header else K.HUFFMAN_JSON_COST
     encoded = codec.code_tensor(draft, policy.huffman, policy.block_size, shared, cost)
     del draft
@@ -226,16 +217,19 @@ def encode_to(writer: StreamWriter, sources: list[tuple[str, Source]], policy: P
     def work(name: str, source: Source) -> tuple[EncodedTensor, TensorResult]:
         return encode_tensor(name, source(), policy, shared)
 
-    def finish(encoded: EncodedTensor, result: TensorResult) -> None:
+    def finish(encoded: EncodedTensor, result: TensorResult, source: Source) -> None:
         nonlocal done
         writer.add(tables.intern(encoded))
+        release = getattr(source, "release", None)  # a lazy input's pages are no longer needed
+        if release is not None:
+            release()
         results.append(result)
         done += sizes.get(result.name, result.dense_bytes)
 
     if threads <= 1 or len(sources) <= 1:
         for name, source in sources:
             emit(name)
-            finish(*work(name, source))
+            finish(*work(name, source), source)
         emit(None)
         return tables.texts, results
     from concurrent.futures import ThreadPoolExecutor
@@ -245,16 +239,16 @@ def encode_to(writer: StreamWriter, sources: list[tuple[str, Source]], policy: P
         try:
             for name, source in sources:
                 if len(pending) >= threads:  # the oldest must be written before another starts
-                    first, future = pending.popleft()
+                    first, future, src = pending.popleft()
                     emit(first)
-                    finish(*future.result())
-                pending.append((name, pool.submit(work, name, source)))
+                    finish(*future.result(), src)
+                pending.append((name, pool.submit(work, name, source), source))
             while pending:
-                first, future = pending.popleft()
+                first, future, src = pending.popleft()
                 emit(first)
-                finish(*future.result())
+                finish(*future.result(), src)
         except BaseException:
-            for _, future in pending:
+            for _, future, _ in pending:
                 future.cancel()
             raise
     emit(None)

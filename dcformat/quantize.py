@@ -248,16 +248,35 @@ def assign(values: np.ndarray, centroids: np.ndarray, penalties: np.ndarray | No
 
 
 class _Runs:
-    """Sorted values scaled by a power of two, with prefix sums for O(1) cluster sums."""
+    """Sorted values scaled by a power of two, with prefix sums for O(1) cluster sums.
 
-    def __init__(self, sorted_values: np.ndarray):
+    With `in_place`, `sorted_values` itself is scaled (exact) and kept, saving a copy: the caller
+    must not use it afterwards.
+    """
+
+    def __init__(self, sorted_values: np.ndarray, *, in_place: bool = False):
         self.scale = _power_of_two_scale(sorted_values)
-        self.values = sorted_values * self.scale  # exact: a power of two
+        if in_place and sorted_values.dtype == np.float64 and sorted_values.flags.writeable:
+            np.multiply(sorted_values, self.scale, out=sorted_values)  # exact: a power of two
+            self.values = sorted_values
+        else:
+            self.values = sorted_values * self.scale
         # Prefix sums of the values shifted by their mean: cluster sums become two lookups, and the
-        # shift keeps the prefix sums small so their differences lose little precision.
+        # shift keeps the prefix sums small so their differences lose little precision. Built in
+        # place (the same sums as np.cumsum of the shifted values, without the temporaries).
         self.shift = self.values.mean()
-        self.prefix = np.concatenate(([0.0], np.cumsum(self.values - self.shift)))
-        self.variance = float(np.mean((self.values - self.shift) ** 2))
+        self.prefix = np.empty(self.values.size + 1)
+        self.prefix[0] = 0.0
+        np.subtract(self.values, self.shift, out=self.prefix[1:])
+        np.cumsum(self.prefix[1:], out=self.prefix[1:])
+        self._variance: float | None = None
+
+    @property
+    def variance(self) -> float:
+        """Variance of the scaled values (ECSQ's rate weight), computed on first use."""
+        if self._variance is None:
+            self._variance = float(np.mean((self.values - self.shift) ** 2))
+        return self._variance
 
     def means(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Means of the non-empty runs [start, end), clamped into their ranges (rounding can leave them)."""
@@ -317,7 +336,7 @@ def _lloyd(runs: _Runs, centroids: np.ndarray, max_iter: int, *, k: int, empty: 
     v = runs.values
     n = v.size
     lengths = np.full(centroids.size, math.log2(max(centroids.size, 1)))
-    weight = lam * runs.variance
+    weight = lam * runs.variance if lam > 0 else 0.0
     counts = np.array([n])
     splits = None
     for _ in range(max_iter):
@@ -378,9 +397,11 @@ def kmeans_1d(values: np.ndarray, k: int, *, init: str = "linear", max_iter: int
 
 
 def _kmeans_sorted(sorted_values: np.ndarray, k: int, init: str, seed: int, max_iter: int,
-                   empty: str) -> np.ndarray:
-    runs = _Runs(sorted_values)
-    start = _initial_centroids(sorted_values, k, init, seed) * runs.scale
+                   empty: str, *, in_place: bool = False) -> np.ndarray:
+    """k-means centroids of sorted values; `in_place`: the caller gives up `sorted_values` (scaled in place)."""
+    initial = _initial_centroids(sorted_values, k, init, seed)
+    runs = _Runs(sorted_values, in_place=in_place)
+    start = initial * runs.scale
     if empty == "split" and start.size < k and max_iter > 0:
         # An init with repeated picks (Forgy, density on ties) is topped up before the first step.
         starts, ends = _split_points(runs.values, start)
@@ -663,6 +684,20 @@ def _ecsq_codebook(sorted_values: np.ndarray, k: int, lam: float, init: str, see
     return body[keep], _penalties(lam, sorted_values, -np.log2(share[keep]))
 
 
+_ASSIGN_CHUNK = 1 << 20  # elements assigned at a time (bounded float64 / int64 temporaries)
+
+
+class _Widened:
+    """The elements as float64, widened on demand (exact): `.size`, and the whole array via np.asarray."""
+
+    def __init__(self, elements: np.ndarray):
+        self.elements = elements
+        self.size = elements.size
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.elements.astype(np.float64)
+
+
 def quantize(x: np.ndarray, bits: int, *, sparse: bool, method: str = "kmeans", init: str = "linear",
              lam: float = 0.0, seed: int = 0, max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
     """Weight sharing: (codebook of x.dtype, uint16 index of each element in C order).
@@ -698,11 +733,12 @@ def quantize(x: np.ndarray, bits: int, *, sparse: bool, method: str = "kmeans", 
         elements = flat[stored]
     else:
         elements = flat
-    element_values = elements.astype(np.float64)  # exact for every supported dtype
-    if not np.all(np.isfinite(element_values)):
+    if not np.all(np.isfinite(elements)):
         raise EncodeError("weight sharing needs finite values: an inf or NaN would poison its cluster's mean")
-
-    sorted_values = np.sort(element_values)
+    # Sorted in the tensor's own dtype, then widened: the same values as sorting the float64 copy
+    # (the widening is exact and keeps order), without keeping a float64 copy of every element.
+    sorted_values = (np.sort(elements) if dtype.name != "bfloat16" else np.sort(elements.astype(np.float32))
+                     ).astype(np.float64)
     penalties = None
     if _distinct_count(sorted_values) <= k:
         codebook, element_indices = _exact_codebook(elements)
@@ -714,7 +750,8 @@ def quantize(x: np.ndarray, bits: int, *, sparse: bool, method: str = "kmeans", 
             if method == "optimal":
                 centroids = _optimal_sorted(sorted_values, k, DEFAULT_MAX_POINTS, max_iter)
             else:
-                centroids = _kmeans_sorted(sorted_values, k, init, seed, max_iter, "split")
+                centroids = _kmeans_sorted(sorted_values, k, init, seed, max_iter, "split", in_place=True)
+            del sorted_values  # scaled in place by k-means: not to be used again
             codebook = _cast_centroids(centroids, dtype)
             if sparse:
                 codebook = codebook[codebook != 0]  # the zero lives at index 0 only
@@ -726,7 +763,9 @@ def quantize(x: np.ndarray, bits: int, *, sparse: bool, method: str = "kmeans", 
     elif codebook.size == 0:
         codebook = zero  # an empty tensor still needs k >= 1 (§5.2)
 
+    sorted_values = None  # free before the assignment
     if element_indices is None:
+        element_values = _Widened(elements)
         codebook_values = codebook.astype(np.float64)
         if penalties is not None and codebook.size == (1 if sparse else 0):
             element_indices = np.zeros(element_values.size, dtype=np.int64)  # every centroid rounded to 0
@@ -740,9 +779,14 @@ def quantize(x: np.ndarray, bits: int, *, sparse: bool, method: str = "kmeans", 
             remap[keep] = np.arange(keep.size)
             codebook, element_indices = codebook[keep], remap[chosen]
         else:
-            # Nearest entry of the final codebook: search the sorted codebook, then map back to its order.
-            order = np.argsort(codebook_values, kind="stable")
-            element_indices = order[assign(element_values, codebook_values[order])]
+            # Nearest entry of the final codebook: search the sorted codebook, then map back to its order
+            # (a chunk at a time, so no int64 index per element is held).
+            order = np.argsort(codebook_values, kind="stable").astype(np.uint16)
+            ordered = codebook_values[order]
+            element_indices = np.empty(elements.size, dtype=np.uint16)
+            for i in range(0, elements.size, _ASSIGN_CHUNK):
+                part = elements[i: i + _ASSIGN_CHUNK].astype(np.float64)
+                element_indices[i: i + _ASSIGN_CHUNK] = order[assign(part, ordered)]
     elif sparse:
         element_indices = element_indices + 1
 

@@ -167,6 +167,9 @@ class ShardedOpen:
     def get_sparse(self, name: str):
         return self._shard_of(name).get_sparse(name)
 
+    def release(self, name: str) -> None:
+        self._shard_of(name).release(name)
+
     def shard_names(self, shard: str) -> list[str]:
         """The tensors of one shard, in the index's order."""
         return [n for n, s in self.weight_map.items() if s == shard]

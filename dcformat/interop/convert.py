@@ -244,7 +244,7 @@ def compress_shard(task: ShardTask, progress: Progress | None = None) -> ShardRe
             opened.append(src)
             for name in names:
                 sizes[name] = src.specs[name].nbytes
-                sources.append((name, (lambda s=src, n=name: s.get(n))))
+                sources.append((name, src.lazy(name)))
         meta = dict(task.metadata)
         encoder.check_inputs({n: None for n, _ in sources}, meta)
         directory = os.path.dirname(os.path.abspath(task.output))
@@ -549,6 +549,7 @@ def _write_file(model: Any, names: list[str], path: str, meta: dict[str, str], c
         out = scratch[: info.nbytes].view(bits)
         if info.numel:
             model._decode(name, budget, out=out, bits=True)
+            model.release(name)
         counter.done += info.nbytes
         return out
 
@@ -573,6 +574,7 @@ def _write_file(model: Any, names: list[str], path: str, meta: dict[str, str], c
             t = torch.empty(tuple(i.shape), dtype=torch_dtype(i.dtype))
             if t.numel():
                 model._decode(n, budget, out=bits_view(t), bits=True)
+                model.release(n)
             counter.done += i.nbytes
             sd[n] = t
         atomic_write(path, lambda f: torch.save(sd, f))

@@ -45,12 +45,21 @@ class TensorSource:
     dropped: dict[str, str] = field(default_factory=dict)
     key: str | None = None
     closer: Callable[[], None] | None = None
+    releaser: Callable[[str], None] | None = None
 
     def keys(self) -> list[str]:
         return list(self.specs)
 
     def get(self, name: str) -> np.ndarray:
         return self.getter(name)
+
+    def release(self, name: str) -> None:
+        """Tell the source a tensor has been used (a memory-mapped one drops its pages)."""
+        if self.releaser is not None:
+            self.releaser(name)
+
+    def lazy(self, name: str) -> "LazyTensor":
+        return LazyTensor(self, name)
 
     @property
     def nbytes(self) -> int:
@@ -66,6 +75,19 @@ class TensorSource:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class LazyTensor:
+    """One tensor of a source, read when called; `release()` once it has been used (encoder.Source)."""
+
+    def __init__(self, source: TensorSource, name: str):
+        self.source, self.name = source, name
+
+    def __call__(self) -> np.ndarray:
+        return self.source.get(self.name)
+
+    def release(self) -> None:
+        self.source.release(self.name)
 
 
 def extension(path: str | os.PathLike) -> str:
@@ -94,7 +116,7 @@ def _safetensors_source(path: str) -> TensorSource:
 
     r = SafetensorsReader(path)
     specs = {n: TensorSpec(n, r.entries[n].dtype, r.entries[n].shape, r.entries[n].nbytes) for n in r.keys()}
-    return TensorSource(path, specs, r.get, dict(r.metadata), closer=r.close)
+    return TensorSource(path, specs, r.get, dict(r.metadata), closer=r.close, releaser=r.release)
 
 
 def _torch_source(path: str) -> TensorSource:
@@ -160,7 +182,7 @@ def _dcf_source(path: str) -> TensorSource:
     for name in f.keys():
         info = f.layout(name)
         specs[name] = TensorSpec(name, info.dtype, tuple(info.shape), info.nbytes)
-    return TensorSource(path, specs, f.get_tensor, dict(f.metadata), closer=f.close)
+    return TensorSource(path, specs, f.get_tensor, dict(f.metadata), closer=f.close, releaser=f.release)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -224,6 +224,28 @@ class SafetensorsReader:
         return a.reshape(e.shape)
 
 
+    def release(self, name: str) -> None:
+        """Drop a tensor's pages from this process's memory once it has been used (they stay in the page
+        cache and come back if read again), so reading a whole file does not grow the process."""
+        e = self.entry(name)
+        if self._map is not None and e.nbytes:
+            release_range(self._map, self._start + e.begin, e.nbytes)
+
+
+def release_range(m: mmap.mmap, offset: int, length: int) -> None:
+    """madvise(MADV_DONTNEED) over the pages holding [offset, offset + length) of a read-only map."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None:
+        return
+    page = mmap.PAGESIZE
+    start = offset // page * page
+    end = min(len(m), -(-(offset + length) // page) * page)
+    try:
+        m.madvise(advice, start, end - start)
+    except (OSError, ValueError):
+        pass  # only an optimisation
+
+
 def read_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every tensor of a .safetensors file, copied into memory (name -> numpy array)."""
     with SafetensorsReader(path) as f:

@@ -1,0 +1,40 @@
+"""How far a decoded tensor is from its original: sums of squares in float64, in one compiled pass.
+
+Used by the encoder to record each tensor's relative RMS error ||decoded - original|| / ||original||
+without float64 copies of the tensor.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_CHUNK = 1 << 20  # elements per float32 chunk for dtypes the kernel does not take (float16, bfloat16)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sums(original, decoded):  # pragma: no cover - compiled
+    err = 0.0
+    norm = 0.0
+    for i in range(original.size):
+        x = np.float64(original[i])
+        d = np.float64(decoded[i]) - x
+        err += d * d
+        norm += x * x
+    return err, norm
+
+
+def squared_error(original: np.ndarray, decoded: np.ndarray) -> tuple[float, float]:
+    """(||decoded - original||^2, ||original||^2) of two float arrays of the same size, in float64."""
+    a, b = np.asarray(original).reshape(-1), np.asarray(decoded).reshape(-1)
+    if a.size != b.size:
+        raise ValueError(f"squared_error: {a.size} elements against {b.size}")
+    if a.dtype == b.dtype and a.dtype.name in ("float32", "float64"):
+        err, norm = _sums(a, b)
+        return float(err), float(norm)
+    err = norm = 0.0
+    for i in range(0, a.size, _CHUNK):
+        e, n = _sums(a[i: i + _CHUNK].astype(np.float32), b[i: i + _CHUNK].astype(np.float32))
+        err += e
+        norm += n
+    return float(err), float(norm)
