@@ -153,7 +153,8 @@ def _npz_source(path: str) -> TensorSource:
             member = z.zip.open(name + ".npy") if name + ".npy" in z.zip.namelist() else z.zip.open(name)
             with member:
                 version = np.lib.format.read_magic(member)
-                shape, _, dtype = np.lib.format._read_array_header(member, version)  # noqa: SLF001 - no public API
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(member)
             if dtype.hasobject:
                 raise DCFError(f"{path}: array {name!r} holds Python objects (dtype {dtype}), which dcformat "
                                "does not load (that would need allow_pickle)")
