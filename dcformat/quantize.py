@@ -290,16 +290,50 @@ def _run_sse(run: np.ndarray) -> float:
     return float(np.sum((run - run.mean()) ** 2))
 
 
+_SSE_CHUNK = 1 << 20  # elements of whole runs squared at a time by _run_sses
+
+
+def _run_sses(v: np.ndarray, starts: np.ndarray, ends: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """SSE of each contiguous run [start, end) about its mean: the same sums as one np.add.reduceat over
+    the whole array (each run's elements reduced alike), computed over groups of whole runs so the
+    temporaries stay near _SSE_CHUNK elements instead of three full float64 copies."""
+    out = np.empty(len(starts))
+    i = 0
+    while i < len(starts):
+        j = i + 1
+        while j < len(starts) and ends[j] - starts[i] <= _SSE_CHUNK:
+            j += 1
+        d = v[starts[i]: ends[j - 1]] - np.repeat(means[i:j], ends[i:j] - starts[i:j])
+        out[i:j] = np.add.reduceat(d ** 2, starts[i:j] - starts[i])
+        i = j
+    return out
+
+
 def _best_cut(run: np.ndarray) -> int:
-    """Position p (0 < p < len) between distinct values minimising the SSE of run[:p] and run[p:]."""
-    r = run - run.mean()
-    n = r.size
-    p = np.arange(1, n)
-    left = np.cumsum(r)[:-1]  # sum of the first p deviations; the rest sum to −left (up to rounding)
-    # SSE(left) + SSE(right) = total − left²/p − right²/(n−p): maximise the subtracted part.
-    gain = left * left / p + left * left / (n - p)
-    gain[run[1:] == run[:-1]] = -np.inf  # never split equal values
-    return int(np.argmax(gain)) + 1
+    """Position p (0 < p < len) between distinct values minimising the SSE of run[:p] and run[p:].
+
+    Computed _SSE_CHUNK positions at a time (the running sum carried from chunk to chunk, so every
+    value is the one a single cumsum gives), so a run of most of a large tensor needs no full-size
+    temporaries.
+    """
+    mean = run.mean()
+    n = run.size
+    best, best_gain = 0, None
+    carry = 0.0
+    for c0 in range(0, n - 1, _SSE_CHUNK):
+        c1 = min(n - 1, c0 + _SSE_CHUNK)
+        r = run[c0:c1] - mean
+        r[0] += carry
+        left = np.cumsum(r)  # sum of the first p deviations, p = c0+1 .. c1; the rest sum to −left
+        carry = left[-1]
+        p = np.arange(c0 + 1, c1 + 1)
+        # SSE(left) + SSE(right) = total − left²/p − right²/(n−p): maximise the subtracted part.
+        gain = left * left / p + left * left / (n - p)
+        gain[run[c0 + 1: c1 + 1] == run[c0:c1]] = -np.inf  # never split equal values
+        i = int(np.argmax(gain))
+        if best_gain is None or gain[i] > best_gain:  # the first maximum, as one argmax would pick
+            best, best_gain = c0 + i, gain[i]
+    return best + 1
 
 
 def _split_largest(runs: _Runs, starts: np.ndarray, ends: np.ndarray, means: np.ndarray,
@@ -307,7 +341,7 @@ def _split_largest(runs: _Runs, starts: np.ndarray, ends: np.ndarray, means: np.
     """Means after cutting, until there are k, the cluster of largest SSE at its best 2-means split."""
     v = runs.values
     # SSE of every run at once; a heap of (−SSE, start) then yields the largest, the lowest first on ties.
-    sse = np.add.reduceat((v - np.repeat(means, ends - starts)) ** 2, starts)
+    sse = _run_sses(v, starts, ends, means)
     clusters = {int(a): (int(b), float(m)) for a, b, m in zip(starts, ends, means)}  # start -> (end, mean)
     heap = [(-float(e), int(a)) for e, a in zip(sse, starts)]
     heapq.heapify(heap)
