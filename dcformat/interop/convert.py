@@ -555,7 +555,7 @@ def _write_file(model: Any, names: list[str], path: str, meta: dict[str, str], c
 
     if ext == ".safetensors" or ext == "":
         specs = [Spec(n, i.dtype, tuple(i.shape)) for n, i in infos.items()]
-        atomic_write(path, lambda f: write_stream(f, specs, lambda s: decode(s.name), meta))
+        atomic_write(path, lambda f: write_stream(f, specs, lambda s: decode(s.name), meta or None))
     elif ext == ".npz":
         for n, i in infos.items():
             _check_npz_dtype(path, n, i.dtype)

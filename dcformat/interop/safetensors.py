@@ -278,7 +278,7 @@ def layout(specs: Iterable[Spec], metadata: Mapping[str, str] | None = None) -> 
         raise DCFError("safetensors: metadata must map strings to strings")
     order = sorted(specs, key=lambda s: (-_ORDER.index(NAMES[s.dtype]), s.name))
     doc: dict[str, Any] = {}
-    if metadata:
+    if metadata is not None:  # as the package: given, even empty, it is written
         doc[METADATA_KEY] = dict(metadata)
     placed, at = [], 0
     for s in order:
