@@ -213,11 +213,12 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def _checkpoint_error(path: str, e: Exception) -> DCFError:
     text = str(e)
-    if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
+    if "Unsupported global" in text or "GLOBAL" in text:
         return DCFError(f"{path}: holds pickled Python objects, not just tensors (a whole model?); torch refuses "
                         f"to unpickle them with weights_only=True. Save model.state_dict() instead")
-    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-    return DCFError(f"{path}: not a readable torch file: {first}")
+    detail = next((line.strip() for line in text.splitlines() if line.strip().startswith(("Unsupported", "invalid"))),
+                  text.strip().splitlines()[0] if text.strip() else type(e).__name__)
+    return DCFError(f"{path}: not a readable torch file: {detail[:200]}")
 
 
 def _is_state_dict(obj: Any) -> bool:
