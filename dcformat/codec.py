@@ -15,13 +15,36 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import bitpack, huffman, pool, prune as pruning, quantize, relindex
 from . import constants as K
+from . import pool
 from .container import EncodedTensor, Stream, TensorInfo, check_section
 from .errors import CorruptDataError, DCFError, EncodeError
 from .policy import AUTO, TensorPlan, dtype_name
 
 INDEX_BITS_CANDIDATES = tuple(range(1, 13))  # tried by index_bits="auto"
+
+
+class _Kernels:
+    """A module of numba kernels, imported on first use: a file of raw tensors decodes without numba
+    (importing it costs ~0.3 s of a cold process). The first attribute read puts the real module in
+    this module's globals, so later calls pay nothing."""
+
+    def __init__(self, name: str, alias: str):
+        self._name, self._alias = name, alias
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        module = importlib.import_module(f".{self._name}", __package__)
+        globals()[self._alias] = module
+        return getattr(module, attr)
+
+
+bitpack = _Kernels("bitpack", "bitpack")
+huffman = _Kernels("huffman", "huffman")
+pruning = _Kernels("prune", "pruning")
+quantize = _Kernels("quantize", "quantize")
+relindex = _Kernels("relindex", "relindex")
 
 
 def numpy_dtype(name: str) -> np.dtype:
