@@ -23,11 +23,9 @@ def pack(symbols: np.ndarray, width: int) -> bytes:
     """Pack symbols as `width`-bit values, LSB first, into bytes whose last one is zero-padded."""
     _check_width(width)
     syms = as_symbols(symbols)
-    if syms.size:
-        too_big = syms >> width  # width 16 never overflows: uint16 >> 16 is 0 in numpy
-        if width < 16 and too_big.any():
-            i = int(np.argmax(too_big != 0))
-            raise EncodeError(f"symbol {int(syms[i])} at index {i} does not fit in {width} bits")
+    if syms.size and width < 16 and int(syms.max()) >> width:  # width 16 never overflows (no full-size temporary)
+        i = int(np.argmax(syms >> width != 0))
+        raise EncodeError(f"symbol {int(syms[i])} at index {i} does not fit in {width} bits")
     out = np.zeros(packed_size(syms.size, width), dtype=np.uint8)
     _pack_kernel(syms, width, out)
     return out.tobytes()

@@ -175,6 +175,14 @@ class TensorDraft:
     streams: dict[str, StreamDraft]
     decoded: np.ndarray | None = None  # the dense tensor the file will decode to (lossy forms)
 
+    def dense(self) -> np.ndarray | None:
+        """The dense tensor the file will decode to: `decoded`, or for a shared tensor drafted without
+        it, codebook[indices] (built on demand: the encoder measures errors without it)."""
+        if self.decoded is not None or self.header["encoding"] != K.SHARED:
+            return self.decoded
+        codebook = np.asarray(self.payloads[self.header["codebook"]]).view(numpy_dtype(self.header["dtype"]))
+        return codebook[self.streams["indices"].symbols].reshape(self.header["shape"])
+
     def estimate(self) -> int:
         raw = sum(memoryview(p).nbytes for p in self.payloads if p is not None)
         return raw + sum(estimate_stream_bytes(s) for s in self.streams.values())
@@ -212,9 +220,10 @@ def draft_tensor(name: str, value: Any, plan: TensorPlan, block_size: int = K.DE
     if bits is not None:
         codebook, indices = _quantize_for(a, x, bits, has_zeros, plan)
         bits = max(1, int(len(codebook) - 1).bit_length())
-        decoded = codebook[indices].reshape(a.shape)
+        decoded = None  # built only where a sparse form needs it (TensorDraft.dense otherwise)
         candidates.append(_shared_draft(base, codebook, indices, bits))
         if has_zeros:
+            decoded = codebook[indices].reshape(a.shape)
             candidates += _sparse_drafts(base, decoded, plan, codebook=codebook, indices=indices, bits=bits)
     else:
         decoded = x
@@ -324,9 +333,10 @@ def _uniform_draft(base: dict, original: np.ndarray, x: np.ndarray, plan: Tensor
     except EncodeError as e:
         raise EncodeError(str(e), tensor=base["name"]) from None
     bits = max(1, int(len(codebook) - 1).bit_length())
-    decoded = codebook[indices].reshape(original.shape)
     candidates = [_shared_draft(base, codebook, indices, bits)]
+    decoded = None  # the dense decoded tensor only where a sparse form needs it (TensorDraft.dense)
     if x.size and codebook[0] == 0 and np.count_nonzero(indices == 0) >= SPARSE_MIN_ZERO_SHARE * x.size:
+        decoded = codebook[indices].reshape(original.shape)
         candidates += _sparse_drafts(base, decoded, plan, codebook=codebook, indices=indices, bits=bits)
     return _smallest(candidates, decoded, original, base)
 

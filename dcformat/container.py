@@ -766,7 +766,7 @@ def _layout_header(metadata: dict[str, str], tables: list[str], tensors: list[En
     raise RuntimeError("header layout did not converge")  # pragma: no cover - the data start only grows
 
 
-SPILL_MEMORY_BYTES = 64 << 20  # a file's data region is held in memory up to this size, then spilled to disk
+SPILL_MEMORY_BYTES = 16 << 20  # a file's data region is held in memory up to this size, then spilled to disk
 
 
 class Spill:

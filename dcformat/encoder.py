@@ -92,7 +92,8 @@ def decoded(tensors: Mapping[str, np.ndarray], policy: Policy) -> dict[str, np.n
     out = {}
     for name, value in tensors.items():
         draft = codec.draft_tensor(name, value, policy.plan(name, np.asarray(value)), policy.block_size)
-        out[name] = draft.decoded if draft.decoded is not None else np.array(value, copy=True)
+        dense = draft.dense()
+        out[name] = dense if dense is not None else np.array(value, copy=True)
     return out
 
 
@@ -152,14 +153,16 @@ def encode_tensor(name: str, value: Any, policy: Policy, shared: dict[str, np.nd
     a = np.asarray(value)
     plan = policy.plan(name, a)
     draft = codec.draft_tensor(name, a, plan, policy.block_size)
-    lossy = draft.header["encoding"] != K.RAW and draft.decoded is not None and draft.decoded is not a \
-        and a.dtype.kind == "f"
+    lossy = draft.header["encoding"] != K.RAW and a.dtype.kind == "f" and a.size > 0
+    err = norm = 0.0
     if lossy:
-        from .errorstats import squared_error
+        from .errorstats import squared_error, squared_error_coded
 
-        err, norm = squared_error(a, draft.decoded)
-    else:
-        err, norm = 0.0, 0.0
+        if draft.decoded is not None:
+            err, norm = squared_error(a, draft.decoded)
+        else:  # a shared tensor drafted without its dense form: measure from codebook and indices
+            codebook = np.asarray(draft.payloads[draft.header["codebook"]]).view(a.dtype)
+            err, norm = squared_error_coded(a, codebook, draft.streams["indices"].symbols)
     lossy = lossy and err > 0.0
     draft.decoded = None  # the dense decoded copy is no longer needed: free it before coding
     cost = K.HUFFMAN_ZLIB_COST if policy.compact_header else K.HUFFMAN_JSON_COST
@@ -184,6 +187,9 @@ def shared_tables(sources: Iterable[tuple[str, Source]], policy: Policy) -> dict
         for kind, found in codec.stream_counts([draft]).items():
             counts[kind] += found
         del draft, a
+        release = getattr(source, "release", None)
+        if release is not None:
+            release()
     return codec.shared_lengths(counts)
 
 

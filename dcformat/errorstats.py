@@ -38,3 +38,32 @@ def squared_error(original: np.ndarray, decoded: np.ndarray) -> tuple[float, flo
         err += e
         norm += n
     return float(err), float(norm)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sums_coded(original, codebook, indices):  # pragma: no cover - compiled
+    err = 0.0
+    norm = 0.0
+    for i in range(original.size):
+        x = np.float64(original[i])
+        d = np.float64(codebook[indices[i]]) - x
+        err += d * d
+        norm += x * x
+    return err, norm
+
+
+def squared_error_coded(original: np.ndarray, codebook: np.ndarray, indices: np.ndarray) -> tuple[float, float]:
+    """`squared_error` of original against codebook[indices], without building the decoded tensor."""
+    a, idx = np.asarray(original).reshape(-1), np.asarray(indices).reshape(-1)
+    if a.size != idx.size:
+        raise ValueError(f"squared_error_coded: {a.size} elements against {idx.size} indices")
+    if a.dtype.name in ("float32", "float64") and codebook.dtype == a.dtype:
+        err, norm = _sums_coded(a, codebook, idx)
+        return float(err), float(norm)
+    book = codebook.astype(np.float32)
+    err = norm = 0.0
+    for i in range(0, a.size, _CHUNK):
+        e, n = _sums_coded(a[i: i + _CHUNK].astype(np.float32), book, idx[i: i + _CHUNK])
+        err += e
+        norm += n
+    return float(err), float(norm)

@@ -54,7 +54,8 @@ def from_pretrained(folder: str | os.PathLike, model_class: Any = None, *, dtype
     if untied:
         raise DCFError(f"{folder}: the model has {len(untied)} weights the files do not hold: {untied[:5]}")
     ignored = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
-    unexpected = [n for n in result.unexpected if not any(p.search(n) for p in ignored)]
+    buffers = dict(model.named_buffers())  # non-persistent buffers (position ids) the model computes itself
+    unexpected = [n for n in result.unexpected if n not in buffers and not any(p.search(n) for p in ignored)]
     if unexpected:  # as transformers does: a warning, not an error
         warnings.warn(f"{folder}: {len(unexpected)} tensors of the files are not used by {type(model).__name__}: "
                       f"{unexpected[:5]}", stacklevel=2)
