@@ -129,6 +129,9 @@ def load_into(source: Any, arrays: Mapping[str, np.ndarray], *, strict: bool = T
     budget = _budget(threads)
     for name in names:
         source._decode(name, budget, out=arrays[name])
+        release = getattr(source, "release", None)
+        if release is not None:
+            release(name)
     return names
 
 

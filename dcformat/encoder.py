@@ -140,12 +140,13 @@ def _round(x: float) -> float | None:
     return float(f"{x:.6g}") if np.isfinite(x) else None
 
 
-def encode_tensor(name: str, value: Any, policy: Policy, shared: dict[str, np.ndarray] | None = None
-                  ) -> tuple[EncodedTensor, TensorResult]:
+def encode_tensor(name: str, value: Any, policy: Policy, shared: dict[str, np.ndarray] | None = None,
+                  drafted: Callable[[], None] | None = None) -> tuple[EncodedTensor, TensorResult]:
     """Encode one tensor under `policy` (no target size): the tensor ready for a writer, and its result.
 
     Independent of every other tensor (tables are numbered later, in file order), so tensors can be
-    encoded side by side on threads.
+    encoded side by side on threads. `drafted` is called once a coded tensor no longer needs `value`
+    (a memory-mapped input then drops its pages before the streams are coded).
     """
     from . import codec
 
@@ -165,6 +166,8 @@ def encode_tensor(name: str, value: Any, policy: Policy, shared: dict[str, np.nd
             err, norm = squared_error_coded(a, codebook, draft.streams["indices"].symbols)
     lossy = lossy and err > 0.0
     draft.decoded = None  # the dense decoded copy is no longer needed: free it before coding
+    if drafted is not None and draft.header["encoding"] != K.RAW:
+        drafted()  # a coded tensor no longer needs its input (a raw one is its own payload)
     cost = K.HUFFMAN_ZLIB_COST if policy.compact_header else K.HUFFMAN_JSON_COST
     encoded = codec.code_tensor(draft, policy.huffman, policy.block_size, shared, cost)
     del draft
@@ -221,7 +224,7 @@ def encode_to(writer: StreamWriter, sources: list[tuple[str, Source]], policy: P
             progress(ProgressEvent(stage, done, total, tensor=tensor, shard=shard))
 
     def work(name: str, source: Source) -> tuple[EncodedTensor, TensorResult]:
-        return encode_tensor(name, source(), policy, shared)
+        return encode_tensor(name, source(), policy, shared, getattr(source, "release", None))
 
     def finish(encoded: EncodedTensor, result: TensorResult, source: Source) -> None:
         nonlocal done

@@ -110,6 +110,7 @@ def load_torch(path: str | os.PathLike, *, device: Any = None, map_location: Any
             t = torch.empty(tuple(info.shape), dtype=torch_dtype(info.dtype))
             if t.numel():
                 f._decode(name, _budget(threads), out=bits_view(t), bits=True)
+                f.release(name)
             out[name] = t if device is None else t.to(device)
     return out
 
@@ -171,6 +172,7 @@ def load_into(model: Any, path: Any, *, strict: bool = True, threads: int | None
                         f._decode(name, budget, out=bits_view(tmp), bits=True)
                     target.copy_(tmp)
                     del tmp
+                f.release(name)  # the file's pages of this tensor are no longer needed in memory
                 result.loaded.append(name)
     finally:
         if not own:
