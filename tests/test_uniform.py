@@ -214,8 +214,8 @@ def test_fit_size_errors():
         allocation.fit_size({"b": np.ones(300, np.float32)}, Policy(), 1000)
     with pytest.raises(EncodeError, match="target_size"):
         allocation.fit_size(tensors, Policy(), None)
-    # nothing to quantize but it fits: the file as it is
-    assert allocation.fit_size({"b": np.ones(3, np.float32)}, Policy(), 10_000).step == 1.0
+    # nothing to quantize but it fits: the file as it is, which is the lossless file
+    assert allocation.fit_size({"b": np.ones(3, np.float32)}, Policy(), 10_000).lossless
 
 
 def test_fit_size_keeps_fixed_steps_and_scales():
