@@ -6,7 +6,7 @@ import builtins
 import io
 import mmap
 import os
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -14,8 +14,7 @@ from . import constants as K
 from .container import DEFAULT_LIMITS, Header, Limits, TensorInfo, atomic_write, parse_header, write_stream
 from .errors import DCFError, TruncatedError
 from .policy import Policy
-
-Progress = Callable[[str], None]
+from .progress import Progress
 
 
 def _arrays(tensors: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -35,17 +34,18 @@ def _encode(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping
 
     tensors = _arrays(tensors)
     encoder.check_inputs(tensors, metadata)
-    return encoder.encode(tensors, _resolve(tensors, policy, metadata), metadata, progress)
+    return encoder.encode(tensors, _resolve(tensors, policy, metadata, progress), metadata, progress)
 
 
-def _resolve(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping[str, str] | None) -> Policy:
+def _resolve(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping[str, str] | None,
+             progress: Progress | None = None) -> Policy:
     """The policy to encode with: a target size becomes the step that meets it (allocation.fit_size)."""
     policy = policy or Policy()
     if policy.target_size is None:
         return policy
     from .allocation import fit_size
 
-    return fit_size(tensors, policy, metadata=metadata)
+    return fit_size(tensors, policy, metadata=metadata, progress=progress)
 
 
 def save(tensors: Mapping[str, Any], *, policy: Policy | None = None, metadata: Mapping[str, str] | None = None) -> bytes:

@@ -8,7 +8,7 @@ files on disk, frameworks or size targets (a target size is resolved into a step
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -16,8 +16,7 @@ from . import constants as K
 from .container import EncodedTensor, write_stream
 from .errors import EncodeError
 from .policy import Policy
-
-Progress = Callable[[str], None]
+from .progress import Progress, ProgressEvent
 
 
 def check_inputs(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -56,10 +55,16 @@ def encode(tensors: Mapping[str, np.ndarray], policy: Policy, metadata: Mapping[
         raise EncodeError("encoder: resolve the policy's target_size first (allocation.fit_size)")
     meta = check_inputs(tensors, metadata)
     drafts = []
+    total = sum(np.asarray(value).nbytes for value in tensors.values()) if progress is not None else 0
+    done = 0
     for name, value in tensors.items():
-        drafts.append(codec.draft_tensor(name, value, policy.plan(name, np.asarray(value)), policy.block_size))
+        array = np.asarray(value)
+        if progress is not None:  # before, so that a bar names the tensor being coded
+            progress(ProgressEvent("compress", done, total, tensor=name))
+        drafts.append(codec.draft_tensor(name, value, policy.plan(name, array), policy.block_size))
+        done += array.nbytes
         if progress is not None:
-            progress(name)
+            progress(ProgressEvent("compress", done, total, tensor=name))
     cost = K.HUFFMAN_ZLIB_COST if policy.compact_header else K.HUFFMAN_JSON_COST
     tables, encoded = codec.assemble(drafts, policy.huffman, policy.block_size, header_cost=cost)
     return meta, tables, encoded
