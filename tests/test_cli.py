@@ -280,7 +280,7 @@ MORE_CASES = [
     ("a pickled whole model in a .pt", None, 1, "not a state dict"),
     ("a missing optional package", None, 1, "pip install 'dcformat[torch]'"),
     ("Ctrl-C", None, 130, "dcformat: interrupted"),
-    ("a closed pipe (`inspect f.dcf \\| head`)", None, 141, "nothing"),
+    ("a closed pipe (`inspect f.dcf` into `head`)", None, 141, "nothing"),
 ]
 
 
