@@ -23,8 +23,9 @@ import numpy as np
 
 from .errors import EncodeError
 from .policy import Policy
+from .progress import Progress as EventProgress, ProgressEvent
 
-__all__ = ["fit_size", "fit_quality", "sensitivity", "scales_from_sensitivity"]
+__all__ = ["fit_size", "file_size", "lossless_policy", "fit_quality", "sensitivity", "scales_from_sensitivity"]
 
 Quality = Callable[[dict[str, np.ndarray]], float]
 Progress = Callable[[str], None]
@@ -39,6 +40,8 @@ def _arrays(tensors: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def _scaled_names(arrays: Mapping[str, np.ndarray], policy: Policy) -> list[str]:
     """The tensors whose step follows the policy's global step (not raw, not fixed by a rule)."""
+    if policy.lossless:
+        return []
     probe, other = policy.with_(step=1.0, target_size=None), policy.with_(step=2.0, target_size=None)
     return [name for name, a in arrays.items()
             if (p := probe.plan(name, a)).step is not None and p.step != other.plan(name, a).step]
@@ -65,33 +68,90 @@ def _top(arrays: Mapping[str, np.ndarray], names: list[str], policy: Policy) -> 
     return 4.0 * biggest if biggest > 0 and math.isfinite(biggest) else 1.0
 
 
+class _ByteCounter:
+    """A write-only sink that counts bytes: a file's size without holding the file in memory."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        self.size += n
+        return n
+
+
+def file_size(tensors: Mapping[str, np.ndarray], policy: Policy, metadata: Mapping[str, str] | None = None) -> int:
+    """The exact size in bytes of the file `tensors` make under `policy` (no target size), without writing it."""
+    from . import encoder
+    from .container import write_stream
+
+    meta, tables, encoded = encoder.encode(tensors, policy, metadata)
+    sink = _ByteCounter()
+    write_stream(sink, meta, tables, encoded, compact_header=policy.compact_header)
+    return sink.size
+
+
+def lossless_policy(policy: Policy) -> Policy:
+    """The policy that stores every tensor exactly, keeping the settings that do not change values."""
+    return Policy(lossless=True, huffman=policy.huffman, block_size=policy.block_size,
+                  compact_header=policy.compact_header)
+
+
+# The search's budget, so that it ends in bounded time on any model: each estimate drafts the
+# quantized tensors once, each exact size also codes them (about one encode of the model).
+_ESTIMATES = 48  # size estimates: geometric growth from the start step, then bisection to _ESTIMATE_RATIO
+_ESTIMATE_RATIO = 1.01
+_EXACT = 16  # exact sizes: three corrections of the estimates' overhead, then bracketing and bisection
+_EXACT_RATIO = 1.002  # a step 0.2% apart changes the size by well under 0.1% at a few bits a weight
+
+
 def fit_size(tensors: Mapping[str, Any], policy: Policy | None = None, target_size: int | None = None, *,
-             metadata: Mapping[str, str] | None = None, progress: Progress | None = None) -> Policy:
+             metadata: Mapping[str, str] | None = None, progress: EventProgress | None = None) -> Policy:
     """A policy with the largest step-scaled file of at most `target_size` bytes (default: policy.target_size).
 
     The policy's step (times its step_scales) is what is searched; tensors the policy keeps raw or
-    gives a fixed step in a rule stay as they are. Raises EncodeError when even the coarsest step
-    (every quantized weight 0) gives a larger file. The result has the step set and no target.
+    gives a fixed step in a rule stay as they are. A target at or above the size of the exact
+    (lossless) file gives the lossless policy. Raises EncodeError when even the coarsest step (every
+    quantized weight 0) gives a larger file. The search is bounded: at most _ESTIMATES drafts and
+    _EXACT encodes of the model. `progress` receives a ProgressEvent (stage "search") per size tried.
+    The result has the step set (or lossless) and no target.
     """
-    from . import codec, encoder
+    from . import codec
 
     policy = policy or Policy()
     target = policy.target_size if target_size is None else target_size
     if isinstance(target, bool) or not isinstance(target, int) or target < 1:
         raise EncodeError(f"target_size must be a positive number of bytes, not {target!r}")
     arrays = _arrays(tensors)
-    names = _scaled_names(arrays, policy)
     base = policy.with_(target_size=None)
+    tries = [0]
+
+    def report(step: float | None, size: float, kind: str) -> None:
+        tries[0] += 1
+        if progress is not None:
+            what = "lossless" if step is None else f"step {step:.4g}"
+            progress(ProgressEvent("search", 0, 0, message=f"{what}: {kind} {size:,.0f} B "
+                                   f"(target {target:,} B, try {tries[0]})"))
+
+    lossless = lossless_policy(base)
+    size = file_size(arrays, lossless, metadata)
+    report(None, size, "")
+    if size <= target:
+        return lossless
+    names = _scaled_names(arrays, base)
 
     def exact(step: float) -> int:
-        return len(encoder.encode_bytes(arrays, base.with_(step=step), metadata))
+        size = file_size(arrays, base.with_(step=step), metadata)
+        report(step, size, "")
+        return size
 
     if not names:
-        size = exact(_start_step(arrays, names, policy))
+        step = policy.step if policy.step is not None else 1.0
+        size = exact(step)
         if size > target:
             raise EncodeError(f"target size {target:,} B is unreachable: no tensor is quantized and the "
                               f"file takes {size:,} B")
-        return base.with_(step=policy.step if policy.step is not None else 1.0)
+        return base.with_(step=step)
 
     def estimate(step: float) -> float:
         """Sum of the scaled tensors' estimated sizes (inf if the step leaves too many levels)."""
@@ -102,56 +162,88 @@ def fit_size(tensors: Mapping[str, Any], policy: Policy | None = None, target_si
                 total += codec.draft_tensor(n, arrays[n], p.plan(n, arrays[n]), p.block_size).estimate()
             except EncodeError:
                 return math.inf
-        if progress is not None:
-            progress(f"step {step:.6g}: about {total:,} B of quantized tensors")
+        report(step, total, "about")
         return total
 
-    top = _top(arrays, names, policy)
-    start = min(_start_step(arrays, names, policy), top)
+    top = _top(arrays, names, base)
+    start = min(_start_step(arrays, names, base), top)
     # What the estimates leave out (header, raw tensors, fixed-step tensors, alignment), measured at
     # the coarsest step first and then again where the search lands, since it varies a little.
     smallest = exact(top)
     if smallest > target:
         raise EncodeError(f"target size {target:,} B is unreachable: with every quantized weight at 0 the "
                           f"file still takes {smallest:,} B")
+    budget = _Budget(_ESTIMATES)
     overhead = smallest - estimate(top)
-    step = start
+    step, exact_sizes = top, {top: smallest}
     for _ in range(3):
-        step = _bisect_log(lambda s: overhead + estimate(s) <= target, step, top)
-        try:
-            size = exact(step)
-        except EncodeError:
+        step = _bisect_log(lambda s: overhead + estimate(s) <= target, start, top, 4.0, _ESTIMATE_RATIO, budget)
+        if step in exact_sizes or len(exact_sizes) >= _EXACT:
             break
-        if abs(size - target) <= 0.002 * target:
+        size = exact_sizes[step] = _exact_or_inf(exact, step)
+        if not math.isfinite(size) or abs(size - target) <= 0.002 * target:
             break
         overhead = size - estimate(step)
+
     # Exact sizes from here: bracket the step between one that does not fit and one that does.
-    fits = {}
+    def fits(s: float) -> bool:
+        if s not in exact_sizes:
+            exact_sizes[s] = _exact_or_inf(exact, s)
+        return exact_sizes[s] <= target
 
-    def fit(s: float) -> bool:
-        if s not in fits:
-            try:
-                fits[s] = exact(s) <= target
-            except EncodeError:  # a step so fine that some tensor needs more than 2^16 levels
-                fits[s] = False
-        return fits[s]
-
-    return base.with_(step=_bisect_log(fit, step, top, factor=1.02))
+    found = _bisect_log(fits, step, top, 1.02, _EXACT_RATIO, _Budget(_EXACT - len(exact_sizes)))
+    return base.with_(step=found if fits(found) else top)
 
 
-def _bisect_log(fits: Callable[[float], bool], start: float, top: float, factor: float = 4.0) -> float:
-    """The smallest step (within _RATIO) that fits, searching geometrically from `start`; fits(top) holds."""
+def _exact_or_inf(exact: Callable[[float], int], step: float) -> float:
+    try:
+        return exact(step)
+    except EncodeError:  # a step so fine that some tensor needs more than 2^16 levels
+        return math.inf
+
+
+class _Budget:
+    """How many more evaluations a search may make."""
+
+    def __init__(self, left: int):
+        self.left = left
+
+    def take(self) -> bool:
+        self.left -= 1
+        return self.left >= 0
+
+
+def _bisect_log(fits: Callable[[float], bool], start: float, top: float, factor: float, ratio: float,
+                budget: _Budget) -> float:
+    """About the smallest step that fits, searching geometrically from `start` (fits(top) is assumed).
+
+    Grows (or shrinks) from `start` by `factor`, squaring the factor at each move so that any bracket
+    is reached in few tries, then bisects log(step) until the ends are within `ratio`. Returns the
+    smallest step seen to fit (or top), after at most budget.left calls of fits.
+    """
     lo = hi = min(start, top)
-    while not fits(hi):
-        lo, hi = hi, min(hi * factor, top)
-    if lo == hi:
-        while fits(lo):
-            if lo < top * 2.0 ** -60:
-                return lo
-            lo, hi = lo / factor, lo
-    for _ in range(_SEARCH_STEPS):
-        if hi / lo <= _RATIO:
-            break
+    if not budget.take():
+        return top
+    if fits(hi):  # shrink until it does not fit
+        while True:
+            if hi < top * 2.0 ** -60 or not budget.take():
+                return hi
+            lo = hi / factor
+            factor *= factor
+            if not fits(lo):
+                break
+            hi = lo
+    else:  # grow until it fits; top is assumed to
+        while True:
+            lo, hi = hi, min(hi * factor, top)
+            factor *= factor
+            if hi >= top:
+                break
+            if not budget.take():
+                return top
+            if fits(hi):
+                break
+    while hi / lo > ratio and budget.take():
         mid = math.sqrt(lo * hi)
         lo, hi = (lo, mid) if fits(mid) else (mid, hi)
     return hi

@@ -6,7 +6,7 @@ import builtins
 import io
 import mmap
 import os
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -14,10 +14,9 @@ from . import constants as K
 from .container import DEFAULT_LIMITS, Header, Limits, TensorInfo, atomic_write, parse_header, write_stream
 from .errors import DCFError, TruncatedError
 from .policy import Policy
-from .progress import ProgressEvent
+from .progress import Progress, ProgressEvent
 
-Progress = Callable[[str], None]
-EventCallback = Callable[[ProgressEvent], None]
+EventCallback = Progress
 
 
 def _arrays(tensors: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -37,17 +36,18 @@ def _encode(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping
 
     tensors = _arrays(tensors)
     encoder.check_inputs(tensors, metadata)
-    return encoder.encode(tensors, _resolve(tensors, policy, metadata), metadata, progress)
+    return encoder.encode(tensors, _resolve(tensors, policy, metadata, progress), metadata, progress)
 
 
-def _resolve(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping[str, str] | None) -> Policy:
+def _resolve(tensors: Mapping[str, Any], policy: Policy | None, metadata: Mapping[str, str] | None,
+             progress: Progress | None = None) -> Policy:
     """The policy to encode with: a target size becomes the step that meets it (allocation.fit_size)."""
     policy = policy or Policy()
     if policy.target_size is None:
         return policy
     from .allocation import fit_size
 
-    return fit_size(tensors, policy, metadata=metadata)
+    return fit_size(tensors, policy, metadata=metadata, progress=progress)
 
 
 def save(tensors: Mapping[str, Any], *, policy: Policy | None = None, metadata: Mapping[str, str] | None = None) -> bytes:
@@ -72,7 +72,7 @@ def save_file(tensors: Mapping[str, Any], path: str | os.PathLike, *, policy: Po
 
     tensors = _arrays(tensors)
     meta = encoder.check_inputs(tensors, metadata)
-    policy = _resolve(tensors, policy, metadata)
+    policy = _resolve(tensors, policy, metadata, progress)
     sources = [(name, (lambda v=value: v)) for name, value in tensors.items()]
     sizes = {name: int(getattr(value, "nbytes", 0)) for name, value in tensors.items()}
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))

@@ -1,210 +1,241 @@
-"""The `dcformat` command: compress, decompress, inspect, verify and demo.
+"""The `dcformat` command: compress, decompress, inspect, verify, convert and demo.
 
-`--help` and `inspect` never import numba, so they answer instantly.
+Every error a user can cause is one line on stderr, `dcformat: error: <file>: <what is wrong>`,
+and an exit status:
+
+- 0: done (`verify`: the file is intact);
+- 1: bad data — an input that is missing, unreadable, not a model, corrupt, or holds what cannot be
+  encoded; a missing optional dependency; a write that failed; `verify` found a problem;
+- 2: usage — an unknown option or bad value, contradictory options, an output that exists (without
+  --force) or is the input itself;
+- 130: interrupted (Ctrl-C); 141: the reader of the output went away (SIGPIPE's convention).
+
+`--debug` shows the traceback instead. `--help` and `inspect` never import numba, so they answer
+instantly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import sys
 import time
-from typing import Any, Sequence
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 from . import constants as K
-from .container import Header, TensorInfo, read_header
+from .container import read_header
 from .errors import DCFError
+from .progress import ProgressEvent
+from .report import (  # noqa: F401  (layout_report, format_report and printable are used by examples and tests)
+    PAPER_LEGEND, compact_table, encoder_lines, file_lines, format_report, layout_report, metadata_lines,
+    paper_table, percent, printable, ratio_words, tensor_row,
+)
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")
+
+DATA_ERROR = 1
+USAGE_ERROR = 2
+INTERRUPTED = 130
+BROKEN_PIPE = 128 + 13  # SIGPIPE
+
+# The optional extra that brings each optional package (pyproject.toml's optional-dependencies).
+EXTRAS = {"torch": "torch", "safetensors": "safetensors", "scipy": "test", "transformers": "bench",
+          "matplotlib": "examples", "sklearn": "examples"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors and warnings
+
+
+class CommandError(Exception):
+    """An error to print as one line, `dcformat: error: <path>: <message>`, with the exit status."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, status: int = DATA_ERROR):
+        super().__init__(message)
+        self.message, self.path, self.status = message, None if path is None else os.fspath(path), status
+
+    def line(self) -> str:
+        where = f"{printable(self.path)}: " if self.path is not None else ""
+        return f"dcformat: error: {where}{printable(self.message)}"
+
+
+def usage(message: str, path: str | os.PathLike | None = None) -> CommandError:
+    return CommandError(message, path, USAGE_ERROR)
+
+
+def describe(error: BaseException, path: str | None = None) -> str:
+    """One line saying what went wrong, without the paths of temporary files or a repeat of `path`."""
+    if isinstance(error, ImportError) and getattr(error, "name", None):
+        name = error.name.split(".")[0]
+        extra = EXTRAS.get(name)
+        how = f"pip install 'dcformat[{extra}]'" if extra else f"pip install {name}"
+        return f"needs the optional package {name}, which is not installed: {how}"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror  # the caller names the file: never the temporary one
+    text = str(error)
+    if type(error).__name__ == "UnpicklingError" and "Unsupported global: GLOBAL " in text:
+        cls = text.split("Unsupported global: GLOBAL ", 1)[1].split()[0]
+        return (f"holds a pickled {cls} object, not a state dict (PyTorch files are read with "
+                "weights_only=True): save model.state_dict() instead")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    if path and text.startswith(f"{path}: "):
+        text = text[len(path) + 2:]
+    return text
+
+
+@contextmanager
+def about(path: str | os.PathLike | None, status: int = DATA_ERROR) -> Iterator[None]:
+    """Report any error raised inside as one line about `path` (readers of other formats raise anything)."""
+    try:
+        yield
+    except (CommandError, KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as e:  # noqa: BLE001 - third-party readers raise their own types for bad files
+        raise CommandError(describe(e, None if path is None else os.fspath(path)), path, status) from e
+
+
+class Messages:
+    """Warnings on stderr (`dcformat: warning: ...`), kept for --json, silenced by --quiet."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet, self.warnings = quiet, []
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+        if not self.quiet:
+            print(f"dcformat: warning: {printable(text)}", file=sys.stderr)
+
+
+def check_output(output: str, inputs: Sequence[str], force: bool) -> None:
+    """Never write onto an input; an existing output needs --force (as gzip and zstd)."""
+    for src in inputs:
+        if _same_file(src, output):
+            raise usage("is the input file: dcformat never overwrites its input (choose another output)", output)
+    if os.path.isdir(output):
+        raise usage("is a directory: give the output file's name", output)
+    if os.path.lexists(output) and not force:
+        raise usage("already exists: use --force (-f) to overwrite it", output)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 # ---------------------------------------------------------------------------------------------
 # Progress
 
 
-class Progress:
-    """A one-line progress bar on stderr, shown only when stderr is a terminal (or forced)."""
+class ProgressBar:
+    """Draws `ProgressEvent`s as one line on stderr, on a terminal only: bytes done, and the tensor
+    being worked on (events arrive before a tensor starts); a search shows what it is trying."""
 
-    def __init__(self, total: int, label: str, enabled: bool | None = None):
-        self.total, self.label, self.done = max(total, 1), label, 0
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+    def __init__(self, enabled: bool | None = None, stream: Any = None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
         self.start = time.perf_counter()
+        self.last = 0.0
+        self.drawn = False
 
-    def __call__(self, event: Any) -> None:
-        if not isinstance(event, str):  # a ProgressEvent: one before each tensor starts, one at the end
-            self.started = getattr(self, "started", 0) + (event.tensor is not None)
-            self.done = self.started - 1 if event.tensor is not None else self.total - 1
-            event = event.tensor or ""
-        name = event
-        self.done += 1
+    def __call__(self, event: ProgressEvent) -> None:
         if not self.enabled:
             return
-        width = 30
-        filled = width * self.done // self.total
-        elapsed = time.perf_counter() - self.start
-        sys.stderr.write(
-            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {elapsed:5.1f}s {name[:40]:<40}"
-        )
-        if self.done >= self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        now = time.perf_counter()
+        finished = event.total_bytes and event.done_bytes >= event.total_bytes
+        if now - self.last < 0.1 and not finished:
+            return
+        self.last = now
+        self.draw(self.line(event, now - self.start, shutil.get_terminal_size().columns))
 
-
-# ---------------------------------------------------------------------------------------------
-# Layout report (the paper's Table 4 columns), from the header alone
-
-
-def tensor_row(t: TensorInfo) -> dict[str, Any]:
-    """One tensor's layout in the paper's terms: kept share, bits per stored weight and index."""
-    numel = t.numel
-    row: dict[str, Any] = {
-        "name": t.name, "shape": list(t.shape), "dtype": t.dtype, "weights": numel,
-        "encoding": t.encoding, "layout": t.layout or "-", "kept": 1.0, "entries": numel,
-        "fillers": 0, "weight_bits": None, "weight_bits_coded": None, "index_bits": None,
-        "index_bits_coded": None, "bytes": t.stored_bytes, "dense_bytes": t.nbytes,
-        "codebook": t.codebook_size, "weight_coding": "raw", "index_coding": "-",
-    }
-    item_bits = 8 * t.itemsize
-    if t.encoding == K.RAW:
-        row.update(weight_bits=item_bits, weight_bits_coded=item_bits)
-    elif t.encoding == K.SHARED:
-        row.update(weight_bits=t.bits, weight_bits_coded=_per(t.indices.section.length * 8, numel),
-                   weight_coding=t.indices.coding)
-    else:
-        row.update(entries=t.entries, fillers=t.fillers, kept=_per(t.entries - t.fillers, numel),
-                   index_bits=t.index_bits, index_bits_coded=_per(t.gaps.section.length * 8, t.entries),
-                   index_coding=t.gaps.coding)
-        if t.codebook is not None:
-            row.update(weight_bits=t.bits, weight_bits_coded=_per(t.indices.section.length * 8, t.entries),
-                       weight_coding=t.indices.coding)
+    @staticmethod
+    def line(event: ProgressEvent, seconds: float, columns: int) -> str:
+        """The bar's text for one event, at most `columns - 1` characters."""
+        if event.total_bytes:
+            share = min(1.0, event.done_bytes / event.total_bytes)
+            filled = int(20 * share)
+            text = (f"{event.stage} [{'#' * filled}{'.' * (20 - filled)}] {100 * share:3.0f}% "
+                    f"{event.done_bytes / 1e6:,.1f}/{event.total_bytes / 1e6:,.1f} MB {seconds:4.0f} s")
         else:
-            row.update(weight_bits=item_bits, weight_bits_coded=item_bits)
-    row["rate"] = _per(t.stored_bytes, t.nbytes)
-    return row
+            text = f"{event.stage} {seconds:4.0f} s"
+        detail = event.message or event.tensor or event.shard
+        if detail:
+            text += " " + printable(detail)
+        return text[: max(columns - 1, 10)]
 
+    def draw(self, text: str) -> None:
+        self.stream.write("\r" + text + "\x1b[K")
+        self.stream.flush()
+        self.drawn = True
 
-def _per(a: float, b: float) -> float | None:
-    return a / b if b else None
-
-
-def layout_report(header: Header) -> dict[str, Any]:
-    """The per-tensor rows and totals of a file."""
-    rows = [tensor_row(t) for t in header.tensors]
-    dense = sum(r["dense_bytes"] for r in rows)
-    weights = sum(r["weights"] for r in rows)
-    kept = sum(r["weights"] * r["kept"] for r in rows if r["kept"] is not None)
-    totals = {
-        "tensors": len(rows), "weights": weights, "kept": _per(kept, weights),
-        "fillers": sum(r["fillers"] for r in rows), "bytes": sum(r["bytes"] for r in rows),
-        "dense_bytes": dense, "file_bytes": header.file_length,
-        "header_bytes": K.PREAMBLE_SIZE + header.header_length,
-        "header_coding": header.header_coding, "header_stored_bytes": header.header_length,
-        "header_json_bytes": header.json_length,
-        "rate": _per(header.file_length, dense), "ratio": _per(dense, header.file_length),
-    }
-    return {
-        "version": f"{header.version[0]}.{header.version[1]}", "metadata": header.metadata,
-        "tables": len(header.tables), "tensors": rows, "totals": totals,
-    }
-
-
-def _fmt_bits(a: float | None, b: float | None) -> str:
-    if a is None:
-        return "-"
-    return f"{a:g} / {b:.2f}" if b is not None else f"{a:g} / -"
-
-
-def printable(text: str) -> str:
-    """Text from a file, safe for a terminal: control characters (escape sequences, newlines) escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def format_report(report: dict[str, Any]) -> str:
-    cols = ["name", "shape", "weights", "kept", "encoding", "layout", "w bits P+Q / +H", "idx bits P+Q / +H",
-            "fillers", "bytes", "rate"]
-    lines = []
-    for r in report["tensors"]:
-        lines.append([
-            printable(r["name"]), "x".join(map(str, r["shape"])) or "scalar", f"{r['weights']:,}",
-            f"{100 * r['kept']:.1f}%" if r["kept"] is not None else "-", r["encoding"], r["layout"],
-            _fmt_bits(r["weight_bits"], r["weight_bits_coded"]), _fmt_bits(r["index_bits"], r["index_bits_coded"]),
-            f"{r['fillers']:,}", f"{r['bytes']:,}", f"{100 * r['rate']:.2f}%" if r["rate"] is not None else "-",
-        ])
-    t = report["totals"]
-    total = ["total (file)", "", f"{t['weights']:,}", f"{100 * t['kept']:.1f}%" if t["kept"] is not None else "-",
-             "", "", "", "", f"{t['fillers']:,}", f"{t['file_bytes']:,}",
-             f"{100 * t['rate']:.2f}%" if t["rate"] is not None else "-"]
-    widths = [max(len(c), *(len(l[i]) for l in lines + [total])) for i, c in enumerate(cols)]
-    right = {2, 3, 8, 9, 10}
-
-    def fmt(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    out = [fmt(cols), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines] + [fmt(["-" * w for w in widths]), fmt(total)]
-    ratio = f"{t['ratio']:.1f}x smaller than dense" if t["ratio"] else ""
-    out.append(f"dcformat {report['version']}, {t['tensors']} tensors, {report['tables']} Huffman tables, "
-               f"header {t['header_bytes']:,} B ({_header_text(t)}), dense {t['dense_bytes']:,} B -> "
-               f"file {t['file_bytes']:,} B {ratio}")
-    return "\n".join(out)
-
-
-def _header_text(totals: dict[str, Any]) -> str:
-    """How the header is stored: JSON text, or zlib with its stored and decompressed sizes (§2.2)."""
-    if totals["header_coding"] == K.HEADER_ZLIB:
-        return f"zlib: {totals['header_stored_bytes']:,} B stored, {totals['header_json_bytes']:,} B of JSON"
-    return f"JSON: {totals['header_json_bytes']:,} B of text"
+    def close(self) -> None:
+        """Clear the bar's line, so that what follows starts on a clean line."""
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.drawn = False
 
 
 # ---------------------------------------------------------------------------------------------
-# Commands
+# Arguments
 
 
-def _policy_from_args(args: argparse.Namespace):
-    from .policy import Policy
-
-    rules: dict[str, dict[str, Any]] = {}
-    for text in args.rule or []:
-        pattern, _, settings = text.partition(":")
-        rule: dict[str, Any] = {}
-        for item in filter(None, settings.split(",")):
-            key, _, value = item.partition("=")
-            key = key.strip().replace("-", "_")
-            if key in ("bits", "index_bits") and value != "auto":
-                rule[key] = int(value)
-            elif key in ("prune", "threshold", "lam", "max_error", "step"):
-                rule[key] = None if value.lower() == "none" else float(value)
-            elif key == "raw":
-                rule[key] = value.lower() in ("1", "true", "yes", "")
-            else:
-                rule[key] = value
-        rules[pattern] = rule
-    kwargs: dict[str, Any] = dict(
-        prune=args.prune, threshold=args.threshold, index_bits=args.index_bits, layout=args.layout,
-        raw=tuple(args.raw or ()), rules=rules, huffman=args.huffman, lossless=args.lossless,
-        quantizer=args.quantizer, init=args.init, lam=args.lam, max_error=args.max_error,
-        step=args.step, target_size=args.target_size, step_scales=_step_scales(args.step_scales),
-        vector_bits=args.vector_bits, compact_header=not args.json_header,
-    )
-    kwargs["conv_bits"] = args.bits if args.bits is not None else args.conv_bits
-    kwargs["fc_bits"] = args.bits if args.bits is not None else args.fc_bits
-    return Policy(**kwargs)
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1] (e.g. 0.9 prunes 90%)")
+    return value
 
 
-def _step_scales(path: str | None) -> dict[str, float]:
-    """{tensor name: step factor} from a JSON file, e.g. dcformat.allocation.scales_from_sensitivity's result."""
-    if path is None:
-        return {}
-    from .errors import EncodeError
+def _positive(text: str) -> float:
+    value = _number(text)
+    if not 0.0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
 
+
+def _non_negative(text: str) -> float:
+    value = _number(text)
+    if not 0.0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative number")
+    return value
+
+
+def _number(text: str) -> float:
     try:
-        with open(path, encoding="utf-8") as f:
-            scales = json.load(f)
-    except (OSError, ValueError) as e:
-        raise EncodeError(f"--step-scales {path}: {e}") from None
-    if not isinstance(scales, dict):
-        raise EncodeError(f"--step-scales {path}: expected a JSON object {{tensor name: factor}}")
-    return scales
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _width(text: str) -> int:
+    """A codebook width: 1..16 bits, or 0 for exact values."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bits") from None
+    if not (value == 0 or K.MIN_BITS <= value <= K.MAX_BITS):
+        raise argparse.ArgumentTypeError(f"{value} bits: give 1..16 (or 0: no weight sharing)")
+    return value
+
+
+def _index_bits(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a width 1..16 or 'auto'") from None
+    if not K.MIN_BITS <= value <= K.MAX_BITS:
+        raise argparse.ArgumentTypeError(f"{value}: give a width 1..16 or 'auto'")
+    return value
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
@@ -227,33 +258,305 @@ def _size(text: str) -> int:
     return int(value)
 
 
-def _index_bits(text: str) -> int | str:
-    return text if text == "auto" else int(text)
+RULE_EXAMPLE = "e.g. 'fc8.*:bits=4,prune=0.75'"
+
+
+def parse_rule(text: str) -> tuple[str, dict[str, Any]]:
+    """'PATTERN:KEY=VALUE,...' -> (pattern, settings), refusing empty and unknown settings."""
+    from .policy import RULE_KEYS
+
+    pattern, colon, body = text.partition(":")
+    items = [item.strip() for item in body.split(",") if item.strip()]
+    if not pattern or not colon or not items:
+        raise usage(f"--rule {text!r}: no settings; write PATTERN:KEY=VALUE[,KEY=VALUE...], {RULE_EXAMPLE}")
+    rule: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key, value = key.strip().replace("-", "_"), value.strip()
+        if key not in RULE_KEYS:
+            raise usage(f"--rule {text!r}: unknown setting {key!r} (known: {', '.join(RULE_KEYS)})")
+        if not eq and key != "raw":
+            raise usage(f"--rule {text!r}: {key} needs a value ({key}=...)")
+        try:
+            if key == "index_bits":
+                rule[key] = _index_bits(value)
+            elif key == "bits":
+                rule[key] = _width(value)
+            elif key in ("prune", "threshold", "lam", "max_error", "step"):
+                rule[key] = None if value.lower() == "none" else float(value)
+            elif key == "raw":
+                if value.lower() not in ("", "1", "true", "yes", "0", "false", "no"):
+                    raise ValueError(f"raw={value}: give true or false")
+                rule[key] = value.lower() in ("", "1", "true", "yes")
+            else:
+                rule[key] = value
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            raise usage(f"--rule {text!r}: {key}: {e}") from None
+    return pattern, rule
+
+
+def _given(args: argparse.Namespace, *names: str) -> list[str]:
+    """The options among `names` that the user set (their defaults are None)."""
+    return [n for n in names if getattr(args, n, None) not in (None, False, [])]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_options(args: argparse.Namespace, rules: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse options that contradict each other, saying why (the Policy checks each one alone)."""
+    widths = _given(args, "bits", "conv_bits", "fc_bits")
+
+    def refuse(first: str, others: list[str], why: str) -> None:
+        if others and _given(args, first):
+            raise usage(f"{_flag(first)} and {_flag(others[0])} contradict each other: {why}")
+
+    if args.lossless:
+        lossy = _given(args, "prune", "threshold", *("bits", "conv_bits", "fc_bits"), "quantizer", "init", "lam",
+                       "max_error", "vector_bits", "step", "step_scales", "target_size")
+        refuse("lossless", lossy, "--lossless stores every tensor exactly")
+        from .policy import LOSSY_RULE_KEYS
+
+        for pattern, rule in rules.items():
+            lossy_keys = [k for k in LOSSY_RULE_KEYS if k in rule]
+            if lossy_keys:
+                raise usage(f"--lossless and --rule {pattern!r} contradict each other: --lossless stores every "
+                            f"tensor exactly, the rule sets {lossy_keys[0]}")
+    refuse("prune", _given(args, "threshold"), "give a fraction to prune or a threshold, not both")
+    refuse("step", widths, "a step sets the levels itself (as many as the weights span)")
+    refuse("target_size", _given(args, "step"), "the target size chooses the step")
+    refuse("target_size", widths, "the target size searches a uniform step, which sets the levels")
+    refuse("max_error", _given(args, "step", "target_size"), "give one target: an error, a step or a size")
+    refuse("max_error", widths, "--max-error chooses each tensor's width (1..16 bits)")
+    if args.step_scales and not _given(args, "step", "target_size"):
+        raise usage("--step-scales needs --step or --target-size: its factors scale the uniform step")
+    ecsq = args.quantizer == "ecsq" or any(r.get("quantizer") == "ecsq" for r in rules.values())
+    if args.lam is not None and not ecsq:
+        raise usage("--lam needs --quantizer ecsq: it is the entropy-constrained quantizer's rate weight")
+    if args.init is not None and args.quantizer not in (None, "kmeans"):
+        raise usage(f"--init and --quantizer {args.quantizer} contradict each other: --init sets k-means' start")
+    if (args.quantizer or args.init) and _given(args, "step", "target_size"):
+        raise usage("--quantizer/--init and --step/--target-size contradict each other: a step quantizes uniformly")
+
+
+def policy_from_args(args: argparse.Namespace):
+    """The Policy the options describe, after refusing contradictions (exit 2)."""
+    from .policy import Policy
+
+    rules: dict[str, dict[str, Any]] = {}
+    for text in args.rule or []:
+        pattern, rule = parse_rule(text)
+        rules[pattern] = rule
+    check_options(args, rules)
+    kwargs: dict[str, Any] = dict(
+        prune=args.prune or 0.0, threshold=args.threshold, index_bits=5 if args.index_bits is None else args.index_bits,
+        layout=args.layout or "auto", raw=tuple(args.raw or ()), rules=rules, huffman=args.huffman,
+        lossless=args.lossless, quantizer=args.quantizer or "kmeans", init=args.init or "linear", lam=args.lam or 0.0,
+        max_error=args.max_error, step=args.step, target_size=args.target_size,
+        step_scales=_step_scales(args.step_scales), vector_bits=args.vector_bits, compact_header=not args.json_header,
+    )
+    kwargs["conv_bits"] = args.bits if args.bits is not None else (8 if args.conv_bits is None else args.conv_bits)
+    kwargs["fc_bits"] = args.bits if args.bits is not None else (5 if args.fc_bits is None else args.fc_bits)
+    try:
+        return Policy(**kwargs)
+    except DCFError as e:
+        raise usage(str(e).removeprefix("policy: ")) from None
+
+
+def _step_scales(path: str | None) -> dict[str, float]:
+    """{tensor name: step factor} from a JSON file, e.g. dcformat.allocation.scales_from_sensitivity's result."""
+    if path is None:
+        return {}
+    with about(path):
+        with open(path, encoding="utf-8") as f:
+            scales = json.load(f)
+    if not isinstance(scales, dict):
+        raise CommandError("expected a JSON object {tensor name: factor} (--step-scales)", path)
+    return scales
+
+
+def _parse_metadata(items: Sequence[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise usage(f"--metadata {item!r}: write KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def unmatched_patterns(args: argparse.Namespace, policy: Any, names: Sequence[str]) -> list[str]:
+    """Warnings for --raw and --rule patterns that match no tensor, and --step-scales names not in the model."""
+    import fnmatch
+
+    out = []
+    for pattern in policy.raw:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            out.append(f"--raw {pattern!r} matches no tensor")
+    for pattern in policy.rules:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            out.append(f"--rule {pattern!r} matches no tensor")
+    missing = sorted(set(policy.step_scales) - set(names))
+    if missing:
+        out.append(f"--step-scales names {len(missing)} tensor(s) not in the model, e.g. {missing[0]!r}")
+    return out
+
+
+def pruning_warning(policy: Any) -> str | None:
+    if policy.prune or policy.threshold is not None or any(r.get("prune") or r.get("threshold") is not None
+                                                            for r in policy.rules.values()):
+        return ("pruning without retraining costs accuracy (a pruned weight is gone for good): prune while "
+                "training with dcformat.pipeline (Pruner, then CodebookTrainer), as the paper does")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# What a compressed file changed
+
+
+def tensor_errors(path: str, tensors: Mapping[str, Any], progress: ProgressBar | None = None) -> dict[str, float | None]:
+    """Relative RMS error ||decoded - original|| / ||original|| of each tensor as the file at `path` decodes it
+    (0 for exact; None where the original's norm is not finite), one tensor at a time."""
+    import numpy as np
+
+    from .api import SafeOpen
+
+    out: dict[str, float | None] = {}
+    with SafeOpen(path) as f:
+        for name in f.keys():
+            original = np.ascontiguousarray(tensors[name]).reshape(-1)
+            decoded = f.get_tensor(name).reshape(-1)
+            if original.dtype == decoded.dtype and np.array_equal(original.view(np.uint8), decoded.view(np.uint8)):
+                out[name] = 0.0  # bit for bit (NaN payloads and -0.0 included)
+                continue
+            a, b = original.astype(np.float64).reshape(-1), decoded.astype(np.float64).reshape(-1)
+            norm, diff = float(np.linalg.norm(a)), float(np.linalg.norm(b - a))
+            out[name] = None if not math.isfinite(norm) or not math.isfinite(diff) else (diff / norm if norm else math.inf)
+    return out
+
+
+def model_error(tensors: Mapping[str, Any], errors: Mapping[str, float | None]) -> float | None:
+    """Relative RMS error over all lossy tensors together: sqrt(sum of squared errors / sum of squares)."""
+    import numpy as np
+
+    num = den = 0.0
+    for name, e in errors.items():
+        if e is None or e == 0.0:
+            continue
+        sq = float(np.sum(np.square(np.asarray(tensors[name], dtype=np.float64))))
+        if not math.isfinite(e):
+            return math.inf
+        num += e * e * sq
+        den += sq
+    return math.sqrt(num / den) if den else (0.0 if num == 0 else math.inf)
+
+
+def annotate(report: dict[str, Any], policy: Any, tensors: Mapping[str, Any]) -> None:
+    """Give each coded row of a fresh file's report the quantizer and step its policy chose."""
+    import numpy as np
+
+    for row in report["tensors"]:
+        if row["codebook"] and row["name"] in tensors:
+            plan = policy.plan(row["name"], np.asarray(tensors[row["name"]]))
+            row["step"] = plan.step
+            row["quantizer"] = "uniform" if plan.step is not None else plan.quantizer
+
+
+def policy_words(policy: Any, args: argparse.Namespace) -> str:
+    """The lossy steps of a policy in a line."""
+    if policy.step is not None:
+        text = f"uniform quantization, step {policy.step:.4g}"
+        if args.target_size is not None:
+            text += f" (chosen for --target-size {args.target_size:,} B)"
+    elif policy.max_error is not None:
+        text = f"per tensor, the fewest codebook bits (1..16) for a relative RMS error of at most {percent(policy.max_error)}"
+    else:
+        text = f"k-means codebooks of {policy.fc_bits or 'exact'} bits for 2-D and {policy.conv_bits or 'exact'} for conv tensors"
+        if (policy.fc_bits, policy.conv_bits) == (5, 8):
+            text += " (the paper's widths, the default)"
+    if policy.prune or policy.threshold is not None:
+        text += f", {100 * policy.prune:g}% pruned" if policy.prune else f", |w| < {policy.threshold:g} pruned"
+    if policy.vector_bits:
+        text += f", 1-D tensors as {policy.vector_bits}-bit codebooks"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .api import save_file
     from .interop.formats import read_tensors
 
-    policy = _policy_from_args(args)
-    tensors = read_tensors(args.input)
-    metadata = dict(kv.split("=", 1) for kv in args.metadata or [])
-    progress = Progress(len(tensors), "compress", enabled=False if args.json else None)
-    start = time.perf_counter()
-    save_file(tensors, args.output, policy=policy, metadata=metadata, progress=progress)
-    seconds = time.perf_counter() - start
-    report = layout_report(read_header(args.output))
-    dense = sum(np.asarray(a).nbytes for a in tensors.values())
-    summary = {"input": args.input, "output": args.output, "input_bytes": os.path.getsize(args.input),
-               "dense_bytes": dense, "file_bytes": report["totals"]["file_bytes"],
-               "ratio": dense / report["totals"]["file_bytes"], "seconds": seconds}
+    messages = Messages(args.quiet)
+    policy = policy_from_args(args)
+    metadata = _parse_metadata(args.metadata)
+    check_output(args.output, [args.input], args.force)
+    bar = ProgressBar(enabled=False if (args.json or args.quiet) else None)
+    try:
+        with about(args.input):
+            tensors = read_tensors(args.input)
+        if not tensors:
+            raise CommandError("holds no tensors: nothing to compress (dcformat never writes an empty file)", args.input)
+        for text in unmatched_patterns(args, policy, list(tensors)):
+            messages.warn(text)
+        if (text := pruning_warning(policy)) is not None:
+            messages.warn(text)
+        start = time.perf_counter()
+        if policy.target_size is not None:
+            from .allocation import fit_size
+
+            with about(args.input):
+                policy = fit_size(tensors, policy, metadata=metadata, progress=bar)
+        with about(args.output):
+            try:
+                save_file(tensors, args.output, policy=policy, metadata=metadata, progress=bar)
+            except (DCFError, ValueError) as e:  # about the tensors, not the output file
+                raise CommandError(describe(e), args.input) from e
+        seconds = time.perf_counter() - start
+        with about(args.output):
+            errors = tensor_errors(args.output, tensors)
+            report = layout_report(read_header(args.output), errors)
+    finally:
+        bar.close()
+    annotate(report, policy, tensors)
+    totals = report["totals"]
+    lossy = {n: e for n, e in errors.items() if e != 0.0}
+    error = model_error(tensors, errors)
+    if policy.max_error is not None:
+        missed = [n for n, e in errors.items() if e is not None and e > policy.max_error * (1 + 1e-9)]
+        if missed:
+            messages.warn(f"--max-error {policy.max_error:g} not met by {len(missed)} tensor(s), even at the widest "
+                          f"width allowed: {', '.join(repr(n) for n in missed[:3])}{', ...' if len(missed) > 3 else ''}"
+                          + (" (pruning alone costs more)" if policy.prune or policy.threshold is not None else ""))
+    summary = {
+        "input": args.input, "output": args.output, "input_bytes": os.path.getsize(args.input),
+        "dense_bytes": totals["dense_bytes"], "file_bytes": totals["file_bytes"],
+        "ratio": totals["dense_bytes"] / totals["file_bytes"], "seconds": seconds,
+        "lossless": not lossy, "error": error, "step": policy.step, "policy": policy.to_dict(),
+        "warnings": messages.warnings,
+    }
     if args.json:
         print(json.dumps({"summary": summary, **report}, indent=2))
+        return 0
+    width = _terminal_width()
+    lines = [f"wrote {args.output}: {totals['file_bytes']:,} B from {totals['dense_bytes']:,} B of tensors, "
+             f"{ratio_words(totals['dense_bytes'], totals['file_bytes'])} ({seconds:.1f} s)"]
+    if not lossy:
+        lines.append("lossless: every tensor decodes exactly as it was")
+        if args.target_size is not None:
+            lines.append(f"  (--target-size {args.target_size:,} B is at or above the exact file's size)")
     else:
-        print(format_report(report))
-        print(f"wrote {args.output}: {summary['file_bytes']:,} B, {summary['ratio']:.1f}x smaller than dense float ({seconds:.2f} s)")
+        worst = max(lossy, key=lambda n: lossy[n] if lossy[n] is not None else -1.0)
+        lines.append(f"lossy: {policy_words(policy, args)}")
+        together = f"the {len(lossy)} changed tensors together" if len(lossy) > 1 else "the 1 changed tensor"
+        lines.append(f"  relative RMS error ||decoded - original|| / ||original||: {percent(error)} over "
+                     f"{together}, at most {percent(lossy[worst])} ({worst})")
+        lines.append(f"  for an exact file: dcformat compress {args.input} -o OUT --lossless")
+    print("\n".join(compact_table(report, width)))
+    print(wrapped([printable(line) for line in lines], width))
     return 0
 
 
@@ -261,27 +564,63 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from .api import SafeOpen
     from .interop.formats import write_tensors
 
-    with SafeOpen(args.input) as f:
-        progress = Progress(len(f), "decompress")
-        tensors = {}
-        for name in f.keys():
-            tensors[name] = f.get_tensor(name)
-            progress(name)
-    write_tensors(tensors, args.output)
-    print(f"wrote {args.output}: {len(tensors)} tensors")
+    check_output(args.output, [args.input], args.force)
+    bar = ProgressBar()
+    try:
+        with about(args.input):
+            with SafeOpen(args.input) as f:
+                total = sum(f.layout(name).nbytes for name in f.keys())
+                tensors, done = {}, 0
+                for name in f.keys():
+                    bar(ProgressEvent("decompress", done, total, tensor=name))
+                    tensors[name] = f.get_tensor(name)
+                    done += tensors[name].nbytes
+                bar(ProgressEvent("decompress", done, total))
+        with about(args.output):
+            write_tensors(tensors, args.output)
+    finally:
+        bar.close()
+    print(f"wrote {printable(args.output)}: {len(tensors)} tensors, {total:,} B")
     return 0
 
 
+def wrapped(lines: Sequence[str], width: int | None) -> str:
+    """Lines of prose, each wrapped to `width` (continuations indented); tables are printed as they are."""
+    import textwrap
+
+    if width is None:
+        return "\n".join(lines)
+    out = []
+    for line in lines:
+        indent = " " * (len(line) - len(line.lstrip(" ")))
+        out += textwrap.wrap(line, max(width - 1, 20), subsequent_indent=indent + "  ", break_on_hyphens=False,
+                             break_long_words=False) or [""]
+    return "\n".join(out)
+
+
+def _terminal_width() -> int | None:
+    """Columns to fit: $COLUMNS, else the terminal's; None (no limit) when stdout is not a terminal."""
+    if os.environ.get("COLUMNS", "").isdigit() or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    report = layout_report(read_header(args.file))
+    with about(args.file):
+        report = layout_report(read_header(args.file))
     if args.json:
         print(json.dumps(report, indent=2))
+        return 0
+    width = _terminal_width()
+    if args.wide:
+        lines = paper_table(report) + [""] + PAPER_LEGEND.splitlines()
     else:
-        print(format_report(report))
-        if report["metadata"]:
-            print("metadata:")
-            for k, v in report["metadata"].items():
-                print(f"  {printable(k)}: {printable(v)}")
+        lines = compact_table(report, width)
+    print("\n".join(lines))
+    print(wrapped([""] + file_lines(report) + encoder_lines(report), width))
+    meta = metadata_lines(report, None if args.wide else width)
+    if meta:
+        print("\n".join(meta))
     return 0
 
 
@@ -299,7 +638,7 @@ def verify_file(path: str) -> dict[str, Any]:
     try:
         f = SafeOpen(path)
     except (DCFError, OSError) as e:
-        problem(None, type(e).__name__, str(e))
+        problem(None, type(e).__name__, describe(e) if isinstance(e, OSError) else str(e))
         return {"file": path, "ok": False, "tensors": 0, "problems": problems}
     with f:
         for info in f.header.tensors:
@@ -330,12 +669,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     elif result["ok"]:
-        print(f"{args.file}: OK ({result['tensors']} tensors decoded, all checksums match)")
+        print(f"{printable(args.file)}: OK ({result['tensors']} tensors decoded, all checksums match)")
     else:
         for p in result["problems"]:
-            print(f"{args.file}: {p['error']}: {printable(p['message'])}")
-        print(f"{args.file}: {len(result['problems'])} problem(s)")
-    return 0 if result["ok"] else 1
+            print(f"{printable(args.file)}: {p['error']}: {printable(p['message'])}")
+        print(f"{printable(args.file)}: {len(result['problems'])} problem(s)")
+    return 0 if result["ok"] else DATA_ERROR
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -346,23 +685,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .api import load_file, save_file
     from .policy import Policy
 
+    if args.output:
+        check_output(args.output, [], args.force)
     with np.load(os.path.join(EXAMPLES, "lenet300.npz")) as z:
         model = {k: z[k] for k in z.files}
     with np.load(os.path.join(EXAMPLES, "digits_test.npz")) as z:
         x, y = z["x"], z["y"]
     policy = Policy(fc_bits=args.bits, index_bits=args.index_bits)
-    out = args.output or os.path.join(tempfile.mkdtemp(prefix="dcformat-demo-"), "lenet300.dcf")
-    print(f"example model: LeNet-300-100-style MLP on 8x8 digits, pruned and retrained "
-          f"({sum(a.size for a in model.values()):,} parameters, {sum(a.nbytes for a in model.values()):,} B as float32)")
-    print(f"policy: {args.bits}-bit weight sharing (k-means, linear init), {args.index_bits}-bit relative indices, Huffman\n")
-    start = time.perf_counter()
-    save_file(model, out, policy=policy, metadata={"model": "lenet-300-100 (digits)", "source": "dcformat demo"})
-    t_enc = time.perf_counter() - start
-    print(format_report(layout_report(read_header(out))))
-    start = time.perf_counter()
-    decoded = load_file(out)
-    t_dec = time.perf_counter() - start
-    err = max(float(np.max(np.abs(decoded[k].astype(np.float64) - model[k]))) if model[k].size else 0.0 for k in model)
+    dense = sum(a.nbytes for a in model.values())
+    width = _terminal_width()
+    print(wrapped([
+        "dcformat demo: compress a small trained model, show what the file holds, decode it, check it still works.",
+        "",
+        f"model: an MLP 64-300-100-10 (LeNet-300-100's shape) for 8x8 digits, bundled with dcformat, trained, "
+        f"pruned to about 10% of its weights and retrained; {sum(a.size for a in model.values()):,} parameters, "
+        f"{dense:,} B as float32",
+        f"policy: the weight matrices as {args.bits}-bit k-means codebooks (linear init), {args.index_bits}-bit "
+        "relative indices between kept weights, Huffman coding; biases exact",
+        ""], width))
 
     def accuracy(params: dict[str, np.ndarray]) -> float:
         h = x
@@ -371,63 +711,114 @@ def cmd_demo(args: argparse.Namespace) -> int:
             h = np.maximum(h, 0) if i < 3 else h
         return float((h.argmax(1) == y).mean())
 
-    dense = sum(a.nbytes for a in model.values())
-    size = os.path.getsize(out)
-    print(f"\nwrote {out}")
-    print(f"compression: {dense:,} B -> {size:,} B = {dense / size:.1f}x (encode {t_enc:.2f} s, decode {t_dec * 1000:.1f} ms)")
-    print(f"largest reconstruction error: {err:.3g}")
-    print(f"test accuracy (360 digits): original {accuracy(model):.4f}, decoded {accuracy(decoded):.4f}")
+    with tempfile.TemporaryDirectory(prefix="dcformat-demo-") as folder:
+        out = args.output or os.path.join(folder, "lenet300.dcf")
+        start = time.perf_counter()
+        with about(out):
+            save_file(model, out, policy=policy, metadata={"model": "lenet-300-100 (digits)", "source": "dcformat demo"})
+        t_enc = time.perf_counter() - start
+        start = time.perf_counter()
+        decoded = load_file(out)
+        t_first = time.perf_counter() - start
+        start = time.perf_counter()
+        load_file(out)
+        t_again = time.perf_counter() - start
+        errors = tensor_errors(out, model)
+        report = layout_report(read_header(out), errors)
+        size = os.path.getsize(out)
+    annotate(report, policy, model)
+    print("\n".join(compact_table(report, width)))
+    where = printable(out) if args.output else "a temporary folder, removed again (-o FILE keeps it)"
+    biggest = max(float(np.max(np.abs(a))) for a in model.values() if a.size)
+    change = max(float(np.max(np.abs(decoded[k].astype(np.float64) - model[k]))) if model[k].size else 0.0 for k in model)
+    print(wrapped([
+        "",
+        "One row a tensor. kept: the share of its weights that are not zero (the rest were pruned in training); "
+        "stored as: exact, or a codebook of shared values that each weight indexes; bits/weight: what the tensor "
+        "costs in the file per weight, indices and codebook included (32 for exact float32); bytes: its share of "
+        "the file; error: its relative RMS error ||decoded - original|| / ||original||.",
+        "",
+        f"file: {size:,} B, {ratio_words(dense, size)} than the {dense:,} B of float32 tensors; written to {where}",
+        f"time: encode {1000 * t_enc:,.0f} ms and first decode {1000 * t_first:,.0f} ms, both including the one-time "
+        f"loading (on the first run, compiling) of dcformat's numba kernels; decode again {1000 * t_again:,.1f} ms",
+        f"largest change of any weight: {change:.3g} (absolute; the largest weight magnitude is {biggest:.3g}); "
+        f"relative RMS error of the whole model {percent(model_error(model, errors))}",
+        f"test accuracy on 360 held-out digits: {accuracy(model):.4f} before, {accuracy(decoded):.4f} after",
+    ], width))
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .interop.deepcompression import cli_convert
 
-    return cli_convert(args)
+    if args.from_format and not args.prototxt:
+        raise usage("--from deepcompression needs --prototxt: a .net file holds no layer names or shapes")
+    check_output(args.output, [args.input] + ([args.prototxt] if args.prototxt else []), args.force)
+    with about(args.input):
+        return cli_convert(args)
 
 
 # ---------------------------------------------------------------------------------------------
 # Parser
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line: `dcformat: error: <what> (see dcformat compress --help)`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise usage(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dcformat", description="Compressed neural-network model files (Deep Compression): "
-                                "pruned CSR/CSC layers, codebooks, Huffman-coded streams.")
+    p = Parser(prog="dcformat", description="Compressed neural-network model files (Deep Compression): "
+               "pruned CSR/CSC layers, codebooks, Huffman-coded streams.",
+               epilog="Exit status: 0 done; 1 bad data (an input that cannot be read or encoded, a corrupt file, a "
+               "failed write, a missing optional package); 2 usage (bad or contradictory options, an output that "
+               "exists without --force or is the input); 130 interrupted.")
     p.add_argument("--version", action="version", version=f"dcformat format {K.VERSION_MAJOR}.{K.VERSION_MINOR}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    common = Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error instead of one line")
     sub.required = True
 
-    c = sub.add_parser("compress", help="compress a model (.npz, .safetensors, .pt/.pth) into a .dcf file",
-                       description="Compress a model. 1-D tensors (biases, norms) and non-float tensors stay raw; "
-                       "2-D tensors are 'fc', 3-D and more 'conv'.")
+    c = sub.add_parser("compress", parents=[common], help="compress a model (.npz, .safetensors, .pt/.pth) into a .dcf file",
+                       description="Compress a model. The default is lossy, the paper's widths: 2-D weight tensors as "
+                       "5-bit and conv (3-D and more) as 8-bit k-means codebooks; 1-D tensors (biases, norms) and "
+                       "non-float tensors stay exact. --lossless keeps every tensor exact.")
     c.add_argument("input", help="input model: .npz, .safetensors, .pt or .pth (loaded with weights_only=True)")
-    c.add_argument("-o", "--output", required=True, help="output .dcf file (written atomically)")
-    c.add_argument("--prune", type=float, default=0.0, metavar="FRACTION", help="prune this fraction of each conv/fc tensor by magnitude (default 0)")
-    c.add_argument("--threshold", type=float, default=None, help="prune weights of magnitude below this instead")
-    c.add_argument("--bits", type=int, default=None, help="codebook bits for conv and fc tensors (0: no weight sharing)")
-    c.add_argument("--conv-bits", type=int, default=8, help="codebook bits for conv tensors (default 8)")
-    c.add_argument("--fc-bits", type=int, default=5, help="codebook bits for fc tensors (default 5)")
-    c.add_argument("--index-bits", type=_index_bits, default=5, help="relative index width 1..16 or 'auto' (default 5)")
-    c.add_argument("--layout", choices=("csr", "csc", "auto"), default="auto", help="sparse layout (default: the smaller)")
-    c.add_argument("--raw", action="append", metavar="PATTERN", help="keep tensors matching this name pattern raw (repeatable)")
+    c.add_argument("-o", "--output", required=True, help="output .dcf file (written atomically; never the input)")
+    c.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no warnings")
+    c.add_argument("--prune", type=_fraction, default=None, metavar="FRACTION",
+                   help="prune this fraction of each conv/fc tensor by magnitude (default 0; costs accuracy "
+                   "without retraining: see dcformat.pipeline)")
+    c.add_argument("--threshold", type=_non_negative, default=None, help="prune weights of magnitude below this instead")
+    c.add_argument("--bits", type=_width, default=None, help="codebook bits for conv and fc tensors (0: no weight sharing)")
+    c.add_argument("--conv-bits", type=_width, default=None, help="codebook bits for conv tensors (default 8)")
+    c.add_argument("--fc-bits", type=_width, default=None, help="codebook bits for fc tensors (default 5)")
+    c.add_argument("--index-bits", type=_index_bits, default=None, help="relative index width 1..16 or 'auto' (default 5)")
+    c.add_argument("--layout", choices=("csr", "csc", "auto"), default=None, help="sparse layout (default: the smaller)")
+    c.add_argument("--raw", action="append", metavar="PATTERN", help="keep tensors matching this name pattern exact (repeatable)")
     c.add_argument("--rule", action="append", metavar="PATTERN:KEY=VALUE,...",
-                   help="per-name settings, e.g. 'fc8.*:bits=4,prune=0.75' (keys: bits, prune, threshold, index_bits, layout, "
+                   help=f"per-name settings, {RULE_EXAMPLE} (keys: bits, prune, threshold, index_bits, layout, "
                    "raw, quantizer, init, lam, max_error, step)")
     c.add_argument("--huffman", choices=("auto", "shared", "off"), default="auto",
                    help="Huffman tables per stream (auto), one per stream kind for the model (shared), or none (off)")
-    c.add_argument("--lossless", action="store_true", help="store every tensor raw")
-    c.add_argument("--quantizer", choices=("kmeans", "optimal", "ecsq"), default="kmeans",
+    c.add_argument("--lossless", action="store_true", help="store every tensor exactly")
+    c.add_argument("--quantizer", choices=("kmeans", "optimal", "ecsq"), default=None,
                    help="codebook choice: the paper's k-means (default), optimal least squares, or entropy-constrained")
-    c.add_argument("--init", choices=("linear", "density", "random", "kmeans++"), default="linear",
+    c.add_argument("--init", choices=("linear", "density", "random", "kmeans++"), default=None,
                    help="k-means initialisation (default linear, the paper's)")
-    c.add_argument("--lam", type=float, default=0.0,
+    c.add_argument("--lam", type=_non_negative, default=None,
                    help="ecsq: squared error (in units of the tensor's variance) one index bit must buy (e.g. 0.001)")
-    c.add_argument("--max-error", type=float, default=None, metavar="REL_RMS",
-                   help="quality target: per tensor, the fewest bits (up to --conv-bits/--fc-bits) whose relative "
-                   "RMS error is at most this, e.g. 0.03")
-    c.add_argument("--vector-bits", type=int, default=None, metavar="BITS",
+    c.add_argument("--max-error", type=_non_negative, default=None, metavar="REL_RMS",
+                   help="quality target: per tensor, the fewest codebook bits (1..16) whose relative RMS error is at "
+                   "most this, e.g. 0.03; says which tensors miss it")
+    c.add_argument("--vector-bits", type=_width, default=None, metavar="BITS",
                    help="codebook bits for 1-D tensors (biases, norms), which otherwise stay exact")
-    c.add_argument("--step", type=float, default=None,
+    c.add_argument("--step", type=_positive, default=None,
                    help="uniform quantization: round each conv/fc weight to a multiple of this step (Huffman-coded "
                    "levels; replaces the codebook bits), e.g. 0.005")
     c.add_argument("--step-scales", default=None, metavar="JSON",
@@ -435,31 +826,36 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. from dcformat.allocation.scales_from_sensitivity)")
     c.add_argument("--target-size", type=_size, default=None, metavar="SIZE",
                    help="aim at this file size (e.g. 10MB, 800KiB): searches the uniform step giving the largest "
-                   "file that fits")
+                   "file that fits; at or above the exact file's size, the file is exact")
     c.add_argument("--json-header", action="store_true",
                    help="store the header as plain JSON (format 1.0) even where zlib would make the file smaller")
     c.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="add user metadata (repeatable)")
     c.add_argument("--json", action="store_true", help="print the summary and layout as JSON")
     c.set_defaults(func=cmd_compress)
 
-    d = sub.add_parser("decompress", help="decode a .dcf file into .npz or .safetensors")
+    d = sub.add_parser("decompress", parents=[common], help="decode a .dcf file into .npz or .safetensors")
     d.add_argument("input", help="input .dcf file")
     d.add_argument("-o", "--output", required=True, help="output .npz or .safetensors file")
+    d.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
     d.set_defaults(func=cmd_decompress)
 
-    i = sub.add_parser("inspect", help="show a file's per-tensor layout (reads only the header)",
-                       description="Per-tensor layout in the terms of the Deep Compression paper's Table 4: weights, "
-                       "kept share, bits per weight and per index before (P+Q) and after Huffman (+H), fillers, bytes, rate.")
+    i = sub.add_parser("inspect", parents=[common], help="show what a file holds, tensor by tensor (reads only the header)",
+                       description="What a file holds, one tensor a row, fitted to the terminal: shape, how it is "
+                       "stored, bits per weight, bytes, and the error and step recorded when it was encoded. "
+                       "--wide shows the Deep Compression paper's Table 4 columns.")
     i.add_argument("file")
+    i.add_argument("--wide", "--paper", dest="wide", action="store_true",
+                   help="the paper's columns: kept share, bits per weight and per index before (P+Q) and after "
+                   "Huffman (+H), fillers, bytes, rate")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=cmd_inspect)
 
-    v = sub.add_parser("verify", help="check every checksum and decode every tensor; exit 1 on any problem")
+    v = sub.add_parser("verify", parents=[common], help="check every checksum and decode every tensor; exit 1 on any problem")
     v.add_argument("file")
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v.set_defaults(func=cmd_verify)
 
-    cv = sub.add_parser("convert", help="convert between dcformat and the Deep Compression authors' released format",
+    cv = sub.add_parser("convert", parents=[common], help="convert between dcformat and the Deep Compression authors' released format",
                         description="Read or write the headerless format of the Deep Compression authors' released "
                         "AlexNet/SqueezeNet files (layer shapes from a Caffe deploy prototxt).")
     direction = cv.add_mutually_exclusive_group(required=True)
@@ -468,30 +864,63 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("input", help="input file (.net with --from, .dcf with --to)")
     cv.add_argument("--prototxt", help="Caffe deploy prototxt giving the layers and their shapes (required with --from)")
     cv.add_argument("-o", "--output", required=True, help="output file")
+    cv.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
     cv.add_argument("--json", action="store_true", help="machine-readable summary")
     cv.set_defaults(func=cmd_convert)
 
-    m = sub.add_parser("demo", help="compress the bundled example model, show its layout, decode it back")
-    m.add_argument("-o", "--output", default=None, help="where to write the .dcf file (default: a temporary folder)")
-    m.add_argument("--bits", type=int, default=5, help="codebook bits (default 5, the paper's fc width)")
+    m = sub.add_parser("demo", parents=[common], help="compress the bundled example model, show its layout, decode it back")
+    m.add_argument("-o", "--output", default=None, help="keep the .dcf file here (default: a temporary folder, removed)")
+    m.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
+    m.add_argument("--bits", type=_width, default=5, help="codebook bits (default 5, the paper's fc width)")
     m.add_argument("--index-bits", type=_index_bits, default=5, help="relative index width (default 5)")
     m.set_defaults(func=cmd_demo)
     return p
 
 
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """Library warnings (e.g. a tensor with NaN stored without weight sharing) as one line each."""
+    print(f"dcformat: warning: {printable(str(message))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
-        return args.func(args)
-    except DCFError as e:
-        print(f"dcformat: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as e:
-        print(f"dcformat: error: {e}", file=sys.stderr)
-        return 2
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            args = build_parser().parse_args(argv)
+            code = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return code
+    except CommandError as e:
+        if debug:
+            raise
+        print(e.line(), file=sys.stderr)
+        return e.status
+    except BrokenPipeError:
+        # The reader went away (`dcformat inspect f.dcf | head`): stop quietly, as a killed `cat` would.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return BROKEN_PIPE
     except KeyboardInterrupt:
+        if debug:
+            raise
         print("dcformat: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    except (DCFError, OSError, ValueError, ImportError) as e:
+        if debug:
+            raise
+        print(CommandError(describe(e)).line(), file=sys.stderr)
+        return DATA_ERROR
+    except Exception as e:  # noqa: BLE001 - a bug: still one line, and the way to see more
+        if debug:
+            raise
+        print(f"dcformat: error: internal error: {type(e).__name__}: {printable(describe(e))} "
+              "(run again with --debug for the traceback, and please report it)", file=sys.stderr)
+        return DATA_ERROR
 
 
 if __name__ == "__main__":

@@ -302,7 +302,11 @@ def draft_explicit(name: str, value: Any, encoding: str, *, codebook: Any = None
 
 
 def _quantize_for(original: np.ndarray, x: np.ndarray, bits: int, sparse: bool, plan: TensorPlan) -> tuple[np.ndarray, np.ndarray]:
-    """Codebook and indices at `bits`, or, with a max_error target, at the fewest bits that meet it."""
+    """Codebook and indices at `bits`, or, with a max_error target, at the fewest bits up to `bits` that meet it.
+
+    The width is bisected (the error falls as bits grow): about log2(bits) quantizations, and the
+    width one below the one chosen was tried and missed the target.
+    """
     def at(b: int) -> tuple[np.ndarray, np.ndarray]:
         return quantize.quantize(x, b, sparse=sparse, method=plan.quantizer, init=plan.init, lam=plan.lam)
 
@@ -312,12 +316,18 @@ def _quantize_for(original: np.ndarray, x: np.ndarray, bits: int, sparse: bool, 
     norm = float(np.sqrt(np.sum(reference * reference)))
     if not np.isfinite(norm):  # values near the float64 limit: no meaningful error to aim at
         return at(bits)
-    for b in range(1, bits):
-        codebook, indices = at(b)
+    lo, hi = 0, bits  # lo misses the target (0 bits: nothing), hi meets it or is the widest allowed
+    best = None  # the quantization at hi, once tried (only that one is kept)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        codebook, indices = result = at(mid)
         error = float(np.sqrt(np.sum((codebook[indices].astype(np.float64) - reference) ** 2)))
         if error <= plan.max_error * norm:
-            return codebook, indices
-    return at(bits)
+            hi, best = mid, result
+        else:
+            lo = mid
+        del codebook, indices, result
+    return best if best is not None else at(hi)
 
 
 # A uniform quantizer's zero level is usually a small share of the weights. Huffman codes a symbol in

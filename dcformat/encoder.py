@@ -19,10 +19,9 @@ from . import constants as K
 from .container import EncodedTensor, StreamWriter, write_stream
 from .errors import EncodeError
 from .policy import Policy
-from .progress import ProgressEvent
+from .progress import Progress, ProgressEvent
 
-Progress = Callable[[str], None]
-EventCallback = Callable[[ProgressEvent], None]
+EventCallback = Progress
 Source = Callable[[], Any]  # returns a tensor's array when called: inputs are read one at a time;
 # an optional `release()` attribute is called once the tensor is written (a lazy input drops its pages)
 
@@ -65,10 +64,16 @@ def encode(tensors: Mapping[str, np.ndarray], policy: Policy, metadata: Mapping[
         raise EncodeError("encoder: resolve the policy's target_size first (allocation.fit_size)")
     meta = check_inputs(tensors, metadata)
     drafts = []
+    total = sum(np.asarray(value).nbytes for value in tensors.values()) if progress is not None else 0
+    done = 0
     for name, value in tensors.items():
-        drafts.append(codec.draft_tensor(name, value, policy.plan(name, np.asarray(value)), policy.block_size))
+        array = np.asarray(value)
+        if progress is not None:  # before, so that a bar names the tensor being coded
+            progress(ProgressEvent("compress", done, total, tensor=name))
+        drafts.append(codec.draft_tensor(name, value, policy.plan(name, array), policy.block_size))
+        done += array.nbytes
         if progress is not None:
-            progress(name)
+            progress(ProgressEvent("compress", done, total, tensor=name))
     cost = K.HUFFMAN_ZLIB_COST if policy.compact_header else K.HUFFMAN_JSON_COST
     tables, encoded = codec.assemble(drafts, policy.huffman, policy.block_size, header_cost=cost)
     return meta, tables, encoded
@@ -234,12 +239,12 @@ def encode_to(writer: StreamWriter, sources: list[tuple[str, Source]], policy: P
             release()
         results.append(result)
         done += sizes.get(result.name, result.dense_bytes)
+        emit(result.name)  # after, too: the bar moves as each tensor is written
 
     if threads <= 1 or len(sources) <= 1:
         for name, source in sources:
             emit(name)
             finish(*work(name, source), source)
-        emit(None)
         return tables.texts, results
     from concurrent.futures import ThreadPoolExecutor
 
@@ -260,7 +265,6 @@ def encode_to(writer: StreamWriter, sources: list[tuple[str, Source]], policy: P
             for _, future, _ in pending:
                 future.cancel()
             raise
-    emit(None)
     return tables.texts, results
 
 

@@ -67,8 +67,9 @@ class SameFileError(DCFError):
     """The output is the input, or lies inside the input folder (or holds it): refused whatever `overwrite` says."""
 
 
-class MissingExtraError(DCFError):
-    """An optional dependency is needed for this input or output; the message names the extra to install."""
+class MissingExtraError(DCFError, ImportError):
+    """An optional dependency is needed for this input or output; the message names the extra to install.
+    Also an ImportError whose `name` is the missing module, as a failed import would be."""
 
 
 def needs(module: str, extra: str, what: str) -> Any:
@@ -78,4 +79,6 @@ def needs(module: str, extra: str, what: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingExtraError(f"{what} needs {module}: pip install 'dcformat[{extra}]'") from None
+        error = MissingExtraError(f"{what} needs {module}: pip install 'dcformat[{extra}]'")
+        error.name = module
+        raise error from None

@@ -15,6 +15,9 @@ AUTO = "auto"
 HUFFMAN_MODES = ("auto", "shared", "off")
 QUANTIZERS = ("kmeans", "optimal", "ecsq")  # dcformat.quantize.METHODS
 INITS = ("linear", "density", "random", "kmeans++")  # dcformat.quantize.INITS
+RULE_KEYS = ("prune", "threshold", "bits", "index_bits", "layout", "raw", "quantizer", "init", "lam", "max_error", "step")
+# Settings that change values (everything but the choice of exact form): what `lossless` contradicts.
+LOSSY_RULE_KEYS = ("prune", "threshold", "bits", "quantizer", "init", "lam", "max_error", "step")
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,16 @@ class Policy:
       {"fc8.*": {"bits": 4, "prune": 0.75}}; the first matching pattern wins.
     - `huffman`: "auto" (a table per stream, fixed width when smaller), "shared" (one table per
       stream kind for the whole model) or "off".
-    - `lossless`: store every tensor raw.
+    - `lossless`: store every tensor exactly; contradicts any setting that changes values (prune,
+      threshold, step, target_size, max_error, vector_bits, lossy rule settings), which is refused.
     - `quantizer`: how codebooks are chosen — "kmeans" (the paper's Lloyd, empty clusters re-seeded),
       "optimal" (least squares by dynamic programming) or "ecsq" (entropy-constrained: squared error +
       `lam`·σ²·bits, for Huffman-coded indices); `init`: k-means initialisation ("linear", "density",
       "random", "kmeans++"). All three may also be set per rule.
     - `max_error`: a quality target instead of a fixed width: each tensor gets the fewest codebook
-      bits (up to conv_bits / fc_bits) whose relative RMS error ||decoded − original|| / ||original||,
-      pruning included, is at most this (e.g. 0.03); the maximum width where none is.
+      bits (1..16, whatever conv_bits / fc_bits say) whose relative RMS error
+      ||decoded − original|| / ||original||, pruning included, is at most this (e.g. 0.03); 16 bits
+      where none is (pruning alone may cost more than the target).
     - `step`: uniform quantization instead of k-means: every weight of a conv/fc tensor goes to the
       nearest multiple of `step` (the codebook holds each level's mean; as many levels as the weights
       span, so conv_bits / fc_bits do not apply) and Huffman codes the skewed indices. One absolute
@@ -129,10 +134,12 @@ class Policy:
                                              or self.target_size < 1):
             raise EncodeError(f"policy: target_size must be a positive number of bytes, not {self.target_size!r}")
         for pattern, settings in self.rules.items():
-            unknown = set(settings) - {"prune", "threshold", "bits", "index_bits", "layout", "raw",
-                                       "quantizer", "init", "lam", "max_error", "step"}
+            if not isinstance(settings, Mapping):
+                raise EncodeError(f"policy rule {pattern!r}: settings must be a mapping, not {settings!r}")
+            unknown = set(settings) - set(RULE_KEYS)
             if unknown:
-                raise EncodeError(f"policy rule {pattern!r}: unknown setting(s) {sorted(unknown)}")
+                raise EncodeError(f"policy rule {pattern!r}: unknown setting(s) {sorted(unknown)} "
+                                  f"(known: {', '.join(RULE_KEYS)})")
             _check_settings(
                 settings.get("prune", 0.0), settings.get("threshold"), settings.get("bits"),
                 settings.get("index_bits", 5), settings.get("layout", AUTO), f"policy rule {pattern!r}",
@@ -141,10 +148,31 @@ class Policy:
                              settings.get("lam", 0.0), f"policy rule {pattern!r}")
             _check_max_error(settings.get("max_error"), f"policy rule {pattern!r}")
             _check_step(settings.get("step"), settings.get("max_error"), f"policy rule {pattern!r}")
+            if settings.get("max_error") is not None and settings.get("bits") is not None:
+                raise EncodeError(f"policy rule {pattern!r}: give bits or a max_error, not both "
+                                  "(max_error chooses the width)")
+        self._check_contradictions()
+
+    def _check_contradictions(self) -> None:
+        """Refuse settings that cannot all hold, naming both (each alone was checked above)."""
+        if self.lossless:
+            lossy = [f"{k}={getattr(self, k)!r}" for k in ("prune", "threshold", "step", "target_size", "max_error",
+                                                          "vector_bits") if getattr(self, k)]
+            lossy += [f"rule {p!r} sets {k}" for p, r in self.rules.items() for k in LOSSY_RULE_KEYS if k in r]
+            if lossy:
+                raise EncodeError(f"policy: lossless=True stores every tensor exactly, which contradicts {lossy[0]}")
+        if self.target_size is not None and self.step is not None:
+            raise EncodeError("policy: give a step or a target_size, not both (the target size chooses the step)")
+        if self.target_size is not None and self.max_error is not None:
+            raise EncodeError("policy: give a target_size or a max_error, not both (one fixes the size, the other "
+                              "the error)")
 
     def plan(self, name: str, array: np.ndarray) -> TensorPlan:
         """Decide how to store the tensor `name`."""
-        dtype = dtype_name(array.dtype)
+        try:
+            dtype = dtype_name(array.dtype)
+        except EncodeError as e:
+            raise EncodeError(str(e), tensor=name) from None
         if self.lossless or dtype not in K.FLOAT_DTYPES:
             return TensorPlan(K.RAW)
         if any(fnmatch.fnmatchcase(name, p) for p in self.raw):
@@ -168,6 +196,8 @@ class Policy:
             return TensorPlan(K.RAW)
         settings.update({k: v for k, v in rule.items() if k != "raw"})
         bits = settings["bits"] or None
+        if settings["max_error"] is not None and settings["step"] is None and "bits" not in rule:
+            bits = K.MAX_BITS  # the target, not a default width, decides: as far as it must go
         if settings["step"] is not None:
             if settings["max_error"] is not None:
                 raise EncodeError(f"tensor {name!r}: give a step or a max_error, not both")

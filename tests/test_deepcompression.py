@@ -694,12 +694,12 @@ def test_cli_convert_both_ways(tmp_path, capsys):
     assert back.read_bytes() == net
 
     code, text, _ = run(["convert", "--to", "deepcompression", dcf_path, "--prototxt", tmp_path / "net.prototxt",
-                         "-o", back, "--json"], capsys)
+                         "-o", back, "--force", "--json"], capsys)
     assert code == 0 and json.loads(text)["output_bytes"] == len(net)
     assert back.read_bytes() == net
 
     code, text, _ = run(["convert", "--from", "deepcompression", tmp_path / "m.net", "--prototxt",
-                         tmp_path / "net.prototxt", "-o", dcf_path], capsys)
+                         tmp_path / "net.prototxt", "-o", dcf_path, "-f"], capsys)
     assert code == 0 and "fc6" in text and "deepcompression -> dcformat: 4 layers" in text
 
 
@@ -711,7 +711,7 @@ def test_cli_convert_errors(tmp_path, capsys):
     assert code == 2 and "--prototxt" in err
     code, _, err = run(["convert", "--from", "deepcompression", tmp_path / "m.net", "--prototxt",
                         tmp_path / "net.prototxt", "-o", tmp_path / "x.dcf"], capsys)
-    assert code == 2 and "TruncatedError" in err
+    assert code == 1 and err.startswith(f"dcformat: error: {tmp_path / 'm.net'}: ") and "847 remain" in err
     assert not (tmp_path / "x.dcf").exists()
 
 

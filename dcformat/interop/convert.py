@@ -14,6 +14,7 @@ The per-shard work is `compress_shard(task)`, a plain function of a picklable `S
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -309,7 +310,8 @@ def _scan(paths: list[str], report: Report) -> tuple[list[tuple[str, str, int]],
                 seen[name] = path
                 items.append((path, name, spec.nbytes))
     if not items:
-        raise DCFError(f"{paths[0] if paths else '?'}: no tensors to compress")
+        raise DCFError(f"{paths[0] if paths else '?'}: holds no tensors: nothing to compress "
+                       "(dcformat never writes an empty file)")
     return items, metadata
 
 
@@ -354,7 +356,7 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, policy: Policy |
     src, dst = os.fspath(src), os.fspath(dst)
     policy = policy or Policy()
     if not os.path.exists(src):
-        raise DCFError(f"{src}: no such file or folder")
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), src)
     check_paths(src, dst, overwrite)
     report = Report(src, dst)
     folder_in = os.path.isdir(src)
@@ -450,7 +452,7 @@ def decompress(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: boo
     start = time.perf_counter()
     src, dst = os.fspath(src), os.fspath(dst)
     if not os.path.exists(src):
-        raise DCFError(f"{src}: no such file or folder")
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), src)
     check_paths(src, dst, overwrite)
     report = Report(src, dst)
     ext = extension(dst)

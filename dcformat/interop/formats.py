@@ -8,6 +8,7 @@ member with allow_pickle=False, dcformat files lazily. Errors name the file.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -98,8 +99,8 @@ def open_source(path: str | os.PathLike) -> TensorSource:
     """A lazy source over the tensors of one file, chosen by its extension."""
     path = os.fspath(path)
     ext = extension(path)
-    if not os.path.exists(path):
-        raise DCFError(f"{path}: no such file")
+    if not os.path.exists(path):  # the OSError every tool gives, which the CLI prints as one line
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     if ext == ".safetensors":
         return _safetensors_source(path)
     if ext in (".pt", ".pth", ".bin"):
@@ -144,9 +145,6 @@ def _npz_source(path: str) -> TensorSource:
         raise DCFError(f"{path}: not a readable .npz file: {e}") from None
     if not hasattr(z, "files"):  # np.load of a .npy renamed .npz
         raise DCFError(f"{path}: not an .npz archive (a single array?)")
-    if not z.files:
-        z.close()
-        raise DCFError(f"{path}: the .npz archive holds no arrays")
     specs = {}
     try:
         for name in z.files:
@@ -156,8 +154,8 @@ def _npz_source(path: str) -> TensorSource:
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, _, dtype = read(member)
             if dtype.hasobject:
-                raise DCFError(f"{path}: array {name!r} holds Python objects (dtype {dtype}), which dcformat "
-                               "does not load (that would need allow_pickle)")
+                raise DCFError(f"{path}: Object arrays cannot be loaded when allow_pickle=False (array {name!r} "
+                               "holds Python objects, which dcformat never unpickles)")
             specs[name] = TensorSpec(name, dtype.name, tuple(shape), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
     except DCFError:
         z.close()

@@ -215,9 +215,13 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def _checkpoint_error(path: str, e: Exception) -> DCFError:
     text = str(e)
+    if "Unsupported global: GLOBAL " in text:
+        cls = text.split("Unsupported global: GLOBAL ", 1)[1].split()[0]
+        return DCFError(f"{path}: holds a pickled {cls} object, not a state dict (PyTorch files are read with "
+                        "weights_only=True): save model.state_dict() instead")
     if "Unsupported global" in text or "GLOBAL" in text:
-        return DCFError(f"{path}: holds pickled Python objects, not just tensors (a whole model?); torch refuses "
-                        f"to unpickle them with weights_only=True. Save model.state_dict() instead")
+        return DCFError(f"{path}: holds pickled Python objects, not just tensors (PyTorch files are read with "
+                        "weights_only=True): save model.state_dict() instead")
     detail = next((line.strip() for line in text.splitlines() if line.strip().startswith(("Unsupported", "invalid"))),
                   text.strip().splitlines()[0] if text.strip() else type(e).__name__)
     return DCFError(f"{path}: not a readable torch file: {detail[:200]}")
