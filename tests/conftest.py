@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-TEST_EXTRA = ("hypothesis", "bitarray", "safetensors", "scipy", "torch")  # pyproject.toml's `test` extra
+TEST_EXTRA = ("hypothesis", "bitarray", "safetensors", "scipy", "torch", "transformers")  # pyproject.toml's `test` extra
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
