@@ -41,6 +41,7 @@ class _Kernels:
 
 
 bitpack = _Kernels("bitpack", "bitpack")
+fieldcoding = _Kernels("fields", "fieldcoding")
 huffman = _Kernels("huffman", "huffman")
 pruning = _Kernels("prune", "pruning")
 quantize = _Kernels("quantize", "quantize")
@@ -49,10 +50,10 @@ relindex = _Kernels("relindex", "relindex")
 
 def numpy_dtype(name: str) -> np.dtype:
     """The little-endian numpy dtype of a spec dtype name (§3.2)."""
-    if name == "bfloat16":
+    if name == "bfloat16" or name in K.FLOAT8_DTYPES:
         import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
+        return np.dtype(getattr(ml_dtypes, name))
     return np.dtype(name).newbyteorder("<") if np.dtype(name).itemsize > 1 else np.dtype(name)
 
 
@@ -174,6 +175,8 @@ class TensorDraft:
     payloads: list[Any]
     streams: dict[str, StreamDraft]
     decoded: np.ndarray | None = None  # the dense tensor the file will decode to (lossy forms)
+    coded: EncodedTensor | None = None  # a fields tensor, coded when drafted (its size is what decides)
+    coded_bytes: int = 0  # fields: payloads, table text and section costs
 
     def dense(self) -> np.ndarray | None:
         """The dense tensor the file will decode to: `decoded`, or for a shared tensor drafted without
@@ -184,6 +187,8 @@ class TensorDraft:
         return codebook[self.streams["indices"].symbols].reshape(self.header["shape"])
 
     def estimate(self) -> int:
+        if self.coded is not None:
+            return self.coded_bytes
         raw = sum(memoryview(p).nbytes for p in self.payloads if p is not None)
         return raw + sum(estimate_stream_bytes(s) for s in self.streams.values())
 
@@ -203,7 +208,7 @@ def draft_tensor(name: str, value: Any, plan: TensorPlan, block_size: int = K.DE
     dtype = dtype_name(a.dtype)
     base = {"name": name, "dtype": dtype, "shape": list(a.shape)}
     if plan.encoding == K.RAW:
-        return TensorDraft(name, {**base, "encoding": K.RAW, "data": 0}, [a.reshape(-1).view(np.uint8)], {})
+        return _exact_draft(base, a, plan)
     x = a
     if plan.prune or plan.threshold is not None:
         x = pruning.prune(a, sparsity=plan.prune if plan.prune else None, threshold=plan.threshold)
@@ -227,7 +232,7 @@ def draft_tensor(name: str, value: Any, plan: TensorPlan, block_size: int = K.DE
             candidates += _sparse_drafts(base, decoded, plan, codebook=codebook, indices=indices, bits=bits)
     else:
         decoded = x
-        candidates.append(TensorDraft(name, {**base, "encoding": K.RAW, "data": 0}, [x.reshape(-1).view(np.uint8)], {}))
+        candidates.append(_exact_draft(base, x, plan))
         if has_zeros:
             candidates += _sparse_drafts(base, x, plan)
     return _smallest(candidates, decoded, a, base)
@@ -235,6 +240,23 @@ def draft_tensor(name: str, value: Any, plan: TensorPlan, block_size: int = K.DE
 
 # Bytes a section costs beyond its payload: on average half the 64-byte alignment, plus its JSON keys.
 SECTION_OVERHEAD = 64
+
+
+def _exact_draft(base: dict, a: np.ndarray, plan: TensorPlan) -> TensorDraft:
+    """The array exactly: in the fields encoding (§5.4) when that is smaller than raw, else raw.
+
+    `plan.zero_copy` asks for raw (a raw section can be memory-mapped and used in place)."""
+    raw = TensorDraft(base["name"], {**base, "encoding": K.RAW, "data": 0}, [a.reshape(-1).view(np.uint8)], {})
+    widths = None if plan.zero_copy else fieldcoding.split_for(base["dtype"])
+    if widths is None or a.size == 0:
+        return raw
+    chunk_size = fieldcoding.chunk_size_for(base["dtype"])
+    chunks, payloads, _, size = fieldcoding.code_fields(_bits_view(a.reshape(-1)), widths, chunk_size, "auto",
+                                                        K.HUFFMAN_ZLIB_COST)
+    if size >= a.nbytes + SECTION_OVERHEAD:
+        return raw
+    header = fieldcoding.fields_header(base, widths, chunk_size, chunks)
+    return TensorDraft(base["name"], header, [], {}, coded=EncodedTensor(header, payloads), coded_bytes=size)
 
 
 def _smallest(candidates: list[TensorDraft], decoded: np.ndarray, original: np.ndarray, base: dict) -> TensorDraft:
@@ -447,6 +469,8 @@ def code_tensor(d: TensorDraft, mode: str = "auto", block_size: int = K.DEFAULT_
     """Code one draft's streams and lay out its payloads in file order (§5). A stream's "table" holds
     the table's text until `Tables.intern` numbers it; independent of other tensors (any thread)."""
     shared = shared or {}
+    if d.coded is not None:
+        return d.coded
     header = dict(d.header)
     payloads: list[Any] = []
     for key in ("data", "codebook", "gaps", "indices", "values"):
@@ -474,8 +498,10 @@ class Tables:
         self._index: dict[str, int] = {}
 
     def intern(self, t: EncodedTensor) -> EncodedTensor:
-        for key in ("gaps", "indices"):
-            obj = t.header.get(key)
+        objs = [t.header.get(key) for key in ("gaps", "indices")]
+        if t.header.get("encoding") == K.FIELDS:
+            objs = [s for streams in t.header["chunks"] for s in streams]
+        for obj in objs:
             if isinstance(obj, dict) and isinstance(obj.get("table"), str):
                 text = obj["table"]
                 if text not in self._index:
@@ -555,6 +581,11 @@ def decode_tensor(buf: Any, info: TensorInfo, tables: TableCache, *, copy: bool 
     # The fast path only learns that something is wrong (a kernel's flag, a check that raised); the
     # exact path then decodes again step by step, as the spec orders the checks, and raises the
     # error that names the first problem. So both paths fail on the same files with the same errors.
+    if info.encoding == K.FIELDS:
+        flat = _decode_fields(buf, info, tables, bits, budget, target)
+        if target is not None:
+            return out
+        return flat.view(numpy_dtype(info.dtype)).reshape(info.shape)
     try:
         if info.encoding == K.SHARED:
             flat = _decode_shared(buf, info, tables, bits, budget, target)
@@ -709,6 +740,27 @@ class _StreamPieces:
         if self.fixed:
             return bitpack.gather_range(self.data, self.count, self.width, self.alphabet, s0, s1, codebook, out)
         return huffman.gather_units(self.blocks, s0 // self.unit, -(-s1 // self.unit), codebook, out)
+
+
+def _decode_fields(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dtype,
+                   budget: pool.Budget, target: np.ndarray | None = None) -> np.ndarray:
+    """A fields tensor, flat (§5.4): chunks decode independently, a range of chunks per task; each
+    stream's CRC and coding are checked as it is decoded, and the first failure (in file order) raised."""
+    out = np.empty(info.numel, dtype=dtype) if target is None else target
+    lows = fieldcoding.shifts(info.fields)
+    nchunks = len(info.chunks)
+
+    def decode(c0: int, c1: int) -> None:
+        for c in range(c0, c1):
+            e0, e1 = fieldcoding.chunk_bounds(info.numel, info.chunk_size, c)
+            part = out[e0:e1]
+            for f, stream in enumerate(info.chunks[c]):
+                symbols = decode_stream(buf, stream, tables, info.name, f"chunks[{c}][{f}]")
+                fieldcoding.merge(part, symbols, lows[f], f == 0)
+
+    cuts = _cuts(nchunks, min(nchunks, _pieces(out.nbytes, budget)))
+    pool.run([lambda c0=c0, c1=c1: decode(c0, c1) for c0, c1 in zip(cuts, cuts[1:])], budget)
+    return out
 
 
 def _decode_shared(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dtype,

@@ -5,9 +5,10 @@ from __future__ import annotations
 # §2 File layout
 MAGIC = b"\x89DCF\r\n\x1a\n"
 VERSION_MAJOR = 1
-VERSION_MINOR = 1  # the newest minor version this implementation reads and writes (§2.3, §9)
+VERSION_MINOR = 2  # the newest minor version this implementation reads and writes (§2.3, §9)
 JSON_HEADER_MINOR = 0  # §2.3: files with a JSON header are written as 1.0, readable by every 1.x reader
 ZLIB_HEADER_MINOR = 1  # §2.2: a zlib-compressed header needs version 1.1 or later
+FIELDS_MINOR = 2  # §5.4, §3.2: the fields encoding and the float8 dtypes need version 1.2 or later
 PREAMBLE_SIZE = 32  # magic(8) + major(2) + minor(2) + header_crc32(4) + header_length(8) + file_length(8)
 PREAMBLE_FORMAT = "<8sHHIQQ"
 ALIGNMENT = 64  # §4: every section starts on a multiple of this
@@ -30,14 +31,17 @@ DTYPE_SIZES = {
     "int8": 1, "int16": 2, "int32": 4, "int64": 8,
     "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8,
     "bool": 1,
+    "float8_e4m3fn": 1, "float8_e5m2": 1,  # since 1.2
 }
-FLOAT_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
+FLOAT8_DTYPES = frozenset({"float8_e4m3fn", "float8_e5m2"})  # §3.2, format 1.2
+FLOAT_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})  # the dtypes lossy policies code
 
 # §5 Encodings
 RAW = "raw"
 SHARED = "shared"
 SPARSE = "sparse"
-ENCODINGS = (RAW, SHARED, SPARSE)
+FIELDS = "fields"  # §5.4, format 1.2
+ENCODINGS = (RAW, SHARED, SPARSE, FIELDS)
 CSR = "csr"
 CSC = "csc"
 LAYOUTS = (CSR, CSC)
@@ -50,6 +54,7 @@ SHARED_KEYS = frozenset({"bits", "codebook", "indices"})
 SPARSE_COMMON_KEYS = frozenset({"layout", "index_bits", "entries", "fillers", "gaps"})
 SPARSE_CODEBOOK_KEYS = SPARSE_COMMON_KEYS | {"bits", "codebook", "indices"}
 SPARSE_VALUES_KEYS = SPARSE_COMMON_KEYS | {"values"}
+FIELDS_KEYS = frozenset({"fields", "chunk_size", "chunks"})
 
 # §6 Streams
 FIXED = "fixed"

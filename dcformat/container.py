@@ -110,6 +110,9 @@ class TensorInfo:
     layout: str | None = None
     entries: int | None = None
     fillers: int | None = None
+    fields: tuple[int, ...] | None = None  # fields (§5.4): the field widths, least significant first
+    chunk_size: int | None = None  # fields: elements per chunk
+    chunks: tuple[tuple[Stream, ...], ...] = ()  # fields: each chunk's streams, one per field
 
     @property
     def numel(self) -> int:
@@ -131,6 +134,9 @@ class TensorInfo:
     def sections(self) -> list[tuple[str, Section]]:
         """The tensor's sections in file order (§5), named."""
         out: list[tuple[str, Section]] = []
+        if self.encoding == K.FIELDS:
+            return [(f"chunks[{c}][{f}]", s.section) for c, streams in enumerate(self.chunks)
+                    for f, s in enumerate(streams)]
         for key in ("data", "codebook", "gaps", "indices", "values"):
             part = getattr(self, key)
             if part is None:
@@ -522,7 +528,7 @@ def _validate_document(doc: Any, version: tuple[int, int], header_length: int, d
     budget = limits.max_decoded_bytes(file_length)
     end = data_start
     for i, obj in enumerate(raw_tensors):
-        info = _validate_tensor(obj, i, tables, limits, budget)
+        info = _validate_tensor(obj, i, tables, limits, budget, version)
         if info.name in names:
             raise HeaderError(f"duplicate tensor name {info.name!r}", tensor=info.name)
         names.add(info.name)
@@ -551,7 +557,15 @@ def _validate_document(doc: Any, version: tuple[int, int], header_length: int, d
     return Header(version, dict(metadata), tables, tensors, header_length, data_start, file_length)
 
 
-def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget: int) -> TensorInfo:
+def _newer(version: tuple[int, int], what: str, tensor: str) -> None:
+    """Content this reader does not know in a file of a newer minor version: VersionError (§2.3)."""
+    if version[1] > K.VERSION_MINOR:
+        raise VersionError(f"{what}: the file is format {version[0]}.{version[1]}, this reader implements "
+                           f"{K.VERSION_MAJOR}.{K.VERSION_MINOR} and does not know it", tensor=tensor)
+
+
+def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget: int,
+                     version: tuple[int, int] = (K.VERSION_MAJOR, K.VERSION_MINOR)) -> TensorInfo:
     what = f"tensors[{i}]"
     if not isinstance(obj, dict):
         raise HeaderError(f"{what} must be a JSON object")
@@ -560,15 +574,25 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
         raise HeaderError(f"{what}.name must be 1..{K.MAX_NAME_BYTES} UTF-8 bytes")
     encoding = obj.get("encoding")
     # isinstance first: a dict or list here is unhashable and must not reach a set or dict lookup
-    keys = {K.RAW: K.RAW_KEYS, K.SHARED: K.SHARED_KEYS}.get(encoding) if isinstance(encoding, str) else None
+    keys = {K.RAW: K.RAW_KEYS, K.SHARED: K.SHARED_KEYS, K.FIELDS: K.FIELDS_KEYS}.get(encoding) \
+        if isinstance(encoding, str) else None
     if encoding == K.SPARSE:
         keys = K.SPARSE_CODEBOOK_KEYS if "codebook" in obj else K.SPARSE_VALUES_KEYS
     if keys is None:
+        _newer(version, f"encoding {encoding!r}", name)
         raise HeaderError(f"encoding {encoding!r} is not one of {list(K.ENCODINGS)}", tensor=name)
+    if encoding == K.FIELDS and version[1] < K.FIELDS_MINOR:
+        raise HeaderError(f"the fields encoding needs format version 1.{K.FIELDS_MINOR} or later, the file is "
+                          f"{version[0]}.{version[1]} (§5.4)", tensor=name)
     _require_object(obj, "tensor", K.TENSOR_COMMON_KEYS | keys, tensor=name)
     dtype = obj["dtype"]
     if not isinstance(dtype, str) or dtype not in K.DTYPE_SIZES:
+        if isinstance(dtype, str):
+            _newer(version, f"dtype {dtype!r}", name)
         raise HeaderError(f"dtype {dtype!r} is not one of {sorted(K.DTYPE_SIZES)}", tensor=name)
+    if dtype in K.FLOAT8_DTYPES and version[1] < K.FIELDS_MINOR:
+        raise HeaderError(f"dtype {dtype!r} needs format version 1.{K.FIELDS_MINOR} or later, the file is "
+                          f"{version[0]}.{version[1]} (§3.2)", tensor=name)
     shape = obj["shape"]
     if not isinstance(shape, list):
         raise HeaderError("shape must be a JSON array", tensor=name)
@@ -595,6 +619,9 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
         data = _section(obj["data"], "data", name)
         _expect_length(data, numel * itemsize, "data", name)
         return TensorInfo(**base, data=data)
+
+    if encoding == K.FIELDS:
+        return _validate_fields(obj, base, numel, itemsize, tables)
 
     if encoding == K.SHARED:
         if dtype == "bool":
@@ -633,6 +660,47 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
     values = _section(obj["values"], "values", name)
     _expect_length(values, entries * itemsize, "values", name)
     return TensorInfo(**base, **extra, gaps=gaps, values=values)
+
+
+def _validate_fields(obj: dict, base: dict, numel: int, itemsize: int, tables: list[str]) -> TensorInfo:
+    """A fields tensor's keys (§5.4): widths, chunk size, then each chunk's streams."""
+    name = base["name"]
+    if base["dtype"] == "bool":
+        raise HeaderError("bool tensors cannot use the fields encoding", tensor=name)
+    widths = obj["fields"]
+    if not isinstance(widths, list) or not widths:
+        raise HeaderError("fields must be a non-empty JSON array of widths", tensor=name)
+    widths_t = tuple(_require_int(w, "fields width", K.MIN_BITS, K.MAX_BITS, tensor=name) for w in widths)
+    if sum(widths_t) != 8 * itemsize:
+        raise HeaderError(f"field widths {list(widths_t)} add up to {sum(widths_t)} bits, a {base['dtype']} "
+                          f"element has {8 * itemsize}", tensor=name)
+    chunk_size = _require_int(obj["chunk_size"], "chunk_size", 1, tensor=name)
+    chunks = obj["chunks"]
+    if not isinstance(chunks, list):
+        raise HeaderError("chunks must be a JSON array", tensor=name)
+    nchunks = -(-numel // chunk_size)
+    if len(chunks) != nchunks:
+        raise FormatError(f"{numel} elements in chunks of {chunk_size} make {nchunks} chunks, chunks lists "
+                          f"{len(chunks)}", tensor=name)
+    out = []
+    for c, streams in enumerate(chunks):
+        if not isinstance(streams, list):
+            raise HeaderError(f"chunks[{c}] must be a JSON array", tensor=name)
+        if len(streams) != len(widths_t):
+            raise FormatError(f"chunks[{c}] has {len(streams)} streams, the tensor has {len(widths_t)} fields",
+                              tensor=name)
+        count = min(chunk_size, numel - c * chunk_size)
+        out.append(tuple(_stream(s, f"chunks[{c}][{f}]", name, count, 1 << w, w, tables)
+                         for f, (s, w) in enumerate(zip(streams, widths_t))))
+    return TensorInfo(**base, fields=widths_t, chunk_size=chunk_size, chunks=tuple(out))
+
+
+def content_minor(headers: Any) -> int:
+    """The lowest minor version a file's tensor objects need: 1.2 for fields or float8, else 0 (§2.3)."""
+    for h in headers:
+        if h.get("encoding") == K.FIELDS or h.get("dtype") in K.FLOAT8_DTYPES:
+            return K.FIELDS_MINOR
+    return K.JSON_HEADER_MINOR
 
 
 def matrix_view(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -715,6 +783,11 @@ class EncodedTensor:
 
 def _section_slots(header: dict[str, Any]) -> Iterator[tuple[dict, str]]:
     """The (object, key) places of the sections of a tensor object, in file order (§5)."""
+    if header.get("encoding") == K.FIELDS:
+        for streams in header["chunks"]:
+            for stream in streams:
+                yield stream, "section"
+        return
     for key in ("data", "codebook", "gaps", "indices", "values"):
         if key not in header:
             continue
@@ -889,6 +962,7 @@ class StreamWriter:
                 packed, packed_length = _layout_header(*args, compress=True)
                 if packed_length < file_length:
                     header, file_length, minor = packed, packed_length, K.ZLIB_HEADER_MINOR
+            minor = max(minor, content_minor(t.header for t in self.tensors))
             data_start = K.PREAMBLE_SIZE + len(header)
             if data_start + self.spill.length != file_length:  # pragma: no cover - both lay out alike
                 raise RuntimeError(f"layout mismatch: {data_start} + {self.spill.length} != {file_length}")

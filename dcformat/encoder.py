@@ -159,7 +159,7 @@ def encode_tensor(name: str, value: Any, policy: Policy, shared: dict[str, np.nd
     a = np.asarray(value)
     plan = policy.plan(name, a)
     draft = codec.draft_tensor(name, a, plan, policy.block_size)
-    lossy = draft.header["encoding"] != K.RAW and a.dtype.kind == "f" and a.size > 0
+    lossy = draft.header["encoding"] not in (K.RAW, K.FIELDS) and a.dtype.kind == "f" and a.size > 0
     err = norm = 0.0
     if lossy:
         from .errorstats import squared_error, squared_error_coded

@@ -35,6 +35,7 @@ class TensorPlan:
     lam: float = 0.0
     max_error: float | None = None  # relative RMS error target: the fewest bits (up to `bits`) meeting it
     step: float | None = None  # uniform quantization with this step instead of a 2^bits codebook
+    zero_copy: bool = False  # values kept exact are stored raw (memory-mappable), never in fields (§5.4)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ class Policy:
       `step_scales`) that gives the largest file of at most this size (see dcformat.allocation.fit_size).
     - `compact_header`: store the header zlib-compressed (format 1.1) when that makes the file smaller;
       False always writes a JSON header (format 1.0, readable by 1.0 readers).
+    - `zero_copy`: name patterns (fnmatch; "*" for all) of tensors kept exact that are stored raw, so
+      that a reader can memory-map them and use them in place. Every other tensor kept exact (lossless,
+      `raw` patterns, 1-D tensors, non-float and non-finite tensors) is stored in the fields encoding
+      (format 1.2, §5.4) whenever that is smaller than raw (with huffman="off", always raw).
     """
 
     prune: float = 0.0
@@ -99,6 +104,7 @@ class Policy:
     target_size: int | None = None
     vector_bits: int | None = None
     compact_header: bool = True
+    zero_copy: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.bits is not None:
@@ -108,6 +114,11 @@ class Policy:
         if isinstance(self.raw, str):
             object.__setattr__(self, "raw", (self.raw,))
         object.__setattr__(self, "raw", tuple(self.raw))
+        if isinstance(self.zero_copy, str):
+            object.__setattr__(self, "zero_copy", (self.zero_copy,))
+        object.__setattr__(self, "zero_copy", tuple(self.zero_copy))
+        if not all(isinstance(p, str) for p in self.zero_copy):
+            raise EncodeError(f"policy: zero_copy must be name patterns (strings), not {self.zero_copy!r}")
         object.__setattr__(self, "rules", dict(self.rules))
         _check_settings(self.prune, self.threshold, self.conv_bits, self.index_bits, self.layout, "policy")
         _check_settings(self.prune, self.threshold, self.fc_bits, self.index_bits, self.layout, "policy")
@@ -173,13 +184,15 @@ class Policy:
             dtype = dtype_name(array.dtype)
         except EncodeError as e:
             raise EncodeError(str(e), tensor=name) from None
+        zero_copy = self.huffman == "off" or any(fnmatch.fnmatchcase(name, p) for p in self.zero_copy)
+        exact = TensorPlan(K.RAW, zero_copy=zero_copy)  # raw or fields, whichever is smaller
         if self.lossless or dtype not in K.FLOAT_DTYPES:
-            return TensorPlan(K.RAW)
+            return exact
         if any(fnmatch.fnmatchcase(name, p) for p in self.raw):
-            return TensorPlan(K.RAW)
+            return exact
         if array.ndim <= 1:
             if not self.vector_bits:
-                return TensorPlan(K.RAW)  # biases and norms stay exact unless vector_bits is set
+                return exact  # biases and norms stay exact unless vector_bits is set
             # a codebook only: the model-wide pruning and step are meant for weight matrices
             settings: dict[str, Any] = dict(
                 prune=0.0, threshold=None, bits=self.vector_bits, index_bits=self.index_bits, layout=self.layout,
@@ -193,7 +206,7 @@ class Policy:
             )
         rule = next((r for pattern, r in self.rules.items() if fnmatch.fnmatchcase(name, pattern)), {})
         if rule.get("raw"):
-            return TensorPlan(K.RAW)
+            return exact
         settings.update({k: v for k, v in rule.items() if k != "raw"})
         bits = settings["bits"] or None
         if settings["max_error"] is not None and settings["step"] is None and "bits" not in rule:
@@ -203,12 +216,12 @@ class Policy:
                 raise EncodeError(f"tensor {name!r}: give a step or a max_error, not both")
             bits = None  # the step, not a width, sets the levels
         elif bits is None and not settings["prune"] and settings["threshold"] is None:
-            return TensorPlan(K.RAW)
+            return exact
         return TensorPlan(
             "coded", prune=float(settings["prune"]), threshold=settings["threshold"], bits=bits,
             index_bits=settings["index_bits"], layout=settings["layout"], quantizer=settings["quantizer"],
             init=settings["init"], lam=float(settings["lam"]), max_error=settings["max_error"],
-            step=None if settings["step"] is None else float(settings["step"]),
+            step=None if settings["step"] is None else float(settings["step"]), zero_copy=zero_copy,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,142 @@
+"""The `fields` encoding (spec §5.4): each element's bits cut into fields, each field a symbol stream.
+
+An element of `itemsize` bytes is read as an unsigned integer and cut, from its least significant bit
+up, into fields of the widths the tensor lists (each 1..16 bits, together 8 × itemsize). The elements
+are grouped into chunks of `chunk_size`; every chunk codes each field as its own stream (§6), so each
+chunk has its own Huffman tables (local statistics) and chunks decode independently, on any thread.
+Exact for every bit pattern: NaN payloads, infinities, -0.0, subnormals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+
+from . import constants as K
+from .errors import CorruptDataError
+
+# The split and chunk size per dtype, chosen by measurement on all-MiniLM-L6-v2 (notes/fields.md):
+# the skewed bits (sign and exponent, or the byte holding them) get a field of their own, the
+# near-uniform low mantissa bits fields that are stored fixed width.
+SPLITS: dict[str, tuple[int, ...]] = {
+    "float64": (16, 16, 16, 4, 12),  # 52 mantissa bits; sign + 11-bit exponent on top
+    "float32": (8, 8, 7, 9),  # two low mantissa bytes, 7 mantissa bits, sign + exponent
+    "bfloat16": (4, 12),  # 4 low mantissa bits, sign + exponent + 3 mantissa bits
+    "float16": (8, 8),  # low mantissa byte, sign + exponent + 2 mantissa bits
+    "float8_e4m3fn": (8,),
+    "float8_e5m2": (8,),
+    "int8": (8,), "uint8": (8,),
+    "int16": (8, 8), "uint16": (8, 8),
+    "int32": (8, 8, 8, 8), "uint32": (8, 8, 8, 8),
+    "int64": (8,) * 8, "uint64": (8,) * 8,
+}
+CHUNK_SIZES: dict[str, int] = {"float32": 1 << 16, "bfloat16": 1 << 20, "float16": 1 << 18}
+DEFAULT_CHUNK_SIZE = 1 << 16
+SECTION_COST = 64  # bytes a section costs beyond its payload: alignment padding and its JSON object
+
+
+def split_for(dtype: str) -> tuple[int, ...] | None:
+    """The field widths dcformat writes for `dtype` (None: the dtype has no fields form, bool)."""
+    return SPLITS.get(dtype)
+
+
+def chunk_size_for(dtype: str) -> int:
+    """Elements per chunk that dcformat writes for `dtype`."""
+    return CHUNK_SIZES.get(dtype, DEFAULT_CHUNK_SIZE)
+
+
+def shifts(widths: tuple[int, ...] | list[int]) -> list[int]:
+    """The bit position of each field's least significant bit."""
+    out, lo = [], 0
+    for w in widths:
+        out.append(lo)
+        lo += w
+    return out
+
+
+def extract(bits: np.ndarray, lo: int, width: int) -> np.ndarray:
+    """The field of `width` bits at bit `lo` of every element (unsigned integers), as uint16 symbols."""
+    out = np.empty(bits.size, dtype=np.uint16)
+    _extract_kernel(bits.reshape(-1), np.uint32(lo), np.uint32(width), out)
+    return out
+
+
+def merge(out: np.ndarray, symbols: np.ndarray, lo: int, first: bool) -> None:
+    """out |= symbols << lo (out = ... for the first field): put one field back into the elements."""
+    if out.ndim != 1 or symbols.shape != out.shape or symbols.dtype != np.uint16 \
+            or not 0 <= lo < 8 * out.dtype.itemsize or out.dtype.kind != "u":
+        raise CorruptDataError(f"fields: a field of {symbols.size} symbols at bit {lo} does not fit "
+                               f"{out.size} elements of {out.dtype}")
+    _merge_kernel(out, symbols, np.uint32(lo), first)
+
+
+@numba.njit(cache=True, nogil=True)
+def _extract_kernel(bits, lo, width, out):  # pragma: no cover - compiled
+    mask = (1 << width) - 1
+    for i in range(bits.size):
+        out[i] = np.uint16((np.uint64(bits[i]) >> np.uint64(lo)) & np.uint64(mask))
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_kernel(out, symbols, lo, first):  # pragma: no cover - compiled
+    t = out.dtype.type
+    shift = t(lo)
+    if first:
+        for i in range(out.size):
+            out[i] = t(symbols[i]) << shift
+    else:
+        for i in range(out.size):
+            out[i] |= t(symbols[i]) << shift
+
+
+def chunk_count(numel: int, chunk_size: int) -> int:
+    """ceil(numel / chunk_size): how many chunks a tensor has (0 for an empty tensor)."""
+    return -(-numel // chunk_size)
+
+
+def chunk_bounds(numel: int, chunk_size: int, c: int) -> tuple[int, int]:
+    """Element range of chunk c."""
+    return c * chunk_size, min((c + 1) * chunk_size, numel)
+
+
+def code_fields(bits: np.ndarray, widths: tuple[int, ...], chunk_size: int, mode: str,
+                header_cost: int) -> tuple[list[list[dict]], list[bytes], list[str | None], int]:
+    """Code every chunk's fields: (chunk stream objects, payloads in file order, table texts, coded bytes).
+
+    Each stream is coded the cheaper way (`codec.code_stream`: Huffman with a table of its own, or fixed
+    width), one Huffman block per stream; the byte count includes tables and SECTION_COST per section.
+    """
+    from .codec import StreamDraft, code_stream
+
+    flat = bits.reshape(-1)
+    chunks: list[list[dict]] = []
+    payloads: list[bytes] = []
+    texts: list[str | None] = []
+    total = 0
+    seen: set[str] = set()
+    for c in range(chunk_count(flat.size, chunk_size)):
+        c0, c1 = chunk_bounds(flat.size, chunk_size, c)
+        part = flat[c0:c1]
+        streams = []
+        for lo, w in zip(shifts(widths), widths):
+            draft = StreamDraft("fields", extract(part, lo, w), 1 << w, w)
+            obj, payload, text = code_stream(draft, mode, max(1, c1 - c0), None, header_cost)
+            if text is not None:
+                obj["table"] = text
+                if text not in seen:  # identical tables are stored once (codec.Tables)
+                    seen.add(text)
+                    total += len(text)
+            obj["section"] = len(payloads)
+            streams.append(obj)
+            payloads.append(payload)
+            texts.append(text)
+            total += len(payload) + SECTION_COST + (header_cost + 4 if text is not None else 0)
+        chunks.append(streams)
+    return chunks, payloads, texts, total
+
+
+def fields_header(base: dict[str, Any], widths: tuple[int, ...], chunk_size: int, chunks: list[list[dict]]) -> dict:
+    """The tensor object of a fields tensor (§5.4), stream sections still payload indices."""
+    return {**base, "encoding": K.FIELDS, "fields": list(widths), "chunk_size": chunk_size, "chunks": chunks}
