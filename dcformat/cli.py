@@ -355,6 +355,7 @@ def policy_from_args(args: argparse.Namespace):
         lossless=args.lossless, quantizer=args.quantizer or "kmeans", init=args.init or "linear", lam=args.lam or 0.0,
         max_error=args.max_error, step=args.step, target_size=args.target_size,
         step_scales=_step_scales(args.step_scales), vector_bits=args.vector_bits, compact_header=not args.json_header,
+        zero_copy=tuple(args.zero_copy or ()),
     )
     kwargs["conv_bits"] = args.bits if args.bits is not None else (8 if args.conv_bits is None else args.conv_bits)
     kwargs["fc_bits"] = args.bits if args.bits is not None else (5 if args.fc_bits is None else args.fc_bits)
@@ -806,7 +807,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "raw, quantizer, init, lam, max_error, step)")
     c.add_argument("--huffman", choices=("auto", "shared", "off"), default="auto",
                    help="Huffman tables per stream (auto), one per stream kind for the model (shared), or none (off)")
-    c.add_argument("--lossless", action="store_true", help="store every tensor exactly")
+    c.add_argument("--lossless", action="store_true",
+                   help="store every tensor exactly (coded field by field where that is smaller: format 1.2)")
+    c.add_argument("--zero-copy", action="append", metavar="PATTERN",
+                   help="store exact tensors matching this name pattern raw, memory-mappable in place ('*': all; "
+                   "repeatable)")
     c.add_argument("--quantizer", choices=("kmeans", "optimal", "ecsq"), default=None,
                    help="codebook choice: the paper's k-means (default), optimal least squares, or entropy-constrained")
     c.add_argument("--init", choices=("linear", "density", "random", "kmeans++"), default=None,

@@ -758,7 +758,7 @@ def _decode_fields(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dty
                 symbols = decode_stream(buf, stream, tables, info.name, f"chunks[{c}][{f}]")
                 fieldcoding.merge(part, symbols, lows[f], f == 0)
 
-    cuts = _cuts(nchunks, min(nchunks, _pieces(out.nbytes, budget)))
+    cuts = _cuts(nchunks, max(1, min(nchunks, _pieces(out.nbytes, budget))))
     pool.run([lambda c0=c0, c1=c1: decode(c0, c1) for c0, c1 in zip(cuts, cuts[1:])], budget)
     return out
 

@@ -575,7 +575,7 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
     encoding = obj.get("encoding")
     # isinstance first: a dict or list here is unhashable and must not reach a set or dict lookup
     keys = {K.RAW: K.RAW_KEYS, K.SHARED: K.SHARED_KEYS, K.FIELDS: K.FIELDS_KEYS}.get(encoding) \
-        if isinstance(encoding, str) else None
+        if isinstance(encoding, str) and encoding in K.ENCODINGS else None
     if encoding == K.SPARSE:
         keys = K.SPARSE_CODEBOOK_KEYS if "codebook" in obj else K.SPARSE_VALUES_KEYS
     if keys is None:

@@ -35,6 +35,7 @@ SPLITS: dict[str, tuple[int, ...]] = {
 CHUNK_SIZES: dict[str, int] = {"float32": 1 << 16, "bfloat16": 1 << 20, "float16": 1 << 18}
 DEFAULT_CHUNK_SIZE = 1 << 16
 SECTION_COST = 64  # bytes a section costs beyond its payload: alignment padding and its JSON object
+TENSOR_COST = 64  # header bytes a fields tensor object costs beyond a raw one ("fields", "chunk_size", ...)
 
 
 def split_for(dtype: str) -> tuple[int, ...] | None:
@@ -114,7 +115,7 @@ def code_fields(bits: np.ndarray, widths: tuple[int, ...], chunk_size: int, mode
     chunks: list[list[dict]] = []
     payloads: list[bytes] = []
     texts: list[str | None] = []
-    total = 0
+    total = TENSOR_COST
     seen: set[str] = set()
     for c in range(chunk_count(flat.size, chunk_size)):
         c0, c1 = chunk_bounds(flat.size, chunk_size, c)

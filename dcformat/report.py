@@ -34,6 +34,10 @@ def tensor_row(t: TensorInfo) -> dict[str, Any]:
     item_bits = 8 * t.itemsize
     if t.encoding == K.RAW:
         row.update(weight_bits=item_bits, weight_bits_coded=item_bits)
+    elif t.encoding == K.FIELDS:  # exact values, coded field by field (§5.4)
+        huffman = any(s.coding == K.HUFFMAN for c in t.chunks for s in c)
+        row.update(weight_bits=item_bits, weight_bits_coded=_per(t.stored_bytes * 8, numel),
+                   weight_coding=K.HUFFMAN if huffman else K.FIXED)
     elif t.encoding == K.SHARED:
         row.update(weight_bits=t.bits, weight_bits_coded=_per(t.indices.section.length * 8, numel),
                    weight_coding=t.indices.coding)
@@ -111,7 +115,7 @@ def layout_report(header: Header, errors: Mapping[str, float | None] | None = No
             row["error"] = errors.get(t.name)
         else:
             row["error"] = entry.get("error") if record else None
-            if record and row["error"] is None and t.encoding == K.RAW:
+            if record and row["error"] is None and t.encoding in (K.RAW, K.FIELDS):
                 row["error"] = 0.0
         rows.append(row)
     dense = sum(r["dense_bytes"] for r in rows)
@@ -180,7 +184,7 @@ QUANTIZER_WORDS = {"kmeans": "k-means", "optimal": "optimal", "ecsq": "ecsq", "u
 
 def _stored_as(r: dict[str, Any]) -> str:
     """How a tensor's values are kept, in a few words: 'exact', 'k-means, 32 values', 'step 0.01, 230 values'."""
-    if r["encoding"] == K.RAW:
+    if r["encoding"] in (K.RAW, K.FIELDS):
         return "exact"
     if not r["codebook"]:
         return "exact values"

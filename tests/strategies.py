@@ -13,7 +13,9 @@ ALL_DTYPES = list(K.DTYPE_SIZES)
 
 
 def np_dtype(name: str) -> np.dtype:
-    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+    if name == "bfloat16" or name in K.FLOAT8_DTYPES:
+        return np.dtype(getattr(ml_dtypes, name))
+    return np.dtype(name)
 
 
 def bits_of(a: np.ndarray) -> np.ndarray:

@@ -34,7 +34,10 @@ def test_lossless_round_trip_every_dtype(model, metadata):
         assert_same(out[name], a)
     with dcformat.open(data) as f:
         assert f.metadata == metadata
-    assert set(encodings_of(data).values()) <= {"raw"}
+    assert set(encodings_of(data).values()) <= {"raw", "fields"}
+    zero_copy = dcformat.save(model, policy=Policy(lossless=True, zero_copy="*"), metadata=metadata)
+    assert set(encodings_of(zero_copy).values()) <= {"raw"}
+    assert len(data) <= len(zero_copy) + 64  # fields only where its estimate is smaller (within the alignment)
 
 
 @SETTINGS
@@ -154,7 +157,7 @@ def test_policy_rules_and_raw_patterns():
     rng = np.random.default_rng(4)
     model = {"enc.w": rng.standard_normal((30, 30)).astype(np.float32), "head.w": rng.standard_normal((30, 30)).astype(np.float32),
              "emb.w": rng.standard_normal((30, 30)).astype(np.float32)}
-    policy = Policy(raw=("emb.*",), rules={"head.*": {"bits": 2, "prune": 0.5}})
+    policy = Policy(raw=("emb.*",), rules={"head.*": {"bits": 2, "prune": 0.5}}, zero_copy=("emb.*",))
     with dcformat.open(dcformat.save(model, policy=policy)) as f:
         assert f.layout("emb.w").encoding == "raw"
         assert f.layout("head.w").encoding in ("sparse", "shared") and f.layout("head.w").bits <= 2
