@@ -94,7 +94,7 @@ def file_size(tensors: Mapping[str, np.ndarray], policy: Policy, metadata: Mappi
 def lossless_policy(policy: Policy) -> Policy:
     """The policy that stores every tensor exactly, keeping the settings that do not change values."""
     return Policy(lossless=True, huffman=policy.huffman, block_size=policy.block_size,
-                  compact_header=policy.compact_header)
+                  compact_header=policy.compact_header, zero_copy=policy.zero_copy)
 
 
 # The search's budget, so that it ends in bounded time on any model: each estimate drafts the

@@ -275,7 +275,9 @@ def _smallest(candidates: list[TensorDraft], decoded: np.ndarray, original: np.n
 
 
 def draft_explicit(name: str, value: Any, encoding: str, *, codebook: Any = None, indices: Any = None,
-                   layout: str = K.CSR, index_bits: int = 5) -> TensorDraft:
+                   layout: str = K.CSR, index_bits: int = 5, fields: tuple[int, ...] | None = None,
+                   chunk_size: int | None = None, huffman: str = "auto", header_cost: int = K.HUFFMAN_ZLIB_COST
+                   ) -> TensorDraft:
     """A tensor in exactly the form asked for, with no lossy step (for test vectors and tools).
 
     - "raw": the array as it is.
@@ -283,6 +285,8 @@ def draft_explicit(name: str, value: Any, encoding: str, *, codebook: Any = None
       with neither given, the codebook is the array's distinct bit patterns, sorted by value.
     - "sparse": with a `codebook` (codebook[0] must be all zero bits) and `indices` (one per element,
       0 where the element is zero), or without (values stored raw). `layout` and `index_bits` as given.
+    - "fields": the `fields` widths (default: dcformat's split for the dtype) in chunks of `chunk_size`
+      elements, each stream coded by `huffman` mode ("auto" or "off") counting `header_cost`.
     The decoded tensor equals codebook[indices] (or the array) and is kept in `decoded`.
     """
     a = _as_array(name, value)
@@ -290,6 +294,16 @@ def draft_explicit(name: str, value: Any, encoding: str, *, codebook: Any = None
     base = {"name": name, "dtype": dtype, "shape": list(a.shape)}
     if encoding == K.RAW:
         return TensorDraft(name, {**base, "encoding": K.RAW, "data": 0}, [a.reshape(-1).view(np.uint8)], {}, a)
+    if encoding == K.FIELDS:
+        widths = tuple(fields) if fields is not None else fieldcoding.split_for(dtype)
+        chunk_size = chunk_size or fieldcoding.chunk_size_for(dtype)
+        if widths is None or sum(widths) != 8 * a.dtype.itemsize or not all(1 <= w <= 16 for w in widths) \
+                or chunk_size < 1:
+            raise EncodeError(f"fields {widths} in chunks of {chunk_size} cannot hold {dtype} elements", tensor=name)
+        chunks, payloads, _, size = fieldcoding.code_fields(_bits_view(a.reshape(-1)), widths, chunk_size, huffman,
+                                                            header_cost)
+        header = fieldcoding.fields_header(base, widths, chunk_size, chunks)
+        return TensorDraft(name, header, [], {}, a, coded=EncodedTensor(header, payloads), coded_bytes=size)
     if codebook is None and encoding == K.SHARED:
         codebook, inverse = np.unique(_bits_view(a.reshape(-1)), return_inverse=True)
         codebook = codebook.view(a.dtype)

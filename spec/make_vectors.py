@@ -64,6 +64,8 @@ class Lcg:
 
 
 def np_dtype(name: str) -> np.dtype:
+    if name in ("float8_e4m3fn", "float8_e5m2"):
+        return np.dtype(getattr(ml_dtypes, name))
     return BF16 if name == "bfloat16" else np.dtype(name)
 
 
@@ -137,6 +139,8 @@ class T:
     codebook: np.ndarray | None = None  # shared, sparse with codebook (element bit patterns must be unique)
     layout: str = "csr"
     index_bits: int = 5
+    fields: tuple[int, ...] | None = None  # format 1.2, encoding "fields": the field widths ...
+    chunk_size: int | None = None  # ... and elements per chunk
 
 
 @dataclass
@@ -547,6 +551,72 @@ def _expected_odd_streams() -> list[np.ndarray]:
     return [np.arange(1, 9, dtype=np.float32).reshape(2, 4), ODD_CODEBOOK[[0, 1, 2, 1, 0]], ODD_CODEBOOK[[0, 1, 2, 0, 2, 1]]]
 
 
+def _fields_spec_example() -> bytes:
+    """Spec §5.4's worked example, assembled by hand: fixed mantissas, a Huffman-coded sign + exponent."""
+    table = ["0"] * 49
+    table[14], table[15], table[48] = "2", "1", "2"
+    doc = {"metadata": {}, "tables": ["".join(table)], "tensors": [
+        {"name": "h", "dtype": "float16", "shape": [4], "encoding": "fields", "fields": [10, 6], "chunk_size": 4,
+         "chunks": [[fixed(), {"coding": "huffman", "section": sec(), "table": 0, "block_size": 4,
+                               "block_bytes": [1]}]]}]}
+    mantissas = pack([0, 0, 0, 0x200], 10)
+    assert mantissas == bytes.fromhex("0000000080")
+    # sign + exponent 15, 15, 48, 14: codewords 0, 0, 11, 10 (canonical: 15 -> 0, 14 -> 10, 48 -> 11)
+    high = pack_codes([15, 15, 48, 14], {15: (1, 0), 14: (2, 0b10), 48: (2, 0b11)})
+    assert high == b"\x1c"
+    return assemble_file(doc, [mantissas, high], minor=2)
+
+
+def _expected_fields_spec_example() -> list[np.ndarray]:
+    return [np.array([1.0, 1.0, -2.0, 0.75], np.float16)]
+
+
+def _weights(seed: int, n: int, dtype: str, scale: float = 0.05) -> np.ndarray:
+    """Weight-like values from the LCG (a sum of uniforms: roughly normal), in `dtype`."""
+    rng = Lcg(seed)
+    vals = [(sum(rng.below(1 << 16) for _ in range(4)) / (1 << 16) - 2.0) * scale for _ in range(n)]
+    return np.array(vals, dtype=np.float64).astype(np_dtype(dtype))
+
+
+def _fields_float32() -> list[T]:
+    w = _weights(300, 2500, "float32")
+    specials = [0x7FC00001, 0xFFC12345, 0x7F800000, 0xFF800000, 0x80000000, 0x00000001, 0x807FFFFF, 0x7F7FFFFF]
+    w.view(np.uint32)[[3, 700, 1024, 1500, 2047, 2048, 2300, 2499]] = specials
+    return [
+        T("w", w.reshape(50, 50), "fields", fields=(8, 8, 7, 9), chunk_size=1024),
+        T("scalar", np.array(-0.0, np.float32), "fields", fields=(8, 8, 7, 9), chunk_size=1024),
+        T("empty", np.zeros((0, 3), np.float32), "fields", fields=(8, 8, 7, 9), chunk_size=1024),
+        T("positions", np.arange(600, dtype=np.int64).reshape(1, 600), "fields", fields=(8,) * 8, chunk_size=1024),
+    ]
+
+
+def _fields_dtypes() -> list[T]:
+    out = []
+    for i, (dtype, widths) in enumerate([("bfloat16", (4, 12)), ("float16", (8, 8)), ("float64", (16, 16, 16, 4, 12)),
+                                         ("float8_e4m3fn", (8,)), ("float8_e5m2", (8,))]):
+        out.append(T(dtype, _weights(310 + i, 450, dtype, 0.5), "fields", fields=widths, chunk_size=200))
+    rng = Lcg(320)
+    out.append(T("int8", np.array([rng.below(9) - 4 for _ in range(450)], np.int8), "fields", fields=(3, 5),
+                 chunk_size=200))
+    out.append(T("uint16", np.array([rng.below(40) for _ in range(450)], np.uint16), "fields", fields=(16,),
+                 chunk_size=200))
+    out.append(T("uint32", np.array([rng.below(1 << 20) for _ in range(450)], np.uint32), "fields",
+                 fields=(1, 15, 16), chunk_size=200))
+    return out
+
+
+def _float8_raw() -> list[T]:
+    return [T(name, np.arange(256, dtype=np.uint8).view(np_dtype(name)).reshape(16, 16), "raw")
+            for name in ("float8_e4m3fn", "float8_e5m2")]
+
+
+def _expect_fields(doc: dict, data: bytes) -> None:
+    assert minor_of(data) == 2
+    codings = {s["coding"] for t in doc["tensors"] for c in t.get("chunks", []) for s in c}
+    assert codings == {"fixed", "huffman"}, codings
+    assert any(len(t.get("chunks", [])) > 2 for t in doc["tensors"])
+
+
 def _expected_v01() -> list[np.ndarray]:
     return [spec_example().array]
 
@@ -645,6 +715,21 @@ VALID: list[Valid] = [
           "JSON, with a newline before and CR LF after it, as a zlib stream of two deflate blocks (stored, then "
           "fixed Huffman), 64 more padding spaces than needed, labelled version 1.2.", [], build=_zlib_latitude,
           expected=_expected_v01),
+    # format 1.2: the fields encoding and the float8 dtypes (spec §5.4, §3.2)
+    Valid("29-fields-spec-example", "Format 1.2: the worked example of spec §5.4, a float16 [1, 1, -2, 0.75] in "
+          "fields [10, 6], one chunk: the 10 mantissa bits fixed width (5 bytes), sign and exponent Huffman-coded "
+          "(table of 49 digits: 14 -> 2, 15 -> 1, 48 -> 2; stream byte 0x1C).", [], build=_fields_spec_example,
+          expected=_expected_fields_spec_example),
+    Valid("30-fields-float32", "Format 1.2: float32 weights in dcformat's split [8, 8, 7, 9] in chunks of 1,024 "
+          "(3 chunks, the last partial; NaN payloads, infinities, -0.0 and subnormals among them), a scalar, an "
+          "empty tensor (no chunks) and int64 positions in eight 8-bit fields.", _fields_float32(), mode="auto",
+          header_cost=15, expect=_expect_fields),
+    Valid("31-fields-dtypes", "Format 1.2: fields of every other kind of element: bfloat16 [4, 12], float16 "
+          "[8, 8], float64 [16, 16, 16, 4, 12], float8_e4m3fn and float8_e5m2 [8], int8 [3, 5], uint16 [16], "
+          "uint32 [1, 15, 16], in chunks of 200 (the last partial).", _fields_dtypes(), mode="auto",
+          header_cost=15, expect=_expect_fields),
+    Valid("32-float8-raw", "Format 1.2: raw float8_e4m3fn and float8_e5m2 tensors holding all 256 bit "
+          "patterns each (NaN, inf for e5m2, -0.0, subnormals).", _float8_raw()),
 ]
 VALID_BY_NAME = {v.name: v for v in VALID}
 
@@ -663,8 +748,11 @@ def lookup(array: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     return np.array([where[bytes(row)] for row in flat], dtype=np.int64)
 
 
-def draft(t: T) -> codec.TensorDraft:
+def draft(t: T, mode: str = "off", header_cost: int = 0) -> codec.TensorDraft:
     """The draft of one tensor in exactly the recorded form (the same call the tests make)."""
+    if t.encoding == "fields":
+        return codec.draft_explicit(t.name, t.array, "fields", fields=t.fields, chunk_size=t.chunk_size,
+                                    huffman=mode, header_cost=header_cost)
     if t.codebook is None:
         if t.encoding == "raw":
             return codec.draft_explicit(t.name, t.array, "raw")
@@ -684,7 +772,7 @@ def build_valid(v: Valid) -> bytes:
             data = v.build()
         else:
             data = write_valid(v, compact_header=False)
-            assert assemble_file(*split_file(data)) == data  # the surgery helpers below agree with the writer
+            assert assemble_file(*split_file(data), minor=minor_of(data)) == data  # the surgery helpers agree
             if v.compact_header:
                 # The writer compresses with the zlib at hand, whose output differs between builds: the
                 # vector's stream comes from this script's own deflate encoder instead (same JSON text,
@@ -698,7 +786,8 @@ def build_valid(v: Valid) -> bytes:
 
 def write_valid(v: Valid, compact_header: bool) -> bytes:
     """The vector's tensors in the recorded form through dcformat's writer."""
-    tables, encoded = codec.assemble([draft(t) for t in v.tensors], v.mode, v.block_size, header_cost=v.header_cost)
+    tables, encoded = codec.assemble([draft(t, v.mode, v.header_cost) for t in v.tensors], v.mode, v.block_size,
+                                     header_cost=v.header_cost)
     f = io.BytesIO()
     container.write_stream(f, v.metadata, tables, encoded, compact_header=compact_header)
     return f.getvalue()
@@ -770,6 +859,9 @@ def section_objects(doc: dict) -> list[dict]:
     """The section objects of a header, in file order (spec §4)."""
     out = []
     for t in doc["tensors"]:
+        if "chunks" in t:  # format 1.2, fields (§5.4): chunk by chunk, field by field
+            out += [s["section"] for chunk in t["chunks"] for s in chunk]
+            continue
         for key in SECTION_ORDER:
             if key in t:
                 out.append(t[key]["section"] if key in ("gaps", "indices") else t[key])
@@ -1028,11 +1120,33 @@ def poke(data: bytes, offset: int, value: bytes) -> bytes:
     return data[:offset] + value + data[offset + len(value) :]
 
 
+def minor_of(data: bytes) -> int:
+    return struct.unpack_from("<H", data, 10)[0]
+
+
 def with_doc(data: bytes, mutate: Callable[[dict], Any]) -> bytes:
-    """The file re-assembled after `mutate(doc)` (payloads unchanged, CRCs and offsets recomputed)."""
+    """The file re-assembled after `mutate(doc)` (payloads unchanged, CRCs and offsets recomputed; a JSON
+    header, the version of `data` kept for files of 1.2 and later)."""
     doc, payloads = split_file(data)
     mutate(doc)
-    return assemble_file(doc, payloads)
+    return assemble_file(doc, payloads, minor=minor_of(data) if minor_of(data) >= 2 else 0)
+
+
+def with_parts(data: bytes, edit: Callable[[dict, list[bytes]], Any]) -> bytes:
+    """The file re-assembled after `edit(doc, payloads)` may change both (format 1.2 vectors: version kept)."""
+    doc, payloads = split_file(data)
+    edit(doc, payloads)
+    return assemble_file(doc, payloads, minor=minor_of(data))
+
+
+def with_field_payload(data: bytes, chunk: int, f: int, edit: Callable[[bytes], bytes]) -> bytes:
+    """Tensor 0's stream `f` of chunk `chunk` (a fields tensor) edited, its CRC fixed, re-assembled."""
+    def change(doc: dict, payloads: list[bytes]) -> None:
+        slot = doc["tensors"][0]["chunks"][chunk][f]["section"]
+        i = next(j for j, s in enumerate(section_objects(doc)) if s is slot)
+        payloads[i] = edit(payloads[i])
+
+    return with_parts(data, change)
 
 
 def with_payload(data: bytes, tensor: int, key: str, edit: Callable[[bytes], bytes],
@@ -1195,6 +1309,76 @@ def _huffman_block(edit: Callable[[bytes], bytes], delta: int) -> bytes:
     return with_payload(V("20-huffman-spec-table"), 0, "indices", edit, fix)
 
 
+def _drop_stream(doc: dict, payloads: list[bytes]) -> None:
+    """Chunk 0 of tensor 0 loses its last stream (and that stream's payload)."""
+    chunk = doc["tensors"][0]["chunks"][0]
+    i = next(j for j, s in enumerate(section_objects(doc)) if s is chunk[-1]["section"])
+    del chunk[-1], payloads[i]
+
+
+def _drop_w_chunk(doc: dict, payloads: list[bytes]) -> None:
+    """Tensor 0 (w) of vector 30 loses its last chunk and that chunk's payloads."""
+    slots = section_objects(doc)
+    gone = {id(s["section"]) for s in doc["tensors"][0]["chunks"][-1]}
+    payloads[:] = [p for s, p in zip(slots, payloads) if id(s) not in gone]
+    del doc["tensors"][0]["chunks"][-1]
+
+
+def _flip_section(data: bytes) -> bytes:
+    doc, _ = header_doc(data)
+    s = doc["tensors"][0]["chunks"][0][0]["section"]
+    return poke(data, s["offset"] + 4, bytes([data[s["offset"] + 4] ^ 0x01]))
+
+
+def _padded_fixed_field() -> tuple[int, int]:
+    """(chunk, field) of a fixed stream of vector 31's int8 tensor with padding bits in its last byte."""
+    doc, _ = header_doc(V("31-fields-dtypes"))
+    t = next(t for t in doc["tensors"] if t["name"] == "int8")
+    assert doc["tensors"].index(t) == 5
+    for c, chunk in enumerate(t["chunks"]):
+        count = min(t["chunk_size"], 450 - c * t["chunk_size"])
+        for f, (s, w) in enumerate(zip(chunk, t["fields"])):
+            if s["coding"] == "fixed" and count * w % 8:
+                return c, f
+    raise AssertionError("no padded fixed stream")
+
+
+def _int8_fields_only() -> bytes:
+    """Vector 31 with only its int8 tensor (tensor 0 then), so that the field-stream edits below find it."""
+    def keep(doc: dict, payloads: list[bytes]) -> None:
+        slots = section_objects(doc)
+        t = doc["tensors"][5]
+        mine = {id(s["section"]) for c in t["chunks"] for s in c}
+        payloads[:] = [p for s, p in zip(slots, payloads) if id(s) in mine]
+        used = sorted({s["table"] for c in t["chunks"] for s in c if s["coding"] == "huffman"})
+        for c in t["chunks"]:
+            for s in c:
+                if s["coding"] == "huffman":
+                    s["table"] = used.index(s["table"])
+        doc["tables"] = [doc["tables"][i] for i in used]
+        doc["tensors"] = [t]
+
+    return with_parts(V("31-fields-dtypes"), keep)
+
+
+def _bool_fields() -> bytes:
+    doc = {"metadata": {}, "tables": [], "tensors": [
+        {"name": "b", "dtype": "bool", "shape": [3], "encoding": "fields", "fields": [8], "chunk_size": 4,
+         "chunks": [[fixed()]]}]}
+    return assemble_file(doc, [b"\x00\x01\x01"], minor=2)
+
+
+def _short_block() -> bytes:
+    """Vector 17's shared indices: block 0 listed with 12 bytes (< 100 symbols / 8), block 1 with the rest."""
+    def fix(doc: dict) -> None:
+        b = doc["tensors"][0]["indices"]["block_bytes"]
+        moved = b[0] - 12
+        assert moved > 0
+        b[0], b[1] = 12, b[1] + moved
+
+    return with_doc(V("17-huffman-blocks"), fix)
+
+
 INVALID: list[Invalid] = [
     Invalid("01-bad-magic", "FormatError", "§2", "Magic \\x89dCF... (one letter changed).", lambda: poke(_v01(), 1, b"d")),
     Invalid("02-version-2", "VersionError", "§2.3", "version_major = 2.", lambda: with_preamble(_v01(), major=2)),
@@ -1272,7 +1456,8 @@ INVALID: list[Invalid] = [
     Invalid("38-huffman-out-of-bits", "CorruptDataError", "§6.3", "The last byte of a Huffman block removed "
             "(block_bytes and the section shortened to match).", lambda: _huffman_block(lambda p: p[:-1], -1)),
     Invalid("39-huffman-leftover", "CorruptDataError", "§6.3", "A zero byte appended to a Huffman block "
-            "(block_bytes and the section lengthened to match): 8 bits left over.",
+            "(block_bytes and the section lengthened to match): 15 bits left over (the block's 7 padding bits "
+            "and the added byte).",
             lambda: _huffman_block(lambda p: p + b"\x00", +1)),
     Invalid("40-fixed-padding", "CorruptDataError", "§6.1", "The top padding bit of vector 01's gaps stream is 1.",
             lambda: with_payload(_v01(), 0, "gaps", set_bits(0x80, 1))),
@@ -1282,13 +1467,16 @@ INVALID: list[Invalid] = [
             "the codebook holds 3 values.", lambda: with_payload(_v01(), 0, "indices", set_bits(0x02, 1))),
     Invalid("43-bool-byte-2", "CorruptDataError", "§3.2", "A raw bool element stored as the byte 0x02.",
             lambda: with_payload(V("05-raw-ints-bool"), 8, "data", set_bits(0x02, 1))),
-    Invalid("44-sparse-bool-byte-2", "CorruptDataError", "§3.2", "A sparse bool value stored as the byte 0x03.",
+    Invalid("44-sparse-bool-byte-2", "CorruptDataError", "§3.2", "A sparse bool value stored as the byte 0x03 "
+            "(not 0x02, as the file name says: bit 1 is set in a value that was 0x01).",
             lambda: with_payload(V("13-sparse-values-special"), 4, "values", set_bits(0x02, 0))),
     Invalid("45-sparse-codebook-zero", "CorruptDataError", "§5.3", "Vector 01 with codebook[0] = 7.0: a sparse "
             "codebook must start with all zero bits.",
             lambda: with_payload(_v01(), 0, "codebook", lambda p: np.float32(7).tobytes() + p[4:])),
-    Invalid("46-decompression-bomb", "LimitError", "§7", "An empty sparse tensor of shape [65536, 65536] "
-            "float32: 16 GiB from a 1.5 kB file (valid by the format, refused by the default limit).",
+    Invalid("46-decompression-bomb", "LimitError", "§7", "Vector 07 with its tensor sparse_5_0 (float32, "
+            "sparse with raw values, no entries) given the shape [65536, 65536]: 16 GiB from a 1,536-byte file. "
+            "Valid by the format; refused by the default limit (D = 1 GiB for this file), read by a reader "
+            "whose limit allows 16 GiB.",
             lambda: with_doc(V("07-empty-tensors"), _set(["tensors", 3, "shape"], [65536, 65536]))),
     Invalid("47-fillers-exceed-entries", "HeaderError", "§5.3", "fillers = 6 > entries = 5.",
             lambda: with_doc(_v01(), _set(["tensors", 0, "fillers"], 6))),
@@ -1325,6 +1513,48 @@ INVALID: list[Invalid] = [
             lambda: _z01(compress=lambda t: zlib_fixed(b"\xef\xbb\xbf" + t))),
     Invalid("60-zlib-crc-of-json", "ChecksumError", "§2.1", "Vector 26 whose header_crc32 is the CRC-32 of the "
             "decompressed JSON text: the CRC-32 covers the stored header bytes.", _crc_of_json),
+    # format 1.2: the fields encoding, the float8 dtypes (spec §5.4, §3.2) and a §6.3 check no vector covered
+    Invalid("61-fields-width-sum", "HeaderError", "§5.4", "Vector 29's fields [10, 5]: 15 bits for a 16-bit "
+            "element.", lambda: with_doc(V("29-fields-spec-example"), _set(["tensors", 0, "fields"], [10, 5]))),
+    Invalid("62-fields-width-17", "HeaderError", "§5.4", "Vector 31's uint32 fields [1, 15, 16] as [17, 15]: "
+            "a field has at most 16 bits.",
+            lambda: with_doc(V("31-fields-dtypes"), _set(["tensors", 7, "fields"], [17, 15]))),
+    Invalid("63-fields-width-0", "HeaderError", "§5.4", "Vector 29's fields [10, 6] as [0, 10, 6], a third "
+            "stream added to its chunk.", lambda: with_parts(V("29-fields-spec-example"), lambda d, p: (
+                d["tensors"][0].update(fields=[0, 10, 6]), d["tensors"][0]["chunks"][0].insert(0, fixed()),
+                p.insert(0, b"")))),
+    Invalid("64-fields-chunk-count", "FormatError", "§5.4", "Vector 30's tensor w lists 2 chunks (its 2,500 "
+            "elements in chunks of 1,024 make 3); the last chunk's sections removed.",
+            lambda: with_parts(V("30-fields-float32"), _drop_w_chunk)),
+    Invalid("65-fields-stream-count", "FormatError", "§5.4", "Vector 29's chunk lists 1 stream for 2 fields.",
+            lambda: with_parts(V("29-fields-spec-example"), _drop_stream)),
+    Invalid("66-fields-chunk-size-0", "HeaderError", "§5.4", "Vector 29 with chunk_size 0.",
+            lambda: with_doc(V("29-fields-spec-example"), _set(["tensors", 0, "chunk_size"], 0))),
+    Invalid("67-fields-in-version-1.1", "HeaderError", "§2.3", "Vector 29 labelled version 1.1: the fields "
+            "encoding needs 1.2.", lambda: with_preamble(V("29-fields-spec-example"), minor=1)),
+    Invalid("68-float8-in-version-1.1", "HeaderError", "§2.3", "Vector 32 labelled version 1.1: the float8 dtypes "
+            "need 1.2.", lambda: with_preamble(V("32-float8-raw"), minor=1)),
+    Invalid("69-fields-bool", "HeaderError", "§5.4", "A bool tensor in fields [8].", _bool_fields),
+    Invalid("70-fields-fixed-length", "FormatError", "§6.1", "Vector 29's fixed-width mantissa stream one byte "
+            "longer than 4 symbols x 10 bits need.",
+            lambda: with_field_payload(V("29-fields-spec-example"), 0, 0, lambda p: p + b"\x00")),
+    Invalid("71-fields-fixed-padding", "CorruptDataError", "§6.1", "A padding bit of a fixed-width field stream "
+            "(vector 31's int8 tensor alone) is 1.",
+            lambda: with_field_payload(_int8_fields_only(), *_padded_fixed_field(), set_bits(0x80, -1))),
+    Invalid("72-fields-table-past-alphabet", "HuffmanTableError", "§6.2", "Vector 29's table with 16 more 0 "
+            "digits: 65 symbols for a 6-bit field (alphabet 64).",
+            lambda: with_doc(V("29-fields-spec-example"), lambda d: d["tables"].__setitem__(0, d["tables"][0] + "0" * 16))),
+    Invalid("73-fields-huffman-padding", "CorruptDataError", "§6.3", "The top padding bit of vector 29's sign + "
+            "exponent stream (0x1C -> 0x9C) is 1.",
+            lambda: with_field_payload(V("29-fields-spec-example"), 0, 1, set_bits(0x80, 0))),
+    Invalid("74-fields-section-crc", "ChecksumError", "§3.3", "One bit of vector 29's mantissa section flipped "
+            "(its CRC-32 unchanged).", lambda: _flip_section(V("29-fields-spec-example"))),
+    Invalid("75-newer-minor-unknown-encoding", "VersionError", "§2.3", "Vector 29 labelled version 1.3 with its "
+            "encoding renamed \"planes\": content a 1.2 reader does not know, in a newer minor version.",
+            lambda: with_preamble(with_doc(V("29-fields-spec-example"),
+                                           _set(["tensors", 0, "encoding"], "planes")), minor=3)),
+    Invalid("76-huffman-block-too-short", "FormatError", "§6.3", "Vector 17's shared indices with block 0 listed "
+            "as 12 bytes (96 bits for its 100 symbols) and block 1 lengthened to keep the sum.", _short_block),
 ]
 
 
@@ -1339,7 +1569,7 @@ def hexbits(values: np.ndarray) -> list[str]:
 
 
 def dtype_name(a: np.ndarray) -> str:
-    return "bfloat16" if a.dtype == BF16 else a.dtype.name
+    return "bfloat16" if a.dtype == BF16 else a.dtype.name  # ml_dtypes' float8 names are the spec's
 
 
 def stored_summary(t: dict, tables: list[str]) -> str:
@@ -1357,6 +1587,11 @@ def stored_summary(t: dict, tables: list[str]) -> str:
     if "codebook" in t:
         parts.append(f"codebook k={t['codebook']['length'] // np_dtype(t['dtype']).itemsize} bits={t['bits']}")
     parts += [stream(k) for k in ("gaps", "indices") if k in t]
+    if t["encoding"] == "fields":
+        codings = [f"{s['coding']}" + (f" table {s['table']}" if s["coding"] == "huffman" else "")
+                   for s in (t["chunks"][0] if t["chunks"] else [])]
+        parts.append(f"fields {t['fields']} chunk_size={t['chunk_size']}, {len(t['chunks'])} chunk(s); chunk 0: "
+                     + (", ".join(codings) or "none"))
     if "values" in t:
         parts.append("raw values")
     return "; ".join(parts)
@@ -1366,6 +1601,8 @@ def npy_bytes(a: np.ndarray) -> bytes:
     a = np.array(a, order="C", copy=True)  # not ascontiguousarray: it turns a scalar into shape (1,)
     if a.dtype == BF16:
         a = a.view(np.uint16)
+    elif a.dtype.name in ("float8_e4m3fn", "float8_e5m2"):  # as their uint8 bit patterns, like bfloat16
+        a = a.view(np.uint8)
     elif a.dtype.itemsize > 1:
         a = a.astype(a.dtype.newbyteorder("<"))
     f = io.BytesIO()
@@ -1403,6 +1640,8 @@ def generate() -> tuple[dict[str, bytes], dict]:
                 te["encoding"] = t.encoding
                 if t.encoding == "sparse":
                     te["layout"], te["index_bits"] = t.layout, t.index_bits
+                if t.encoding == "fields":
+                    te["fields"], te["chunk_size"] = list(obj["fields"]), obj["chunk_size"]
                 te["codebook"] = None if t.codebook is None else hexbits(np.asarray(t.codebook).astype(a.dtype))
             te["stored"] = stored_summary(obj, doc["tables"])
             tensors.append(te)
@@ -1414,7 +1653,7 @@ def generate() -> tuple[dict[str, bytes], dict]:
         e = {"name": inv.name, "file": f"invalid/{inv.name}.dcf", "error": inv.error, "rule": inv.rule,
              "description": inv.description}
         invalid.append(e)
-    index = {"format_version": "1.1", "valid": valid, "invalid": invalid}
+    index = {"format_version": "1.2", "valid": valid, "invalid": invalid}
     return files, index
 
 
@@ -1425,7 +1664,7 @@ def esc(text: str) -> str:
 
 def index_markdown(index: dict) -> str:
     """spec/vectors/index.md: the index as tables."""
-    lines = ["# dcformat test vectors (format 1.1)", "",
+    lines = ["# dcformat test vectors (format 1.2)", "",
              "Generated by `spec/make_vectors.py` from `index.json`, which is the machine-readable form of this",
              "page. Valid vectors decode to `NN-name.K.npy` (tensor K in file order; bfloat16 as its uint16 bit",
              "pattern). Vectors marked *re-encode* are reproduced byte for byte by dcformat's writer from the",
@@ -1478,7 +1717,9 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("valid", "invalid"):
             new_by_name = {e["name"]: e for e in index[kind]}
             for e in old[kind]:
-                if new_by_name.get(e["name"]) != e:
+                # a description may be corrected (format 1.2 fixed three); nothing else may change
+                new = dict(new_by_name.get(e["name"]) or {}, description=None)
+                if new != dict(e, description=None) or e["name"] not in new_by_name:
                     problems.append(f"index.json: entry {e['name']!r} would change")
     files["index.json"] = new_index.encode("utf-8")
     files["index.md"] = index_markdown(index).encode("utf-8")

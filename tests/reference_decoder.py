@@ -36,6 +36,7 @@ MAGIC = b"\x89DCF\r\n\x1a\n"
 PREAMBLE = struct.Struct("<8sHHIQQ")  # magic, version_major, version_minor, header_crc32, header_length, file_length
 ALIGNMENT = 64
 VERSION_MAJOR = 1
+VERSION_MINOR = 2  # the newest minor version this reader knows (§2.3): unknown content in a newer one is a VersionError
 
 # §3.2 Dtypes: name -> (bytes per element, numpy dtype used only to build the result)
 DTYPES = {
@@ -43,7 +44,9 @@ DTYPES = {
     "int8": (1, "i1"), "int16": (2, "<i2"), "int32": (4, "<i4"), "int64": (8, "<i8"),
     "uint8": (1, "u1"), "uint16": (2, "<u2"), "uint32": (4, "<u4"), "uint64": (8, "<u8"),
     "bool": (1, "?"),
+    "float8_e4m3fn": (1, "u1"), "float8_e5m2": (1, "u1"),  # since 1.2
 }
+NEW_IN_1_2 = {"fields", "float8_e4m3fn", "float8_e5m2"}  # the encoding and dtypes a file must be 1.2 to use
 
 # §3, §5, §6 keys of each JSON object
 TOP_KEYS = {"metadata", "tables", "tensors"}
@@ -54,6 +57,7 @@ ENCODING_KEYS = {
     "shared": {"bits", "codebook", "indices"},
     "sparse+codebook": {"layout", "index_bits", "entries", "fillers", "gaps", "bits", "codebook", "indices"},
     "sparse+values": {"layout", "index_bits", "entries", "fillers", "gaps", "values"},
+    "fields": {"fields", "chunk_size", "chunks"},  # §5.4
 }
 FIXED_KEYS = {"coding", "section"}
 HUFFMAN_KEYS = {"coding", "section", "table", "block_size", "block_bytes"}
@@ -88,10 +92,10 @@ class Tensor:
     def array(self) -> np.ndarray:
         """The tensor as a numpy array (bfloat16 through ml_dtypes, the one non-numpy dtype)."""
         dtype = np.dtype(DTYPES[self.dtype][1])
-        if self.dtype == "bfloat16":
+        if self.dtype in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
             import ml_dtypes
 
-            dtype = np.dtype(ml_dtypes.bfloat16)
+            dtype = np.dtype(getattr(ml_dtypes, self.dtype))
         return np.frombuffer(self.data, dtype=dtype).reshape(self.shape).copy()
 
 
@@ -115,7 +119,7 @@ def read_file(data: bytes, limits: Limits = Limits(), *, strict: bool = False) -
     data = bytes(data)
     version, header_crc, header_length = read_preamble(data, limits)
     doc = read_header_json(data[32 : 32 + header_length], header_crc, version, limits)
-    tables = check_document(doc, limits, data_start=32 + header_length, file_length=len(data))
+    tables = check_document(doc, limits, data_start=32 + header_length, file_length=len(data), version=version)
     check_padding(data, doc, data_start=32 + header_length)
     out = File(version, dict(doc["metadata"]), tables)
     for t in doc["tensors"]:
@@ -286,7 +290,8 @@ def matrix_view(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0], numel
 
 
-def check_document(doc: Any, limits: Limits, data_start: int, file_length: int) -> list[list[int]]:
+def check_document(doc: Any, limits: Limits, data_start: int, file_length: int,
+                   version: tuple[int, int] = (1, VERSION_MINOR)) -> list[list[int]]:
     """Check the whole header against §3-§6 and the file; return the tables as lists of code lengths.
 
     Adds to each tensor object the derived values used by decoding (`_numel`, `_itemsize`, `_k`).
@@ -312,7 +317,7 @@ def check_document(doc: Any, limits: Limits, data_start: int, file_length: int) 
     names = set()
     end = data_start  # §4: where the previous section ended
     for t in tensors:
-        check_tensor(t, tables, limits, budget)
+        check_tensor(t, tables, limits, budget, version)
         if t["name"] in names:
             raise HeaderError(f"duplicate tensor name {t['name']!r}")
         names.add(t["name"])
@@ -332,6 +337,8 @@ def check_document(doc: Any, limits: Limits, data_start: int, file_length: int) 
 
 def sections_of(t: dict) -> list[dict]:
     """The tensor's section objects in file order (§4, §5)."""
+    if t.get("encoding") == "fields":  # §5.4: chunk by chunk, within a chunk field by field
+        return [s["section"] for chunk in t["chunks"] for s in chunk]
     out = []
     for key in SECTION_ORDER:
         if key in t:
@@ -339,7 +346,15 @@ def sections_of(t: dict) -> list[dict]:
     return out
 
 
-def check_tensor(t: Any, tables: list[list[int]], limits: Limits, budget: int) -> None:
+def unknown(what: str, version: tuple[int, int]) -> HeaderError:
+    """§2.3: unknown content is a VersionError in a file of a newer minor version, else a HeaderError."""
+    if version[1] > VERSION_MINOR:
+        return VersionError(f"{what} in a version {version[0]}.{version[1]} file")
+    return HeaderError(what)
+
+
+def check_tensor(t: Any, tables: list[list[int]], limits: Limits, budget: int,
+                 version: tuple[int, int] = (1, VERSION_MINOR)) -> None:
     """§3.1-§3.4 and the header rules of the tensor's encoding (§5) and streams (§6)."""
     if not isinstance(t, dict):
         raise HeaderError("a tensor is not an object")
@@ -347,13 +362,20 @@ def check_tensor(t: Any, tables: list[list[int]], limits: Limits, budget: int) -
     if not isinstance(name, str) or not 1 <= len(name.encode("utf-8")) <= MAX_NAME_BYTES:
         raise HeaderError("name is not a string of 1..65535 UTF-8 bytes")
     encoding = t.get("encoding")
-    if encoding not in ("raw", "shared", "sparse"):
-        raise HeaderError(f"unknown encoding {encoding!r}")
+    if not isinstance(encoding, str) or encoding not in ("raw", "shared", "sparse", "fields"):
+        raise unknown(f"unknown encoding {encoding!r}", version) if isinstance(encoding, str) else \
+            HeaderError("encoding is not a string")
+    if encoding in NEW_IN_1_2 and version[1] < 2:
+        raise HeaderError("the fields encoding needs version 1.2")
     if encoding == "sparse":  # the form follows from the presence of a codebook (§5.3)
         encoding = "sparse+codebook" if "codebook" in t else "sparse+values"
     need_keys(t, COMMON_KEYS | ENCODING_KEYS[encoding], f"tensor {name!r}")
-    if not isinstance(t["dtype"], str) or t["dtype"] not in DTYPES:
-        raise HeaderError(f"unknown dtype {t['dtype']!r}")
+    if not isinstance(t["dtype"], str):
+        raise HeaderError("dtype is not a string")
+    if t["dtype"] not in DTYPES:
+        raise unknown(f"unknown dtype {t['dtype']!r}", version)
+    if t["dtype"] in NEW_IN_1_2 and version[1] < 2:
+        raise HeaderError(f"dtype {t['dtype']} needs version 1.2")
     if not isinstance(t["shape"], list):
         raise HeaderError("shape is not an array")
     if len(t["shape"]) > limits.max_rank:
@@ -376,6 +398,28 @@ def check_tensor(t: Any, tables: list[list[int]], limits: Limits, budget: int) -
         check_section(t["data"])
         if t["data"]["length"] != numel * itemsize:
             raise FormatError("data length is not numel x itemsize")
+        return
+    if encoding == "fields":  # §5.4
+        if t["dtype"] == "bool":
+            raise HeaderError("a bool tensor cannot use the fields encoding")
+        if not isinstance(t["fields"], list) or not t["fields"]:
+            raise HeaderError("fields is not a non-empty array")
+        widths = [need_int(w, "a field width", 1, MAX_BITS) for w in t["fields"]]
+        if sum(widths) != 8 * itemsize:
+            raise HeaderError("the field widths do not add up to the element's bits")
+        chunk_size = need_int(t["chunk_size"], "chunk_size", 1)
+        if not isinstance(t["chunks"], list):
+            raise HeaderError("chunks is not an array")
+        if len(t["chunks"]) != ceil_div(numel, chunk_size):
+            raise FormatError("chunks does not list ceil(numel / chunk_size) chunks")
+        for c, chunk in enumerate(t["chunks"]):
+            if not isinstance(chunk, list):
+                raise HeaderError("a chunk is not an array")
+            if len(chunk) != len(widths):
+                raise FormatError("a chunk does not have one stream per field")
+            count = min(chunk_size, numel - c * chunk_size)
+            for s, w in zip(chunk, widths):
+                check_stream(s, count, 1 << w, w, tables)
         return
     if "codebook" in t:
         if t["dtype"] == "bool":
@@ -596,6 +640,18 @@ def check_bools(values: list[bytes], what: str) -> None:
 def decode_tensor(data: bytes, t: dict, tables: list[list[int]], strict: bool) -> Tensor:
     """Decode one checked tensor object to its dense bytes (§5)."""
     name, dtype, shape, numel, size = t["name"], t["dtype"], t["_shape"], t["_numel"], t["_itemsize"]
+    if t["encoding"] == "fields":  # §5.4: element = the sum of field_f << (the widths of the fields before f)
+        values = []
+        for c, chunk in enumerate(t["chunks"]):
+            count = min(t["chunk_size"], numel - c * t["chunk_size"])
+            elements = [0] * count
+            shift = 0
+            for f, (s, w) in enumerate(zip(chunk, t["fields"])):
+                for i, v in enumerate(read_stream(data, s, count, 1 << w, w, tables, f"chunks[{c}][{f}]")):
+                    elements[i] |= v << shift
+                shift += w
+            values += [e.to_bytes(size, "little") for e in elements]
+        return Tensor(name, dtype, shape, b"".join(values))
     if t["encoding"] == "raw":
         raw = section_bytes(data, t["data"], "data")
         if dtype == "bool":

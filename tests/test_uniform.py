@@ -192,7 +192,7 @@ def test_step_with_non_finite_values_is_stored_exactly():
 
 def test_fit_size_is_the_largest_file_that_fits():
     tensors = _model()
-    for target in (6_000, 20_000, 60_000):
+    for target in (6_000, 20_000, 40_000):  # the lossless file (fields) is about 57 kB
         policy = allocation.fit_size(tensors, Policy(), target)
         size = len(dcformat.save(tensors, policy=policy))
         assert size <= target
@@ -211,7 +211,7 @@ def test_fit_size_errors():
     with pytest.raises(EncodeError, match="unreachable"):
         allocation.fit_size(tensors, Policy(), 500)
     with pytest.raises(EncodeError, match="unreachable"):
-        allocation.fit_size({"b": np.ones(300, np.float32)}, Policy(), 1000)
+        allocation.fit_size({"b": np.random.default_rng(0).standard_normal(600).astype(np.float32)}, Policy(), 1000)
     with pytest.raises(EncodeError, match="target_size"):
         allocation.fit_size(tensors, Policy(), None)
     # nothing to quantize but it fits: the file as it is, which is the lossless file
