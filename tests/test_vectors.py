@@ -348,3 +348,17 @@ def test_header_reader_makes_every_header_check(tmp_path):
             assert not found_while_decoding and type(err).__name__ == e["error"], (e["name"], err)
         else:
             assert found_while_decoding, e["name"]
+
+
+def test_spec_fields_example_is_vector_29s():
+    """§5.4's worked example: its tensor object, table, and section bytes are vector 29's."""
+    text = _spec_text()
+    section = text[text.index("### §5.4"):text.index("## §6 Streams")]
+    block = section[section.index("```json") + 7:]
+    obj = json.loads(block[: block.index("```")])
+    data = _read("29-fields-spec-example.dcf")
+    doc = json.loads(data[32:448].rstrip(b" "))
+    assert doc["tensors"] == [obj] and len(data) == 513
+    assert f'`"{doc["tables"][0]}"`' in section
+    assert data[448:453] == bytes.fromhex("0000000080") and data[512:513] == bytes([0x1C])
+    assert "`00 00 00 00 80`" in section and "`0x1C`" in section
