@@ -226,8 +226,28 @@ def seed_files() -> dict[str, bytes]:
                              indices=skewed(8, (9, 9), 0.8), layout=("csr", "csc")[i % 2], index_bits=3 + i % 3)
         for i in range(6)] + [codec.draft_explicit(f"layer{i}.bias", bits("float32", (9,)), "raw") for i in range(6)],
         metadata={"model": "zlib"}, compact=True)
+    # The fields encoding (§5.4, format 1.2): dcformat's split of every dtype, odd splits, several chunks,
+    # Huffman and fixed fields, awkward values (random bit patterns: NaN payloads, subnormals, -0.0)
+    def weights(dtype: str, shape, scale=0.05):
+        a = (rng.standard_normal(int(np.prod(shape, dtype=np.int64))) * scale).astype(codec.numpy_dtype(dtype))
+        return a.reshape(shape)
+
+    for dtype in [d for d in K.DTYPE_SIZES if d != "bool"]:
+        a = weights(dtype, (40, 30)) if dtype in K.FLOAT_DTYPES or dtype in K.FLOAT8_DTYPES else \
+            rng.integers(0, 50, (40, 30)).astype(codec.numpy_dtype(dtype))
+        out[f"fields-{dtype}"] = build([codec.draft_explicit("f", a, "fields", chunk_size=500, header_cost=0)])
+    out["fields-odd"] = build([
+        codec.draft_explicit("bits", bits("float32", (9, 11)), "fields", fields=(1, 3, 16, 12), chunk_size=7,
+                             header_cost=0),
+        codec.draft_explicit("scalar", bits("float64", ()), "fields", header_cost=0),
+        codec.draft_explicit("empty", bits("bfloat16", (0, 4)), "fields", header_cost=0),
+        codec.draft_explicit("one", bits("float16", (1,)), "fields", fields=(16,), header_cost=0),
+        codec.draft_explicit("same", np.full((20, 20), np.nan, np.float32), "fields", chunk_size=64, header_cost=0),
+    ])
+    out["fields-huffman-16"] = build([codec.draft_explicit("h", weights("bfloat16", (50, 40)), "fields", fields=(16,),
+                                                           chunk_size=1000, header_cost=0)])
     for name in ("empty", "metadata-only", "model-mixed", "sparse-cb-huffman-csr-b3", "huffman-shared-tables",
-                 "shared-huffman-multiblock", "sparse-empty", "raw-mixed", "sparse-values-csc-bool"):
+                 "shared-huffman-multiblock", "sparse-empty", "raw-mixed", "sparse-values-csc-bool", "fields-odd"):
         doc, sections = parse(out[name])
         out["zlib-" + name] = serialize(doc, [b for _, b in sections], compress=True)
     out.update(spec_vectors())
@@ -311,6 +331,12 @@ def section_slots(doc: Any) -> Iterator[tuple[tuple, dict]]:
     for i, t in enumerate(tensors):
         if not isinstance(t, dict):
             continue
+        chunks = t.get("chunks")
+        if isinstance(chunks, list):  # fields (§5.4, format 1.2): chunk by chunk, field by field
+            for c, streams in enumerate(chunks):
+                for f, v in enumerate(streams if isinstance(streams, list) else []):
+                    if isinstance(v, dict) and isinstance(v.get("section"), dict):
+                        yield ("tensors", i, "chunks", c, f, "section"), v["section"]
         for key in TENSOR_SECTION_ORDER:
             v = t.get(key)
             if isinstance(v, dict) and "section" in v and isinstance(v["section"], dict):
@@ -370,7 +396,15 @@ def serialize(doc: Any, payloads: list[bytes], *, keep_lengths: bool = False, co
         off = sec["offset"]
         body += b"\0" * (off - pos) + payload
         pos = off + len(payload)
-    return PREAMBLE.pack(MAGIC, 1, int(compress), zlib.crc32(header), len(header), start + len(body)) + header + bytes(body)
+    minor = 2 if needs_1_2(doc) else int(compress)
+    return PREAMBLE.pack(MAGIC, 1, minor, zlib.crc32(header), len(header), start + len(body)) + header + bytes(body)
+
+
+def needs_1_2(doc: Any) -> bool:
+    """Whether a document uses a format 1.2 feature (a fields tensor, a float8 dtype): its file says 1.2."""
+    tensors = doc.get("tensors") if isinstance(doc, dict) else None
+    return any(isinstance(t, dict) and (t.get("encoding") == "fields" or t.get("dtype") in ("float8_e4m3fn", "float8_e5m2"))
+               for t in (tensors if isinstance(tensors, list) else []))
 
 
 def _dump(doc: Any) -> bytes:
@@ -442,6 +476,7 @@ INTERESTING_VALUES: list[Any] = [None, True, False, 0.5, 1.0, -0.0, 1e308, "", "
 VOCABULARY = [
     "raw", "shared", "sparse", "csr", "csc", "fixed", "huffman", "float32", "float16", "bfloat16", "float64",
     "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool", "float8", "complex64",
+    "float8_e4m3fn", "float8_e5m2", "fields", "chunk_size", "chunks",
     "data", "codebook", "gaps", "indices", "values", "section", "offset", "length", "crc32", "table",
     "block_size", "block_bytes", "name", "dtype", "shape", "encoding", "layout", "bits", "index_bits",
     "entries", "fillers", "metadata", "tables", "tensors", "1", "2", "f", "0", "11", "12", "1221", "fff",
@@ -504,6 +539,7 @@ class Mutator:
             ("json_text", self.json_text, 2),       # duplicate keys, raw text edits
             ("table", self.table, 3),
             ("consistent_sparse", self.consistent_sparse, 4),
+            ("consistent_fields", self.consistent_fields, 3),  # format 1.2: any split, sizes that match
             ("reshape", self.reshape, 3),
             ("recode", self.recode, 2),
             ("swap_sections", self.swap_sections, 2),
@@ -870,6 +906,62 @@ class Mutator:
                 else:
                     payloads[k] = self._fill(-(-count * width // 8), fill)
         return serialize(doc, payloads, keep_lengths=False)
+
+    def consistent_fields(self, data: bytes, seed: str) -> bytes:
+        """Give a fields tensor another split and chunk size, its streams sized to match and filled with
+        hostile bits (fixed width or Huffman with an existing table), so the header passes and the
+        decoders' kernels (§5.4, §6) get the bits."""
+        d = self._doc(data)
+        if d is None:
+            return self.bit_flip(data, seed)
+        doc, payloads = d
+        r = self.rng
+        tensors = [t for t in doc.get("tensors", []) if isinstance(t, dict) and t.get("encoding") == "fields"
+                   and isinstance(t.get("shape"), list) and all(isinstance(x, int) for x in t["shape"])]
+        if not tensors:
+            return self.payload(data, seed)
+        t = r.choice(tensors)
+        numel = 1
+        for dim in t["shape"]:
+            numel *= dim
+        itembits = 8 * {"float64": 8, "int64": 8, "uint64": 8, "float32": 4, "int32": 4, "uint32": 4,
+                        "float16": 2, "bfloat16": 2, "int16": 2, "uint16": 2}.get(t.get("dtype"), 1)
+        if not 0 <= numel <= 1 << 16:
+            return self.payload(data, seed)
+        if r.random() < 0.6:
+            widths, left = [], itembits
+            while left:
+                widths.append(r.randint(1, min(16, left)))
+                left -= widths[-1]
+            t["fields"] = widths
+        widths = [w for w in t["fields"] if isinstance(w, int) and 1 <= w <= 16] or [8]
+        if r.random() < 0.6:
+            t["chunk_size"] = r.choice([1, 2, 7, 64, max(1, numel), max(1, numel // 2), 1 << 40])
+        size = t["chunk_size"] if isinstance(t.get("chunk_size"), int) and t["chunk_size"] > 0 else 1
+        tables = doc.get("tables") if isinstance(doc.get("tables"), list) else []
+        fill = r.choice(["zero", "ones", "random", "max"])
+        others = [(path, p) for (path, _), p in zip(section_slots(doc), payloads) if get_path(doc, path[:2]) is not t]
+        chunks, mine = [], []
+        for c in range(min(-(-numel // size), 64)):
+            count = min(size, numel - c * size)
+            streams = []
+            for w in widths:
+                usable = [i for i, text in enumerate(tables) if isinstance(text, str) and len(text) <= 1 << w]
+                if usable and r.random() < 0.5:
+                    sizes = [max(1, -(-count * r.randint(1, 15) // 8))]
+                    streams.append({"coding": "huffman", "section": {}, "table": r.choice(usable),
+                                    "block_size": max(1, count), "block_bytes": sizes})
+                    mine.append(self._fill(sizes[0], fill))
+                else:
+                    streams.append({"coding": "fixed", "section": {}})
+                    mine.append(self._fill(-(-count * w // 8), fill))
+            chunks.append(streams)
+        t["chunks"] = chunks
+        new_payloads = []
+        it_others = iter(others)
+        for path, _ in section_slots(doc):
+            new_payloads.append(mine.pop(0) if get_path(doc, path[:2]) is t else next(it_others)[1])
+        return serialize(doc, new_payloads, keep_lengths=False)
 
     def _fill(self, n: int, how: str) -> bytes:
         n = min(n, 1 << 20)

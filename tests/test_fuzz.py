@@ -45,7 +45,7 @@ def test_seeds_cover_every_encoding_coding_layout_and_dtype(seeds):
                     seen.add(("index_bits", t.index_bits))
                     if t.fillers:
                         seen.add(("fillers", t.gaps.coding))
-                for s in (t.gaps, t.indices):
+                for s in (t.gaps, t.indices, *(s for c in t.chunks for s in c)):
                     if s is not None and s.count:
                         seen.add(("coding", t.encoding, s.coding))
                         if s.coding == "huffman":
@@ -61,7 +61,8 @@ def test_seeds_cover_every_encoding_coding_layout_and_dtype(seeds):
     expected |= {("layout", lay, cb) for lay in K.LAYOUTS for cb in (True, False)}
     expected |= {("index_bits", b) for b in (1, 2, 3, 4, 5, 8, 12, 16)}
     expected |= {("fillers", "fixed"), ("fillers", "huffman"), ("multiblock", "shared"), ("multiblock", "sparse")}
-    expected |= {("coding", e, c) for e in ("shared", "sparse") for c in K.CODINGS}
+    expected |= {("coding", e, c) for e in ("shared", "sparse", "fields") for c in K.CODINGS}
+    expected |= {("empty", "fields"), ("header", "json", (1, 2)), ("header", "zlib", (1, 2))}
     expected |= {("shared table",), ("15-bit codes",)}
     expected |= {("header", "json", (1, 0)), ("header", "zlib", (1, 1)), ("header", "json", (1, 1))}
     assert expected <= seen, sorted(expected - seen)
