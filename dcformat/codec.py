@@ -247,14 +247,17 @@ def _exact_draft(base: dict, a: np.ndarray, plan: TensorPlan) -> TensorDraft:
 
     `plan.zero_copy` asks for raw (a raw section can be memory-mapped and used in place)."""
     raw = TensorDraft(base["name"], {**base, "encoding": K.RAW, "data": 0}, [a.reshape(-1).view(np.uint8)], {})
-    widths = None if plan.zero_copy else fieldcoding.split_for(base["dtype"])
-    if widths is None or a.size == 0:
-        return raw
+    splits = [] if plan.zero_copy or a.size == 0 else fieldcoding.candidates_for(base["dtype"], a.size)
     chunk_size = fieldcoding.chunk_size_for(base["dtype"])
-    chunks, payloads, _, size = fieldcoding.code_fields(_bits_view(a.reshape(-1)), widths, chunk_size, "auto",
-                                                        K.HUFFMAN_ZLIB_COST)
-    if size >= a.nbytes + SECTION_OVERHEAD:
+    best = None  # (size, widths, chunks, payloads)
+    for widths in splits:
+        chunks, payloads, _, size = fieldcoding.code_fields(_bits_view(a.reshape(-1)), widths, chunk_size, "auto",
+                                                            K.HUFFMAN_ZLIB_COST)
+        if best is None or size < best[0]:
+            best = (size, widths, chunks, payloads)
+    if best is None or best[0] >= a.nbytes + SECTION_OVERHEAD:
         return raw
+    size, widths, chunks, payloads = best
     header = fieldcoding.fields_header(base, widths, chunk_size, chunks)
     return TensorDraft(base["name"], header, [], {}, coded=EncodedTensor(header, payloads), coded_bytes=size)
 

@@ -33,6 +33,15 @@ SPLITS: dict[str, tuple[int, ...]] = {
     "int64": (8,) * 8, "uint64": (8,) * 8,
 }
 CHUNK_SIZES: dict[str, int] = {"float32": 1 << 16, "bfloat16": 1 << 20, "float16": 1 << 18}
+# Small tensors (biases, norms) also try splits with fewer streams or a narrower skewed field: their
+# tables and sections weigh more than the bits a finer split saves. The smallest coded form wins.
+SMALL_SPLITS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "float32": ((16, 7, 8, 1), (16, 8, 8), (16, 16)),
+    "bfloat16": ((7, 8, 1), (8, 8), (16,)),
+    "float16": ((10, 5, 1), (16,), (8, 7, 1)),
+    "float64": ((16, 16, 16, 4, 11, 1),),
+}
+SMALL_NUMEL = 1 << 16  # tensors up to this many elements try SMALL_SPLITS too
 DEFAULT_CHUNK_SIZE = 1 << 16
 SECTION_COST = 64  # bytes a section costs beyond its payload: alignment padding and its JSON object
 TENSOR_COST = 64  # header bytes a fields tensor object costs beyond a raw one ("fields", "chunk_size", ...)
@@ -41,6 +50,14 @@ TENSOR_COST = 64  # header bytes a fields tensor object costs beyond a raw one (
 def split_for(dtype: str) -> tuple[int, ...] | None:
     """The field widths dcformat writes for `dtype` (None: the dtype has no fields form, bool)."""
     return SPLITS.get(dtype)
+
+
+def candidates_for(dtype: str, numel: int) -> list[tuple[int, ...]]:
+    """The splits to try for a tensor of `numel` elements: dcformat's split, and for small tensors others."""
+    first = SPLITS.get(dtype)
+    if first is None:
+        return []
+    return [first, *(SMALL_SPLITS.get(dtype, ()) if numel <= SMALL_NUMEL else ())]
 
 
 def chunk_size_for(dtype: str) -> int:
