@@ -101,12 +101,15 @@ def estimate_coded_bytes(counts: np.ndarray, n: int, width: int, header_cost: in
 
 
 def code_stream(draft: StreamDraft, mode: str, block_size: int, shared_lengths: np.ndarray | None = None,
-                header_cost: int = K.HUFFMAN_ZLIB_COST) -> tuple[dict, bytes, str | None]:
+                header_cost: int = K.HUFFMAN_ZLIB_COST, table_cost: Callable[[str], int] = len
+                ) -> tuple[dict, bytes, str | None]:
     """Code a stream: (stream object with "table" as hex text, payload, table text or None).
 
     Huffman is chosen only when its payload, table text, 4 bytes per block and `header_cost` (the
     header bytes a Huffman stream object adds over a fixed one: K.HUFFMAN_JSON_COST for a JSON
     header, K.HUFFMAN_ZLIB_COST for a compressed one) come to fewer bytes than fixed width.
+    `table_cost(text)`: the bytes a new table is counted as (its length; the fields encoding may count
+    what zlib makes of it, `fields.zlib_table_cost`).
     """
     fixed = bitpack.pack(draft.symbols, draft.width)
     best: tuple[dict, bytes, str | None] = ({"coding": K.FIXED, "section": None}, fixed, None)
@@ -123,7 +126,7 @@ def code_stream(draft: StreamDraft, mode: str, block_size: int, shared_lengths: 
     best_size = len(fixed)
     for lengths in candidates:
         text = huffman.lengths_to_hex(lengths)
-        extra = (0 if lengths is shared_lengths else len(text)) + header_cost
+        extra = (0 if lengths is shared_lengths else table_cost(text)) + header_cost
         if -(-huffman.encoded_bits(draft.counts, lengths) // 8) + extra >= best_size:
             continue
         payload, block_bytes = huffman.encode(draft.symbols, lengths, block_size)
@@ -250,9 +253,11 @@ def _exact_draft(base: dict, a: np.ndarray, plan: TensorPlan) -> TensorDraft:
     splits = [] if plan.zero_copy or a.size == 0 else fieldcoding.candidates_for(base["dtype"], a.size)
     chunk_size = fieldcoding.chunk_size_for(base["dtype"])
     best = None  # (size, widths, chunks, payloads)
+    header_cost, table_cost = ((K.HUFFMAN_ZLIB_COST, fieldcoding.zlib_table_cost) if plan.compact_header
+                               else (K.HUFFMAN_JSON_COST, len))
     for widths in splits:
         chunks, payloads, _, size = fieldcoding.code_fields(_bits_view(a.reshape(-1)), widths, chunk_size, "auto",
-                                                            K.HUFFMAN_ZLIB_COST)
+                                                            header_cost, table_cost)
         if best is None or size < best[0]:
             best = (size, widths, chunks, payloads)
     if best is None or best[0] >= a.nbytes + SECTION_OVERHEAD:
@@ -772,7 +777,15 @@ def _decode_fields(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dty
             e0, e1 = fieldcoding.chunk_bounds(info.numel, info.chunk_size, c)
             part = out[e0:e1]
             for f, stream in enumerate(info.chunks[c]):
-                symbols = decode_stream(buf, stream, tables, info.name, f"chunks[{c}][{f}]")
+                key = f"chunks[{c}][{f}]"
+                if stream.coding == K.FIXED:  # unpacked straight into the elements
+                    data = np.frombuffer(check_section(buf, stream.section, key, info.name), dtype=np.uint8)
+                    if not fieldcoding.merge_fixed(part, data, stream.width, lows[f], f == 0):
+                        raise CorruptDataError(f"stream {key!r}: fixed-width stream: padding bits of the last byte "
+                                               f"(byte {data.size - 1}) are not zero", tensor=info.name,
+                                               offset=stream.section.offset)
+                    continue
+                symbols = decode_stream(buf, stream, tables, info.name, key)
                 fieldcoding.merge(part, symbols, lows[f], f == 0)
 
     cuts = _cuts(nchunks, max(1, min(nchunks, _pieces(out.nbytes, budget))))

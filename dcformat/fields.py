@@ -9,7 +9,7 @@ Exact for every bit pattern: NaN payloads, infinities, -0.0, subnormals.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numba
 import numpy as np
@@ -22,9 +22,9 @@ from .errors import CorruptDataError
 # near-uniform low mantissa bits fields that are stored fixed width.
 SPLITS: dict[str, tuple[int, ...]] = {
     "float64": (16, 16, 16, 4, 12),  # 52 mantissa bits; sign + 11-bit exponent on top
-    "float32": (8, 8, 7, 9),  # two low mantissa bytes, 7 mantissa bits, sign + exponent
+    "float32": (8, 8, 4, 12),  # two low mantissa bytes, 4 mantissa bits, sign + exponent + 3 mantissa bits
     "bfloat16": (4, 12),  # 4 low mantissa bits, sign + exponent + 3 mantissa bits
-    "float16": (8, 8),  # low mantissa byte, sign + exponent + 2 mantissa bits
+    "float16": (6, 10),  # 6 low mantissa bits, sign + exponent + 4 mantissa bits
     "float8_e4m3fn": (8,),
     "float8_e5m2": (8,),
     "int8": (8,), "uint8": (8,),
@@ -32,7 +32,7 @@ SPLITS: dict[str, tuple[int, ...]] = {
     "int32": (8, 8, 8, 8), "uint32": (8, 8, 8, 8),
     "int64": (8,) * 8, "uint64": (8,) * 8,
 }
-CHUNK_SIZES: dict[str, int] = {"float32": 1 << 16, "bfloat16": 1 << 20, "float16": 1 << 18}
+CHUNK_SIZES: dict[str, int] = {"float32": 1 << 17, "bfloat16": 1 << 18, "float16": 1 << 18}
 # Small tensors (biases, norms) also try splits with fewer streams or a narrower skewed field: their
 # tables and sections weigh more than the bits a finer split saves. The smallest coded form wins.
 SMALL_SPLITS: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -43,8 +43,8 @@ SMALL_SPLITS: dict[str, tuple[tuple[int, ...], ...]] = {
 }
 SMALL_NUMEL = 1 << 16  # tensors up to this many elements try SMALL_SPLITS too
 DEFAULT_CHUNK_SIZE = 1 << 16
-SECTION_COST = 64  # bytes a section costs beyond its payload: alignment padding and its JSON object
-TENSOR_COST = 64  # header bytes a fields tensor object costs beyond a raw one ("fields", "chunk_size", ...)
+SECTION_COST = 48  # bytes a section costs beyond its payload: alignment padding and its JSON object (zlib)
+TENSOR_COST = 32  # header bytes a fields tensor object costs beyond a raw one ("fields", "chunk_size", ...)
 
 
 def split_for(dtype: str) -> tuple[int, ...] | None:
@@ -90,6 +90,59 @@ def merge(out: np.ndarray, symbols: np.ndarray, lo: int, first: bool) -> None:
     _merge_kernel(out, symbols, np.uint32(lo), first)
 
 
+def merge_fixed(out: np.ndarray, data: np.ndarray, width: int, lo: int, first: bool) -> bool:
+    """A fixed-width field (§6.1) unpacked straight into the elements: out |= symbol << lo (out = ... for the
+    first field). False if a padding bit of the last byte is set. Every `width`-bit value is below the
+    field's alphabet 2^width, so there is no symbol to reject."""
+    if out.ndim != 1 or out.dtype.kind != "u" or data.dtype != np.uint8 or data.ndim != 1 \
+            or not 1 <= width <= 16 or not 0 <= lo or lo + width > 8 * out.dtype.itemsize \
+            or data.size != -(-out.size * width // 8):
+        raise CorruptDataError(f"fields: {data.size} bytes of {width}-bit values at bit {lo} do not fit "
+                               f"{out.size} elements of {out.dtype}")
+    return _fixed_merge_kernel(data, np.int64(width), np.uint32(lo), out, first)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fixed_merge_kernel(data, width, lo, out, first):  # pragma: no cover - compiled
+    t = out.dtype.type
+    shift = t(lo)
+    n = out.size
+    if width == 8:
+        if first:
+            for i in range(n):
+                out[i] = t(data[i]) << shift
+        else:
+            for i in range(n):
+                out[i] |= t(data[i]) << shift
+    elif width == 16:
+        if first:
+            for i in range(n):
+                out[i] = t(np.uint32(data[2 * i]) | (np.uint32(data[2 * i + 1]) << 8)) << shift
+        else:
+            for i in range(n):
+                out[i] |= t(np.uint32(data[2 * i]) | (np.uint32(data[2 * i + 1]) << 8)) << shift
+    else:
+        mask = np.uint32((1 << width) - 1)
+        size = data.size
+        for i in range(n):
+            bit = i * width
+            b = bit >> 3
+            window = np.uint32(data[b])
+            if b + 1 < size:
+                window |= np.uint32(data[b + 1]) << 8
+            if b + 2 < size:
+                window |= np.uint32(data[b + 2]) << 16
+            v = t((window >> np.uint32(bit & 7)) & mask) << shift
+            if first:
+                out[i] = v
+            else:
+                out[i] |= v
+    used = n * width
+    if used & 7:
+        return (data[data.size - 1] >> (used & 7)) == 0
+    return True
+
+
 @numba.njit(cache=True, nogil=True)
 def _extract_kernel(bits, lo, width, out):  # pragma: no cover - compiled
     mask = (1 << width) - 1
@@ -119,8 +172,17 @@ def chunk_bounds(numel: int, chunk_size: int, c: int) -> tuple[int, int]:
     return c * chunk_size, min((c + 1) * chunk_size, numel)
 
 
+def zlib_table_cost(text: str) -> int:
+    """What a table's text costs in a zlib-compressed header: its zlib size alone (an upper bound of what
+    it adds beside the other tables; a table of a 12-bit field is mostly runs of 0 digits)."""
+    import zlib
+
+    return len(zlib.compress(text.encode("ascii"), 6))
+
+
 def code_fields(bits: np.ndarray, widths: tuple[int, ...], chunk_size: int, mode: str,
-                header_cost: int) -> tuple[list[list[dict]], list[bytes], list[str | None], int]:
+                header_cost: int, table_cost: Callable[[str], int] = len
+                ) -> tuple[list[list[dict]], list[bytes], list[str | None], int]:
     """Code every chunk's fields: (chunk stream objects, payloads in file order, table texts, coded bytes).
 
     Each stream is coded the cheaper way (`codec.code_stream`: Huffman with a table of its own, or fixed
@@ -140,12 +202,12 @@ def code_fields(bits: np.ndarray, widths: tuple[int, ...], chunk_size: int, mode
         streams = []
         for lo, w in zip(shifts(widths), widths):
             draft = StreamDraft("fields", extract(part, lo, w), 1 << w, w)
-            obj, payload, text = code_stream(draft, mode, max(1, c1 - c0), None, header_cost)
+            obj, payload, text = code_stream(draft, mode, max(1, c1 - c0), None, header_cost, table_cost)
             if text is not None:
                 obj["table"] = text
                 if text not in seen:  # identical tables are stored once (codec.Tables)
                     seen.add(text)
-                    total += len(text)
+                    total += table_cost(text)
             obj["section"] = len(payloads)
             streams.append(obj)
             payloads.append(payload)

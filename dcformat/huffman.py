@@ -196,7 +196,8 @@ def lengths_to_hex(lengths: np.ndarray) -> str:
     validate_lengths(lengths)
     lens = np.asarray(lengths)
     last = int(np.flatnonzero(lens)[-1])
-    return "".join(_HEX_DIGITS[int(v)] for v in lens[: last + 1])
+    digits = lens[: last + 1].astype(np.uint8)
+    return (digits + np.where(digits > 9, 87, 48).astype(np.uint8)).tobytes().decode("ascii")  # 0-9: '0'.., 10-15: 'a'..
 
 
 def lengths_from_hex(text: str) -> np.ndarray:

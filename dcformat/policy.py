@@ -36,6 +36,7 @@ class TensorPlan:
     max_error: float | None = None  # relative RMS error target: the fewest bits (up to `bits`) meeting it
     step: float | None = None  # uniform quantization with this step instead of a 2^bits codebook
     zero_copy: bool = False  # values kept exact are stored raw (memory-mappable), never in fields (§5.4)
+    compact_header: bool = True  # the header will be zlib-compressed: fields count tables as zlib makes them
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class Policy:
         except EncodeError as e:
             raise EncodeError(str(e), tensor=name) from None
         zero_copy = self.huffman == "off" or any(fnmatch.fnmatchcase(name, p) for p in self.zero_copy)
-        exact = TensorPlan(K.RAW, zero_copy=zero_copy)  # raw or fields, whichever is smaller
+        exact = TensorPlan(K.RAW, zero_copy=zero_copy, compact_header=self.compact_header)  # raw or fields
         if self.lossless or dtype not in K.FLOAT_DTYPES:
             return exact
         if any(fnmatch.fnmatchcase(name, p) for p in self.raw):

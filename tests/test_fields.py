@@ -168,7 +168,7 @@ def test_parallel_decode_matches(threads):
 
 @pytest.fixture(scope="module")
 def good() -> bytes:
-    return explicit_fields(skewed(np.random.default_rng(5), 5000, np.float32), chunk_size=2048)
+    return explicit_fields(skewed(np.random.default_rng(5), 5000, np.float32), widths=(8, 8, 7, 9), chunk_size=2048)
 
 
 def load(data: bytes):
@@ -248,3 +248,27 @@ def test_merge_checks_its_arguments():
     fieldcoding.merge(out, np.array([1, 2, 3, 0xFFFF], np.uint16), 16, True)
     fieldcoding.merge(out, np.array([5, 6, 7, 8], np.uint16), 0, False)
     assert out.tolist() == [0x10005, 0x20006, 0x30007, 0xFFFF0008]
+
+
+@pytest.mark.parametrize("width", [1, 3, 7, 8, 9, 13, 16])
+@pytest.mark.parametrize("n", [0, 1, 5, 8, 101])
+def test_merge_fixed_matches_unpack(width, n):
+    from dcformat import bitpack
+
+    rng = np.random.default_rng(width * 1000 + n)
+    symbols = rng.integers(0, 1 << width, n).astype(np.uint16)
+    data = np.frombuffer(bitpack.pack(symbols, width), np.uint8)
+    base = rng.integers(0, 2 ** 31, n).astype(np.uint64)
+    out = base.copy()
+    assert fieldcoding.merge_fixed(out, data, width, 40, False)
+    assert np.array_equal(out, base | (symbols.astype(np.uint64) << 40))
+    assert fieldcoding.merge_fixed(out, data, width, 3, True)
+    assert np.array_equal(out, symbols.astype(np.uint64) << 3)
+    if n * width % 8:
+        bad = data.copy()
+        bad[-1] |= 0x80
+        assert not fieldcoding.merge_fixed(out, bad, width, 0, True)
+    with pytest.raises(CorruptDataError):
+        fieldcoding.merge_fixed(out, np.zeros(data.size + 1, np.uint8), width, 0, True)
+    with pytest.raises(CorruptDataError):
+        fieldcoding.merge_fixed(out, data, width, 64 - width + 1, True)
