@@ -121,18 +121,35 @@ def _fixed_merge_kernel(data, width, lo, out, first):  # pragma: no cover - comp
         else:
             for i in range(n):
                 out[i] |= t(np.uint32(data[2 * i]) | (np.uint32(data[2 * i + 1]) << 8)) << shift
-    else:
-        mask = np.uint32((1 << width) - 1)
-        size = data.size
+    elif width == 4:  # two symbols a byte, low nibble first
+        for k in range(n // 2):
+            b = data[k]
+            lo_v, hi_v = t(b & 15) << shift, t(b >> 4) << shift
+            if first:
+                out[2 * k], out[2 * k + 1] = lo_v, hi_v
+            else:
+                out[2 * k] |= lo_v
+                out[2 * k + 1] |= hi_v
+        if n & 1:
+            v = t(data[n // 2] & 15) << shift
+            if first:
+                out[n - 1] = v
+            else:
+                out[n - 1] |= v
+    else:  # a bit buffer refilled a byte at a time: never reads past the n * width bits the length check allows
+        mask = np.uint64((1 << width) - 1)
+        w = np.uint64(width)
+        acc = np.uint64(0)
+        have = np.uint64(0)
+        p = 0
         for i in range(n):
-            bit = i * width
-            b = bit >> 3
-            window = np.uint32(data[b])
-            if b + 1 < size:
-                window |= np.uint32(data[b + 1]) << 8
-            if b + 2 < size:
-                window |= np.uint32(data[b + 2]) << 16
-            v = t((window >> np.uint32(bit & 7)) & mask) << shift
+            while have < w:
+                acc |= np.uint64(data[p]) << have
+                p += 1
+                have += np.uint64(8)
+            v = t(acc & mask) << shift
+            acc >>= w
+            have -= w
             if first:
                 out[i] = v
             else:

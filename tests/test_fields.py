@@ -250,7 +250,7 @@ def test_merge_checks_its_arguments():
     assert out.tolist() == [0x10005, 0x20006, 0x30007, 0xFFFF0008]
 
 
-@pytest.mark.parametrize("width", [1, 3, 7, 8, 9, 13, 16])
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 7, 8, 9, 13, 16])
 @pytest.mark.parametrize("n", [0, 1, 5, 8, 101])
 def test_merge_fixed_matches_unpack(width, n):
     from dcformat import bitpack
