@@ -190,7 +190,7 @@ def llm_bf16(mb: int, reference: Tensors, seed: int = 0) -> Tensors:
     hist = np.bincount(top, minlength=512).astype(np.float64)
     rng = np.random.default_rng(seed)
     out = {}
-    n = mb * 1_000_000 // 2
+    n = mb * 1_000_000 // 2 // 4096 * 4096  # whole rows of 4096
     per = 4096 * 4096
     for i in range(-(-n // per)):
         m = min(per, n - i * per)

@@ -43,6 +43,8 @@ SMALL_SPLITS: dict[str, tuple[tuple[int, ...], ...]] = {
 }
 SMALL_NUMEL = 1 << 16  # tensors up to this many elements try SMALL_SPLITS too
 DEFAULT_CHUNK_SIZE = 1 << 16
+BLOCK_SIZE = 1 << 15  # symbols per Huffman block: a stream's blocks decode interleaved (a block alone is a
+# chain of dependent table look-ups), for about 4 bytes of block_bytes each
 SECTION_COST = 48  # bytes a section costs beyond its payload: alignment padding and its JSON object (zlib)
 TENSOR_COST = 32  # header bytes a fields tensor object costs beyond a raw one ("fields", "chunk_size", ...)
 
@@ -219,7 +221,8 @@ def code_fields(bits: np.ndarray, widths: tuple[int, ...], chunk_size: int, mode
         streams = []
         for lo, w in zip(shifts(widths), widths):
             draft = StreamDraft("fields", extract(part, lo, w), 1 << w, w)
-            obj, payload, text = code_stream(draft, mode, max(1, c1 - c0), None, header_cost, table_cost)
+            obj, payload, text = code_stream(draft, mode, min(BLOCK_SIZE, max(1, c1 - c0)), None, header_cost,
+                                             table_cost)
             if text is not None:
                 obj["table"] = text
                 if text not in seen:  # identical tables are stored once (codec.Tables)
