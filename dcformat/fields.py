@@ -196,7 +196,7 @@ def zlib_table_cost(text: str) -> int:
     it adds beside the other tables; a table of a 12-bit field is mostly runs of 0 digits)."""
     import zlib
 
-    return len(zlib.compress(text.encode("ascii"), 6))
+    return len(zlib.compress(text.encode("ascii"), 1))
 
 
 def code_fields(bits: np.ndarray, widths: tuple[int, ...], chunk_size: int, mode: str,
