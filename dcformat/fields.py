@@ -9,6 +9,7 @@ Exact for every bit pattern: NaN payloads, infinities, -0.0, subnormals.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import numba
@@ -191,6 +192,7 @@ def chunk_bounds(numel: int, chunk_size: int, c: int) -> tuple[int, int]:
     return c * chunk_size, min((c + 1) * chunk_size, numel)
 
 
+@functools.lru_cache(maxsize=1024)
 def zlib_table_cost(text: str) -> int:
     """What a table's text costs in a zlib-compressed header: its zlib size alone (an upper bound of what
     it adds beside the other tables; a table of a 12-bit field is mostly runs of 0 digits)."""

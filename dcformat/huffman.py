@@ -83,13 +83,62 @@ def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.nd
         raise EncodeError("symbol counts are too large to build a Huffman code")
     weights = weights.astype(np.int64)
     order = np.lexsort((used, weights))  # by (count, symbol): ties broken by symbol value
-    depth = _package_merge(weights[order], max_length)
+    depth = np.zeros(n, dtype=np.uint8)
+    if not _package_merge_kernel(np.ascontiguousarray(weights[order]), max_length, depth):
+        raise EncodeError("package-merge ran out of items (internal error)")  # cannot happen when n <= 2**max_length
     out[used[order]] = depth
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _package_merge_kernel(weights, max_length, depth):  # pragma: no cover - compiled
+    """`_package_merge` in one compiled pass: the same merge order (a leaf before a package of equal
+    weight), so the same lengths; False if the items run out (impossible when n <= 2**max_length)."""
+    n = weights.size
+    prefix = np.zeros((max_length, 2 * n + 1), dtype=np.int64)  # row `level`: leaves among the first k items
+    sizes = np.zeros(max_length, dtype=np.int64)  # items in each level's merged list
+    items = np.empty(2 * n, dtype=np.int64)
+    merged = np.empty(2 * n, dtype=np.int64)
+    items[:n] = weights
+    m = n
+    for level in range(max_length - 1, 0, -1):
+        npk = m // 2
+        i = 0
+        k = 0
+        out = 0
+        while i < n or k < npk:
+            if k < npk:
+                package = items[2 * k] + items[2 * k + 1]
+            if k >= npk or (i < n and weights[i] <= package):
+                merged[out] = weights[i]
+                i += 1
+                prefix[level, out + 1] = prefix[level, out] + 1
+            else:
+                merged[out] = package
+                k += 1
+                prefix[level, out + 1] = prefix[level, out]
+            out += 1
+        items[:out] = merged[:out]
+        sizes[level] = out
+        m = out
+    take = 2 * n - 2
+    for level in range(1, max_length):
+        if take > sizes[level]:
+            return False
+        leaves = prefix[level, take]
+        for j in range(leaves):
+            depth[j] += 1
+        take = 2 * (take - leaves)
+    if take > n:
+        return False
+    for j in range(take):
+        depth[j] += 1
+    return True
+
+
 def _package_merge(weights: np.ndarray, max_length: int) -> np.ndarray:
-    """Code lengths (uint8) of ascending `weights` (n >= 2, n <= 2**max_length) by plain package-merge."""
+    """Code lengths (uint8) of ascending `weights` (n >= 2, n <= 2**max_length) by plain package-merge
+    (the numpy form of `_package_merge_kernel`, kept as its reference in the tests)."""
     n = weights.size
     # leaf_prefix[level][k]: how many of the first k items of that level's merged list are leaves
     leaf_prefix: dict[int, np.ndarray] = {}

@@ -1012,3 +1012,18 @@ def test_symbol_counts_is_bincount(values, repeat):
     expected = np.bincount(symbols, minlength=1).astype(np.int64)
     counts = huffman_module.symbol_counts(symbols)
     assert counts.dtype == np.int64 and np.array_equal(counts, expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.lists(st.integers(1, 10**6), min_size=2, max_size=300),
+                 st.lists(st.integers(1, 4), min_size=2, max_size=3000)), st.integers(1, 15))
+def test_package_merge_kernel_matches_the_numpy_form(counts, max_length):
+    """The compiled package-merge gives exactly the lengths of the numpy one (files stay reproducible)."""
+    from dcformat.huffman import _package_merge, _package_merge_kernel
+
+    if len(counts) > 1 << max_length:
+        max_length = 15
+    w = np.sort(np.array(counts, dtype=np.int64))
+    depth = np.zeros(w.size, np.uint8)
+    assert _package_merge_kernel(w, max_length, depth)
+    assert np.array_equal(depth, _package_merge(w, max_length))
