@@ -38,6 +38,7 @@ class Limits:
     """Bounds a reader enforces before trusting the file; raise them to open unusual files."""
 
     max_header_bytes: int = K.DEFAULT_MAX_HEADER_BYTES
+    max_header_values: int = K.DEFAULT_MAX_HEADER_VALUES
     max_tensors: int = K.DEFAULT_MAX_TENSORS
     max_rank: int = K.DEFAULT_MAX_RANK
     min_decoded_bytes: int = K.DEFAULT_MIN_DECODED_BYTES
@@ -265,6 +266,12 @@ def _parse_header_bytes(
             offset=K.PREAMBLE_SIZE,
         )
     text_bytes, coding = header_json_bytes(raw, version, limits)
+    values = count_json_values(text_bytes, limits.max_header_values)
+    if values > limits.max_header_values:
+        raise LimitError(
+            f"header holds {values} JSON values ('[', '{{', ',' and ':' outside strings), more than the limit of "
+            f"{limits.max_header_values} (§7)", offset=K.PREAMBLE_SIZE,
+        )
     # Offsets into a decompressed text are no file offsets: errors there name the header's start.
     where = "header byte" if coding == K.HEADER_JSON else "decompressed header byte"
 
@@ -323,6 +330,29 @@ def header_json_bytes(raw: bytes, version: tuple[int, int], limits: Limits = DEF
         f"header starts with the byte {raw[0]:#04x}: neither a JSON text ('{{' or whitespace) nor a zlib "
         f"stream (0x78) (§2.2)", offset=K.PREAMBLE_SIZE,
     )
+
+
+def count_json_values(text: bytes, limit: int = 0) -> int:
+    """The structural characters '[', '{', ',' and ':' outside strings of a JSON text (§7): about one
+    per value, counted before parsing because json.loads spends ~70 bytes per value. A text no longer
+    than `limit` cannot exceed it and is not counted (its length is returned)."""
+    if len(text) <= limit:
+        return len(text)
+    import numpy as np
+
+    if b"\\" in text:  # neutralise escapes so that only a string's own quotes remain
+        text = text.replace(b"\\\\", b"__").replace(b'\\"', b"__")
+    data = np.frombuffer(text, np.uint8)
+    structural = np.zeros(256, np.uint8)
+    structural[list(b",:[{")] = 1
+    total, in_string = 0, 0
+    step = 1 << 22  # in pieces, so that the masks stay a few MB whatever the header's size
+    for start in range(0, data.size, step):
+        piece = data[start : start + step]
+        inside = np.bitwise_xor.accumulate((piece == ord('"')).view(np.uint8)) ^ in_string
+        in_string = int(inside[-1])
+        total += int(np.count_nonzero(structural[piece] > inside))
+    return total
 
 
 def _inflate_header(raw: bytes, limit: int) -> bytes:
