@@ -239,3 +239,25 @@ def test_threaded_load_equals_serial_load(tmp_path):
     for name in model:
         assert_same(threaded[name], serial[name])
     assert_same(dcformat.load(path.read_bytes(), threads=3)["t5"], serial["t5"])
+
+
+def test_get_sparse_allocates_its_pointer_array_once():
+    """Found by the fuzzer: the row pointers of a tall sparse tensor (the one array sized by the shape,
+    not by the data) were allocated twice, with a full-size count array beside them."""
+    import tracemalloc
+
+    x = np.zeros((1 << 22, 1), np.float32)
+    x[5], x[-1] = 1, 2
+    f = dcformat.open(dcformat.save({"x": x}))
+    assert f.header.tensors[0].encoding == "sparse" and f.header.tensors[0].layout == "csr"
+    f.get_sparse("x")  # the kernels are compiled or loaded outside the measurement
+    tracemalloc.start()
+    try:
+        sp = f.get_sparse("x")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sp.indptr.nbytes == 8 * ((1 << 22) + 1)
+    assert sp.indptr[-1] == 2 and sp.indices.tolist() == [0, 0] and sp.values.tolist() == [1, 2]
+    assert np.array_equal(sp.todense(), x)
+    assert peak < 1.1 * sp.indptr.nbytes, peak
