@@ -261,3 +261,74 @@ def test_get_sparse_allocates_its_pointer_array_once():
     assert sp.indptr[-1] == 2 and sp.indices.tolist() == [0, 0] and sp.values.tolist() == [1, 2]
     assert np.array_equal(sp.todense(), x)
     assert peak < 1.1 * sp.indptr.nbytes, peak
+
+
+def _with_a_bad_last_tensor(tmp_path, n: int = 4):
+    """A file of n 4 MB tensors whose last one (in file order) has one data byte flipped."""
+    tensors = {f"t{i}": np.full((1 << 20,), i + 0.5, np.float32) for i in range(n)}
+    path = tmp_path / "bad.dcf"
+    dcformat.save_file(tensors, path, policy=Policy(lossless=True))
+    with dcformat.open(path) as f:
+        last = max(f.header.tensors, key=lambda t: t.data.offset)
+        offset = last.data.offset + 100
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_failed_load_holds_no_decoded_tensor(tmp_path, threads):
+    """Found by the fuzzer: load_file failing on one tensor kept the ones decoded before it alive
+    through the error's traceback (a reference cycle), so the next call started with them in memory.
+    Here the caller even keeps the error: the tensors are still freed, without the garbage collector."""
+    import gc
+    import tracemalloc
+
+    path = _with_a_bad_last_tensor(tmp_path)
+    with pytest.raises(dcformat.ChecksumError):
+        dcformat.load_file(path, threads=threads)  # kernels and caches warm
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        try:
+            dcformat.load_file(path, threads=threads)
+        except dcformat.ChecksumError as e:
+            kept = e
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert "t3" in str(kept)
+    assert peak > 8 << 20  # tensors were decoded ...
+    assert current < 1 << 20, current  # ... and none outlives the call
+
+
+def test_a_failed_sharded_load_holds_no_decoded_tensor(tmp_path):
+    """The same over shards: the first shard's tensors are freed when the second one fails."""
+    import gc
+    import tracemalloc
+
+    from dcformat import shards
+
+    good = {f"a{i}": np.full((1 << 20,), i + 0.5, np.float32) for i in range(3)}
+    dcformat.save_file(good, tmp_path / "model-00001-of-00002.dcf", policy=Policy(lossless=True))
+    _with_a_bad_last_tensor(tmp_path).rename(tmp_path / "model-00002-of-00002.dcf")
+    weight_map = {**{n: "model-00001-of-00002.dcf" for n in good},
+                  **{f"t{i}": "model-00002-of-00002.dcf" for i in range(4)}}
+    shards.write_index(tmp_path / shards.INDEX_NAME, weight_map, 7 << 22)
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        try:
+            dcformat.load_file(tmp_path, threads=1)
+        except dcformat.ChecksumError as e:
+            kept = e
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert "t3" in str(kept) and peak > 12 << 20
+    assert current < 1 << 20, current
