@@ -215,14 +215,15 @@ def draft_tensor(name: str, value: Any, plan: TensorPlan, block_size: int = K.DE
         bits = step = None
     if step is not None:
         return _uniform_draft(base, a, x, plan)
-    has_zeros = bool((_bits_view(x.reshape(-1)) == 0).any())
+    zeros = int(np.count_nonzero(_bits_view(x.reshape(-1)) == 0))
+    has_zeros = zeros > 0
     candidates: list[TensorDraft] = []
     if bits is not None:
         codebook, indices = _quantize_for(a, x, bits, has_zeros, plan)
         bits = max(1, int(len(codebook) - 1).bit_length())
         decoded = None  # built only where a sparse form needs it (TensorDraft.dense otherwise)
         candidates.append(_shared_draft(base, codebook, indices, bits))
-        if has_zeros:
+        if has_zeros and zeros >= SPARSE_MIN_ZERO_SHARE_CODED * x.size:
             decoded = codebook[indices].reshape(a.shape)
             candidates += _sparse_drafts(base, decoded, plan, codebook=codebook, indices=indices, bits=bits)
     else:
@@ -334,6 +335,13 @@ def _quantize_for(original: np.ndarray, x: np.ndarray, bits: int, sparse: bool, 
 # no less than one bit, so the sparse form (gaps between non-zeros) only wins where zeros are common;
 # below this share its candidates are not worth building (on an 11.7 M-weight tensor they cost seconds).
 SPARSE_MIN_ZERO_SHARE = 0.4
+
+
+# The same for codebook indices: a sparse form spends at least one bit per stored entry on its gap,
+# (1 - z) bits per element for a zero share z, while the shared form spends about h(z) (the binary
+# entropy) telling zeros apart; below z = 0.1, 0.9 > h(0.1) = 0.47: the sparse form cannot win, and
+# pricing it on a large tensor takes more memory (positions, int64) than the rest of the draft.
+SPARSE_MIN_ZERO_SHARE_CODED = 0.1
 
 
 def _uniform_draft(base: dict, original: np.ndarray, x: np.ndarray, plan: TensorPlan) -> TensorDraft:
