@@ -730,7 +730,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def verify_file(path: str) -> dict[str, Any]:
+def verify_file(path: str, progress: ProgressBar | None = None, shard: str | None = None) -> dict[str, Any]:
     """Check the header, every section's CRC and every tensor's decoding; collect every problem."""
     from .api import SafeOpen
     from .container import check_section
@@ -747,7 +747,12 @@ def verify_file(path: str) -> dict[str, Any]:
         problem(None, type(e).__name__, describe(e) if isinstance(e, OSError) else str(e))
         return {"file": path, "ok": False, "tensors": 0, "problems": problems}
     with f:
+        total = sum(info.nbytes for info in f.header.tensors)
+        done = 0
         for info in f.header.tensors:
+            if progress is not None:
+                progress(ProgressEvent("verify", done, total, tensor=info.name, shard=shard))
+            done += info.nbytes
             intact = True
             for key, section in info.sections():
                 try:
@@ -770,7 +775,7 @@ def verify_file(path: str) -> dict[str, Any]:
     return {"file": path, "ok": not problems, "tensors": checked, "problems": problems}
 
 
-def verify_model(path: str) -> dict[str, Any]:
+def verify_model(path: str, progress: ProgressBar | None = None) -> dict[str, Any]:
     """verify_file for a .dcf file; for an index or a model folder, every shard it lists, and the index
     against the shards (every listed tensor in its shard, every tensor of a shard listed)."""
     from .shards import read_index, resolve
@@ -783,7 +788,7 @@ def verify_model(path: str) -> dict[str, Any]:
     try:
         kind, target = resolve(path)
         if kind == "file":
-            return verify_file(target)
+            return verify_file(target, progress)
         weight_map, _ = read_index(target)
     except (DCFError, OSError) as e:
         return failed(e)
@@ -793,7 +798,7 @@ def verify_model(path: str) -> dict[str, Any]:
     names = list(dict.fromkeys(weight_map.values()))
     for shard in names:
         file = os.path.join(folder, shard)
-        result = verify_file(file)
+        result = verify_file(file, progress, shard)
         checked += result["tensors"]
         problems += [{**p, "shard": shard} for p in result["problems"]]
         try:
@@ -812,7 +817,11 @@ def verify_model(path: str) -> dict[str, Any]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    result = verify_model(args.file)
+    bar = ProgressBar(enabled=False if args.json else None)
+    try:
+        result = verify_model(args.file, bar)
+    finally:
+        bar.close()
     if args.json:
         print(json.dumps(result, indent=2))
     elif result["ok"]:

@@ -715,3 +715,15 @@ def test_folder_options_are_checked(hf_folder, tmp_path, capsys):
     # one model.safetensors file to a path without .dcf: a folder too, as the library does
     assert run(["compress", folder / "model.safetensors", "-o", tmp_path / "f", "-q"], capsys)[0] == 0
     assert (tmp_path / "f" / "model.dcf").exists()
+
+
+def test_verify_reports_progress_by_bytes_and_shard(hf_folder, tmp_path, capsys):
+    folder, tensors = hf_folder
+    out = tmp_path / "out"
+    assert run(["compress", folder, "-o", out, "--max-shard-size", "20KB", "-q"], capsys)[0] == 0
+    events = []
+    result = cli.verify_model(str(out), events.append)
+    assert result["ok"] and result["tensors"] == len(tensors)
+    assert {e.stage for e in events} == {"verify"} and {e.tensor for e in events} == set(tensors)
+    assert sorted({e.shard for e in events}) == sorted(p.name for p in out.glob("*.dcf"))
+    assert all(0 <= e.done_bytes < e.total_bytes for e in events)
