@@ -277,41 +277,44 @@ def _with_a_bad_last_tensor(tmp_path, n: int = 4):
     return path
 
 
+def _failed_load(path, threads: int) -> tuple[str, int, int]:
+    """(the error's message, traced memory still held, peak) of a load_file that fails, the caller
+    keeping the error and the garbage collector off: what outlives the call is held by references."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        try:
+            dcformat.load_file(path, threads=threads)
+        except dcformat.ChecksumError as e:
+            kept = e
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    return str(kept), current, peak
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_failed_load_holds_no_decoded_tensor(tmp_path, threads):
     """Found by the fuzzer: load_file failing on one tensor kept the ones decoded before it alive
     through the error's traceback (a reference cycle), so the next call started with them in memory.
     Here the caller even keeps the error: the tensors are still freed, without the garbage collector."""
-    import gc
-    import tracemalloc
-
     path = _with_a_bad_last_tensor(tmp_path)
     with pytest.raises(dcformat.ChecksumError):
         dcformat.load_file(path, threads=threads)  # kernels and caches warm
     for _ in range(5):  # with threads, which thread decodes the bad tensor varies from run to run
-        gc.collect()
-        gc.disable()
-        tracemalloc.start()
-        try:
-            try:
-                dcformat.load_file(path, threads=threads)
-            except dcformat.ChecksumError as e:
-                kept = e
-            current, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-            gc.enable()
-        assert "t3" in str(kept)
+        message, current, peak = _failed_load(path, threads)
+        assert "t3" in message
         assert peak > 8 << 20  # tensors were decoded ...
         assert current < 1 << 20, current  # ... and none outlives the call
-        del kept
 
 
 def test_a_failed_sharded_load_holds_no_decoded_tensor(tmp_path):
     """The same over shards: the first shard's tensors are freed when the second one fails."""
-    import gc
-    import tracemalloc
-
     from dcformat import shards
 
     good = {f"a{i}": np.full((1 << 20,), i + 0.5, np.float32) for i in range(3)}
@@ -320,17 +323,6 @@ def test_a_failed_sharded_load_holds_no_decoded_tensor(tmp_path):
     weight_map = {**{n: "model-00001-of-00002.dcf" for n in good},
                   **{f"t{i}": "model-00002-of-00002.dcf" for i in range(4)}}
     shards.write_index(tmp_path / shards.INDEX_NAME, weight_map, 7 << 22)
-    gc.collect()
-    gc.disable()
-    tracemalloc.start()
-    try:
-        try:
-            dcformat.load_file(tmp_path, threads=1)
-        except dcformat.ChecksumError as e:
-            kept = e
-        current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        gc.enable()
-    assert "t3" in str(kept) and peak > 12 << 20
+    message, current, peak = _failed_load(tmp_path, 1)
+    assert "t3" in message and peak > 12 << 20
     assert current < 1 << 20, current
