@@ -504,8 +504,11 @@ def _penalties(lam: float, sorted_values: np.ndarray, lengths: np.ndarray) -> np
     variance = float(np.mean((scaled - scaled.mean()) ** 2))
     # For values near the float64 limit σ² itself overflows; cap the penalties so they stay finite
     # (assign rescales them again): only such absurd ranges see the cap.
-    with np.errstate(over="ignore", divide="ignore"):
-        return np.minimum(lam * variance * lengths / (scale * scale), np.finfo(np.float64).max)
+    # Divided by the scale twice (its square can underflow to 0), and a zero length costs nothing
+    # (0 times an overflowed σ² would be NaN).
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        penalties = np.minimum(lam * variance * lengths / scale / scale, np.finfo(np.float64).max)
+    return np.where(lengths > 0, penalties, 0.0)
 
 
 def _code_lengths(labels: np.ndarray, k: int) -> np.ndarray:
