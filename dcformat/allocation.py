@@ -80,11 +80,18 @@ class _ByteCounter:
         return n
 
 
-def file_size(tensors: Mapping[str, np.ndarray], policy: Policy, metadata: Mapping[str, str] | None = None) -> int:
-    """The exact size in bytes of the file `tensors` make under `policy` (no target size), without writing it."""
+def file_size(tensors: Mapping[str, np.ndarray], policy: Policy, metadata: Mapping[str, str] | None = None,
+              record: bool = False) -> int:
+    """The exact size in bytes of the file `tensors` make under `policy` (no target size), without writing
+    it; with `record`, of the file that also records its encoding (as model folders and the CLI write)."""
     from . import encoder
     from .container import write_stream
 
+    if record:
+        sink = _ByteCounter()
+        sources = [(name, (lambda a=a: a)) for name, a in tensors.items()]
+        encoder.write_file(sink, sources, policy, metadata, threads=1, record=True)
+        return sink.size
     meta, tables, encoded = encoder.encode(tensors, policy, metadata)
     sink = _ByteCounter()
     write_stream(sink, meta, tables, encoded, compact_header=policy.compact_header)
@@ -106,7 +113,8 @@ _EXACT_RATIO = 1.002  # a step 0.2% apart changes the size by well under 0.1% at
 
 
 def fit_size(tensors: Mapping[str, Any], policy: Policy | None = None, target_size: int | None = None, *,
-             metadata: Mapping[str, str] | None = None, progress: EventProgress | None = None) -> Policy:
+             metadata: Mapping[str, str] | None = None, progress: EventProgress | None = None,
+             record: bool = False) -> Policy:
     """A policy with the largest step-scaled file of at most `target_size` bytes (default: policy.target_size).
 
     The policy's step (times its step_scales) is what is searched; tensors the policy keeps raw or
@@ -114,7 +122,8 @@ def fit_size(tensors: Mapping[str, Any], policy: Policy | None = None, target_si
     (lossless) file gives the lossless policy. Raises EncodeError when even the coarsest step (every
     quantized weight 0) gives a larger file. The search is bounded: at most _ESTIMATES drafts and
     _EXACT encodes of the model. `progress` receives a ProgressEvent (stage "search") per size tried.
-    The result has the step set (or lossless) and no target.
+    The result has the step set (or lossless) and no target. `record`: sizes of files that record
+    their encoding (`file_size`).
     """
     from . import codec
 
@@ -134,14 +143,14 @@ def fit_size(tensors: Mapping[str, Any], policy: Policy | None = None, target_si
                                    f"(target {target:,} B, try {tries[0]})"))
 
     lossless = lossless_policy(base)
-    size = file_size(arrays, lossless, metadata)
+    size = file_size(arrays, lossless, metadata, record)
     report(None, size, "")
     if size <= target:
         return lossless
     names = _scaled_names(arrays, base)
 
     def exact(step: float) -> int:
-        size = file_size(arrays, base.with_(step=step), metadata)
+        size = file_size(arrays, base.with_(step=step), metadata, record)
         report(step, size, "")
         return size
 

@@ -100,8 +100,12 @@ def load_file(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS,
     if kind == "index":
         with ShardedOpen(target, limits=limits) as model:
             out: dict[str, np.ndarray] = {}
-            for shard in model.shards:
-                out.update(_decode_all(model.shard(shard), threads))
+            try:
+                for shard in model.shards:
+                    out.update(_decode_all(model.shard(shard), threads))
+            except BaseException:
+                out.clear()  # a failed load keeps no shard's tensors alive through the traceback
+                raise
             return {name: out[name] for name in model.keys()}
     with SafeOpen(target, limits=limits) as f:
         return _decode_all(f, threads)
@@ -165,9 +169,15 @@ def _decode_all(f: "SafeOpen", threads: int | None) -> dict[str, np.ndarray]:
     # Largest first, so that a big tensor does not start last while the other threads sit idle.
     order = sorted(names, key=lambda n: -sizes[n])
     decoded = dict(zip(order, run([lambda n=n: decode(n) for n in order], budget)))
-    for name in names:
-        if isinstance(decoded[name], DCFError):
-            raise decoded[name]
+    error = next((decoded[name] for name in names if isinstance(decoded[name], DCFError)), None)
+    if error is not None:
+        # The error's traceback will hold this frame: drop what was decoded, or it would live as long
+        # as the error (and, through the cycle error -> frame -> decoded -> error, until a gc pass).
+        decoded.clear()
+        try:
+            raise error
+        finally:
+            error = None
     return {name: decoded[name] for name in names}
 
 

@@ -44,7 +44,7 @@ INTERRUPTED = 130
 BROKEN_PIPE = 128 + 13  # SIGPIPE
 
 # The optional extra that brings each optional package (pyproject.toml's optional-dependencies).
-EXTRAS = {"torch": "torch", "safetensors": "safetensors", "scipy": "test", "transformers": "bench",
+EXTRAS = {"torch": "torch", "safetensors": "safetensors", "scipy": "test", "transformers": "hf", "distributed": "dask",
           "matplotlib": "examples", "sklearn": "examples"}
 
 
@@ -239,6 +239,16 @@ def _index_bits(text: str) -> int | str:
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+
+
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of threads") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} threads: give 1 or more")
+    return value
 
 
 def _size(text: str) -> int:
@@ -487,71 +497,105 @@ def policy_words(policy: Any, args: argparse.Namespace) -> str:
 # Commands
 
 
+def _is_folder_job(src: str, dst: str) -> bool:
+    """A model folder out (as convert.compress decides): the input is a folder, or the output is not a .dcf file."""
+    from .interop.formats import extension
+
+    return os.path.isdir(src) or extension(dst) != ".dcf"
+
+
+def check_job_output(src: str, dst: str, force: bool, folder: bool) -> None:
+    """check_output, for a file or a folder output: never the input, inside it or holding it."""
+    from .interop.convert import check_paths
+
+    if not folder or _same_file(src, dst):
+        check_output(dst, [src], force)
+        return
+    if os.path.lexists(dst) and not os.path.isdir(dst):
+        raise usage("exists and is not a folder: a model folder is written as a folder", dst)
+    try:
+        check_paths(src, dst, force)
+    except DCFError as e:
+        text = str(e).removeprefix(f"{dst}: ")
+        if "already exists" in text:
+            text = "already exists: use --force (-f) to replace it"
+        raise usage(text, dst) from None
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
-    from .api import save_file
-    from .interop.formats import read_tensors
+    from .interop import convert
 
     messages = Messages(args.quiet)
     policy = policy_from_args(args)
     metadata = _parse_metadata(args.metadata)
-    check_output(args.output, [args.input], args.force)
+    folder = _is_folder_job(args.input, args.output)
+    if not os.path.exists(args.input):
+        raise CommandError("No such file or directory", args.input)
+    check_job_output(args.input, args.output, args.force, folder)
+    if args.max_shard_size is not None and not folder:
+        raise usage("--max-shard-size needs a folder output (a path without .dcf): shards are files of a folder")
     bar = ProgressBar(enabled=False if (args.json or args.quiet) else None)
     try:
         with about(args.input):
-            tensors = read_tensors(args.input)
-        if not tensors:
-            raise CommandError("holds no tensors: nothing to compress (dcformat never writes an empty file)", args.input)
-        for text in unmatched_patterns(args, policy, list(tensors)):
-            messages.warn(text)
-        if (text := pruning_warning(policy)) is not None:
-            messages.warn(text)
-        start = time.perf_counter()
-        if policy.target_size is not None:
-            from .allocation import fit_size
-
-            with about(args.input):
-                policy = fit_size(tensors, policy, metadata=metadata, progress=bar)
-        with about(args.output):
             try:
-                save_file(tensors, args.output, policy=policy, metadata=metadata, progress=bar)
-            except (DCFError, ValueError) as e:  # about the tensors, not the output file
-                raise CommandError(describe(e), args.input) from e
-        seconds = time.perf_counter() - start
+                result = convert.compress(args.input, args.output, policy=policy, metadata=metadata,
+                                          max_shard_size=args.max_shard_size, threads=args.threads, progress=bar,
+                                          overwrite=args.force)
+            except OSError as e:  # about the output (never named by its temporary file), unless the input
+                if e.filename is not None and os.fspath(e.filename) != os.fspath(args.input):
+                    raise CommandError(describe(e), args.output) from e
+                raise
         with about(args.output):
-            errors = tensor_errors(args.output, tensors)
-            report = layout_report(read_header(args.output), errors)
+            errors = {row["name"]: row["error"] for row in result.tensors}
+            report, shard_files = model_layout(args.output, errors)
     finally:
         bar.close()
-    annotate(report, policy, tensors)
+    names = [row["name"] for row in result.tensors]
+    for text in unmatched_patterns(args, policy, names):
+        messages.warn(text)
+    if (text := pruning_warning(policy)) is not None:
+        messages.warn(text)
+    for key, why in result.dropped.items():
+        messages.warn(f"{args.input}: not a tensor, not kept: {key} ({why})")
+    # what --target-size settled on (a step, or lossless): the report records the policy used
+    used = policy if policy.target_size is None else policy.with_(
+        target_size=None, step=result.policy.get("step"), lossless=bool(result.policy.get("lossless")))
     totals = report["totals"]
     lossy = {n: e for n, e in errors.items() if e != 0.0}
-    error = model_error(tensors, errors)
+    error = result.error
     if policy.max_error is not None:
         missed = [n for n, e in errors.items() if e is not None and e > policy.max_error * (1 + 1e-9)]
         if missed:
             messages.warn(f"--max-error {policy.max_error:g} not met by {len(missed)} tensor(s), even at the widest "
                           f"width allowed: {', '.join(repr(n) for n in missed[:3])}{', ...' if len(missed) > 3 else ''}"
                           + (" (pruning alone costs more)" if policy.prune or policy.threshold is not None else ""))
+    input_bytes = sum(os.path.getsize(p) for p in result.read)
     summary = {
-        "input": args.input, "output": args.output, "input_bytes": os.path.getsize(args.input),
+        "input": args.input, "output": args.output, "input_bytes": input_bytes,
         "dense_bytes": totals["dense_bytes"], "file_bytes": totals["file_bytes"],
-        "ratio": totals["dense_bytes"] / totals["file_bytes"], "seconds": seconds,
-        "lossless": not lossy, "error": error, "step": policy.step, "policy": policy.to_dict(),
-        "warnings": messages.warnings,
+        "ratio": totals["dense_bytes"] / totals["file_bytes"], "seconds": result.seconds,
+        "lossless": not lossy, "error": error, "step": used.step, "policy": result.policy,
+        "shards": [os.path.relpath(p, args.output) if folder else p for p in shard_files],
+        "copied": result.copied, "warnings": messages.warnings,
     }
     if args.json:
         print(json.dumps({"summary": summary, **report}, indent=2))
         return 0
     width = _terminal_width()
-    lines = [f"wrote {args.output}: {totals['file_bytes']:,} B from {totals['dense_bytes']:,} B of tensors, "
-             f"{ratio_words(totals['dense_bytes'], totals['file_bytes'])} ({seconds:.1f} s)"]
+    what = "tensors"
+    if folder:
+        what = f"tensors in {len(shard_files)} shard{'s' if len(shard_files) != 1 else ''}"
+        if result.copied:
+            what += f", {len(result.copied)} other file{'s' if len(result.copied) != 1 else ''} copied"
+    lines = [f"wrote {args.output}: {totals['file_bytes']:,} B from {totals['dense_bytes']:,} B of {what}, "
+             f"{ratio_words(totals['dense_bytes'], totals['file_bytes'])} ({result.seconds:.1f} s)"]
     if not lossy:
         lines.append("lossless: every tensor decodes exactly as it was")
         if args.target_size is not None:
             lines.append(f"  (--target-size {args.target_size:,} B is at or above the exact file's size)")
     else:
         worst = max(lossy, key=lambda n: lossy[n] if lossy[n] is not None else -1.0)
-        lines.append(f"lossy: {policy_words(policy, args)}")
+        lines.append(f"lossy: {policy_words(used, args)}")
         together = f"the {len(lossy)} changed tensors together" if len(lossy) > 1 else "the 1 changed tensor"
         lines.append(f"  relative RMS error ||decoded - original|| / ||original||: {percent(error)} over "
                      f"{together}, at most {percent(lossy[worst])} ({worst})")
@@ -561,27 +605,89 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_decompress(args: argparse.Namespace) -> int:
-    from .api import SafeOpen
-    from .interop.formats import write_tensors
+def model_layout(path: str, errors: Mapping[str, float | None] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The layout report of a .dcf file, an index file or a model folder, and the files it read: the
+    shards of a folder merged into one report, each row naming its shard (headers only)."""
+    from .shards import read_index, resolve
 
-    check_output(args.output, [args.input], args.force)
+    kind, target = resolve(path)
+    if kind == "file":
+        return layout_report(read_header(target), errors), [target]
+    weight_map, _ = read_index(target)
+    folder = os.path.dirname(os.path.abspath(target))
+    names = list(dict.fromkeys(weight_map.values()))
+    files = [os.path.join(folder, n) for n in names]
+    reports = []
+    for name, file in zip(names, files):
+        with about(file):
+            reports.append(layout_report(read_header(file), errors))
+        for row in reports[-1]["tensors"]:
+            row["shard"] = name
+    return merge_layouts(reports, names), files
+
+
+def merge_layouts(reports: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """One report over several shards: rows in shard order, totals summed, one entry per shard."""
+    rows = [row for r in reports for row in r["tensors"]]
+    totals: dict[str, Any] = {}
+    for key in ("tensors", "weights", "fillers", "bytes", "dense_bytes", "file_bytes", "header_bytes",
+                "header_stored_bytes", "header_json_bytes"):
+        totals[key] = sum(r["totals"][key] for r in reports)
+    kept = sum(r["weights"] * r["kept"] for r in rows if r["kept"] is not None)
+    totals["kept"] = kept / totals["weights"] if totals["weights"] else None
+    codings = sorted({r["totals"]["header_coding"] for r in reports})
+    totals["header_coding"] = codings[0] if len(codings) == 1 else "mixed"
+    totals["rate"] = totals["file_bytes"] / totals["dense_bytes"] if totals["dense_bytes"] else None
+    totals["ratio"] = totals["dense_bytes"] / totals["file_bytes"] if totals["file_bytes"] else None
+    totals["error"] = None
+    first = reports[0]
+    encoder = dict(first["encoder"], error=None) if first["encoder"] else None
+    return {
+        "version": max((r["version"] for r in reports), key=lambda v: tuple(map(int, v.split(".")))),
+        "metadata": first["metadata"], "encoder": encoder, "tables": sum(r["tables"] for r in reports),
+        "tensors": rows, "totals": totals,
+        "shards": [{"file": n, "tensors": r["totals"]["tensors"], "file_bytes": r["totals"]["file_bytes"],
+                    "dense_bytes": r["totals"]["dense_bytes"]} for n, r in zip(names, reports)],
+    }
+
+
+def shard_lines(report: dict[str, Any]) -> list[str]:
+    """One line per shard of a folder's report (none for a single file)."""
+    shards = report.get("shards")
+    if not shards:
+        return []
+    return [f"{len(shards)} shards:"] + [
+        f"  {printable(s['file'])}: {s['tensors']} tensors, {s['file_bytes']:,} B from {s['dense_bytes']:,} B" for s in shards]
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from .interop import convert
+
+    if not os.path.exists(args.input):
+        raise CommandError("No such file or directory", args.input)
+    from .interop.formats import extension
+
+    # as convert.decompress decides: a folder from a folder, or to a path that is not a tensor file
+    folder = os.path.isdir(args.input) or extension(args.output) not in (".safetensors", ".npz", ".pt", ".pth")
+    check_job_output(args.input, args.output, args.force, folder)
     bar = ProgressBar()
     try:
         with about(args.input):
-            with SafeOpen(args.input) as f:
-                total = sum(f.layout(name).nbytes for name in f.keys())
-                tensors, done = {}, 0
-                for name in f.keys():
-                    bar(ProgressEvent("decompress", done, total, tensor=name))
-                    tensors[name] = f.get_tensor(name)
-                    done += tensors[name].nbytes
-                bar(ProgressEvent("decompress", done, total))
-        with about(args.output):
-            write_tensors(tensors, args.output)
+            try:
+                result = convert.decompress(args.input, args.output, overwrite=args.force, progress=bar,
+                                            threads=args.threads)
+            except OSError as e:
+                if e.filename and os.fspath(e.filename) != os.fspath(args.input):
+                    raise CommandError(describe(e), args.output) from e
+                raise
     finally:
         bar.close()
-    print(f"wrote {printable(args.output)}: {len(tensors)} tensors, {total:,} B")
+    what = f"{len(result.tensors)} tensors, {result.input_bytes:,} B"
+    if len(result.written) > 1 or result.copied:
+        what += f" in {len([w for w in result.written if not w.endswith('.json')])} file(s)"
+        if result.copied:
+            what += f", {len(result.copied)} other file(s) copied"
+    print(f"wrote {printable(args.output)}: {what}")
     return 0
 
 
@@ -608,7 +714,7 @@ def _terminal_width() -> int | None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     with about(args.file):
-        report = layout_report(read_header(args.file))
+        report, _ = model_layout(args.file)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -618,14 +724,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     else:
         lines = compact_table(report, width)
     print("\n".join(lines))
-    print(wrapped([""] + file_lines(report) + encoder_lines(report), width))
+    print(wrapped([""] + file_lines(report) + shard_lines(report) + encoder_lines(report), width))
     meta = metadata_lines(report, None if args.wide else width)
     if meta:
         print("\n".join(meta))
     return 0
 
 
-def verify_file(path: str) -> dict[str, Any]:
+def verify_file(path: str, progress: ProgressBar | None = None, shard: str | None = None) -> dict[str, Any]:
     """Check the header, every section's CRC and every tensor's decoding; collect every problem."""
     from .api import SafeOpen
     from .container import check_section
@@ -642,7 +748,12 @@ def verify_file(path: str) -> dict[str, Any]:
         problem(None, type(e).__name__, describe(e) if isinstance(e, OSError) else str(e))
         return {"file": path, "ok": False, "tensors": 0, "problems": problems}
     with f:
+        total = sum(info.nbytes for info in f.header.tensors)
+        done = 0
         for info in f.header.tensors:
+            if progress is not None:
+                progress(ProgressEvent("verify", done, total, tensor=info.name, shard=shard))
+            done += info.nbytes
             intact = True
             for key, section in info.sections():
                 try:
@@ -665,15 +776,62 @@ def verify_file(path: str) -> dict[str, Any]:
     return {"file": path, "ok": not problems, "tensors": checked, "problems": problems}
 
 
+def verify_model(path: str, progress: ProgressBar | None = None) -> dict[str, Any]:
+    """verify_file for a .dcf file; for an index or a model folder, every shard it lists, and the index
+    against the shards (every listed tensor in its shard, every tensor of a shard listed)."""
+    from .shards import read_index, resolve
+
+    def failed(error: BaseException) -> dict[str, Any]:
+        message = describe(error) if isinstance(error, OSError) else str(error)
+        return {"file": path, "ok": False, "tensors": 0,
+                "problems": [{"tensor": None, "error": type(error).__name__, "message": message}]}
+
+    try:
+        kind, target = resolve(path)
+        if kind == "file":
+            return verify_file(target, progress)
+        weight_map, _ = read_index(target)
+    except (DCFError, OSError) as e:
+        return failed(e)
+    folder = os.path.dirname(os.path.abspath(target))
+    problems: list[dict[str, Any]] = []
+    checked = 0
+    names = list(dict.fromkeys(weight_map.values()))
+    for shard in names:
+        file = os.path.join(folder, shard)
+        result = verify_file(file, progress, shard)
+        checked += result["tensors"]
+        problems += [{**p, "shard": shard} for p in result["problems"]]
+        try:
+            held = {t.name for t in read_header(file).tensors}
+        except (DCFError, OSError):
+            continue  # already reported by verify_file
+        listed = {n for n, s in weight_map.items() if s == shard}
+        for n in sorted(listed - held):
+            problems.append({"tensor": n, "error": "ShardIndexError", "shard": shard,
+                             "message": f"the index lists tensor {n!r} in {shard}, which does not hold it"})
+        for n in sorted(held - listed):
+            problems.append({"tensor": n, "error": "ShardIndexError", "shard": shard,
+                             "message": f"{shard} holds tensor {n!r}, which the index does not list"
+                             + (f" (it lists it in {weight_map[n]})" if n in weight_map else "")})
+    return {"file": path, "ok": not problems, "tensors": checked, "shards": names, "problems": problems}
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    result = verify_file(args.file)
+    bar = ProgressBar(enabled=False if args.json else None)
+    try:
+        result = verify_model(args.file, bar)
+    finally:
+        bar.close()
     if args.json:
         print(json.dumps(result, indent=2))
     elif result["ok"]:
-        print(f"{printable(args.file)}: OK ({result['tensors']} tensors decoded, all checksums match)")
+        where = f" in {len(result['shards'])} shards" if len(result.get("shards", [])) > 1 else ""
+        print(f"{printable(args.file)}: OK ({result['tensors']} tensors decoded{where}, all checksums match)")
     else:
         for p in result["problems"]:
-            print(f"{printable(args.file)}: {p['error']}: {printable(p['message'])}")
+            shard = f"{printable(p['shard'])}: " if p.get("shard") else ""
+            print(f"{printable(args.file)}: {shard}{p['error']}: {printable(p['message'])}")
         print(f"{printable(args.file)}: {len(result['problems'])} problem(s)")
     return 0 if result["ok"] else DATA_ERROR
 
@@ -784,12 +942,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the traceback of an error instead of one line")
     sub.required = True
 
-    c = sub.add_parser("compress", parents=[common], help="compress a model (.npz, .safetensors, .pt/.pth) into a .dcf file",
+    c = sub.add_parser("compress", parents=[common], help="compress a model (.npz, .safetensors, .pt/.pth, or a model folder) into .dcf",
                        description="Compress a model. The default is lossy, the paper's widths: 2-D weight tensors as "
                        "5-bit and conv (3-D and more) as 8-bit k-means codebooks; 1-D tensors (biases, norms) and "
-                       "non-float tensors stay exact. --lossless keeps every tensor exact.")
-    c.add_argument("input", help="input model: .npz, .safetensors, .pt or .pth (loaded with weights_only=True)")
-    c.add_argument("-o", "--output", required=True, help="output .dcf file (written atomically; never the input)")
+                       "non-float tensors stay exact. --lossless keeps every tensor exact. A model folder (Hugging Face style: "
+                       "model.safetensors or shards with model.safetensors.index.json, or pytorch_model*.bin) becomes a "
+                       "folder: the other files copied as they are, the weights as model.dcf or as shards "
+                       "model-00001-of-0000N.dcf with model.dcf.index.json. Work goes one tensor at a time: memory stays "
+                       "near a few tensors whatever the model's size.")
+    c.add_argument("input", help="input model: .npz, .safetensors, .pt, .pth or .bin (loaded with weights_only=True), "
+                   "or a model folder")
+    c.add_argument("-o", "--output", required=True, help="output .dcf file, or a folder (a path without .dcf; "
+                   "always for a folder input); written atomically, never the input")
+    c.add_argument("--max-shard-size", type=_size, default=None, metavar="SIZE",
+                   help="folder output: shards of at most this many dense bytes of tensors, as transformers' "
+                   "max_shard_size (default 5GB; e.g. 2GB, 500MB)")
+    c.add_argument("--threads", type=_threads, default=None, metavar="N",
+                   help="tensors encoded side by side on N threads (default: one per CPU)")
     c.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no warnings")
     c.add_argument("--prune", type=_fraction, default=None, metavar="FRACTION",
@@ -838,9 +1007,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the summary and layout as JSON")
     c.set_defaults(func=cmd_compress)
 
-    d = sub.add_parser("decompress", parents=[common], help="decode a .dcf file into .npz or .safetensors")
-    d.add_argument("input", help="input .dcf file")
-    d.add_argument("-o", "--output", required=True, help="output .npz or .safetensors file")
+    d = sub.add_parser("decompress", parents=[common], help="decode a .dcf file or folder into .safetensors, .npz, .pt or a model folder",
+                       description="Decode a .dcf file, an index file or a dcformat model folder. A folder becomes a "
+                       "folder that transformers' from_pretrained loads: safetensors shards named like the .dcf ones, "
+                       "model.safetensors.index.json, the other files copied; metadata kept. One tensor at a time.")
+    d.add_argument("input", help="input .dcf file, model.dcf.index.json or a dcformat model folder")
+    d.add_argument("-o", "--output", required=True, help="output .safetensors, .npz or .pt file, or a folder "
+                   "(any other path; always for a folder input)")
+    d.add_argument("--threads", type=_threads, default=None, metavar="N",
+                   help="decode on N threads (default: one per CPU)")
     d.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
     d.set_defaults(func=cmd_decompress)
 
@@ -848,7 +1023,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="What a file holds, one tensor a row, fitted to the terminal: shape, how it is "
                        "stored, bits per weight, bytes, and the error and step recorded when it was encoded. "
                        "--wide shows the Deep Compression paper's Table 4 columns.")
-    i.add_argument("file")
+    i.add_argument("file", help="a .dcf file, model.dcf.index.json or a dcformat model folder")
     i.add_argument("--wide", "--paper", dest="wide", action="store_true",
                    help="the paper's columns: kept share, bits per weight and per index before (P+Q) and after "
                    "Huffman (+H), fillers, bytes, rate")
@@ -856,7 +1031,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_inspect)
 
     v = sub.add_parser("verify", parents=[common], help="check every checksum and decode every tensor; exit 1 on any problem")
-    v.add_argument("file")
+    v.add_argument("file", help="a .dcf file, model.dcf.index.json or a dcformat model folder (every shard, and the index)")
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v.set_defaults(func=cmd_verify)
 

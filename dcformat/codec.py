@@ -223,14 +223,15 @@ def draft_tensor(name: str, value: Any, plan: TensorPlan, block_size: int = K.DE
         bits = step = None
     if step is not None:
         return _uniform_draft(base, a, x, plan)
-    has_zeros = bool((_bits_view(x.reshape(-1)) == 0).any())
+    zeros = int(np.count_nonzero(_bits_view(x.reshape(-1)) == 0))
+    has_zeros = zeros > 0
     candidates: list[TensorDraft] = []
     if bits is not None:
         codebook, indices = _quantize_for(a, x, bits, has_zeros, plan)
         bits = max(1, int(len(codebook) - 1).bit_length())
         decoded = None  # built only where a sparse form needs it (TensorDraft.dense otherwise)
         candidates.append(_shared_draft(base, codebook, indices, bits))
-        if has_zeros:
+        if has_zeros and zeros >= SPARSE_MIN_ZERO_SHARE_CODED * x.size:
             decoded = codebook[indices].reshape(a.shape)
             candidates += _sparse_drafts(base, decoded, plan, codebook=codebook, indices=indices, bits=bits)
     else:
@@ -378,6 +379,13 @@ def _quantize_for(original: np.ndarray, x: np.ndarray, bits: int, sparse: bool, 
 # no less than one bit, so the sparse form (gaps between non-zeros) only wins where zeros are common;
 # below this share its candidates are not worth building (on an 11.7 M-weight tensor they cost seconds).
 SPARSE_MIN_ZERO_SHARE = 0.4
+
+
+# The same for codebook indices: a sparse form spends at least one bit per stored entry on its gap,
+# (1 - z) bits per element for a zero share z, while the shared form spends about h(z) (the binary
+# entropy) telling zeros apart; below z = 0.1, 0.9 > h(0.1) = 0.47: the sparse form cannot win, and
+# pricing it on a large tensor takes more memory (positions, int64) than the rest of the draft.
+SPARSE_MIN_ZERO_SHARE_CODED = 0.1
 
 
 def _uniform_draft(base: dict, original: np.ndarray, x: np.ndarray, plan: TensorPlan) -> TensorDraft:
@@ -772,7 +780,15 @@ def _decode_fields(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dty
     lows = fieldcoding.shifts(info.fields)
     nchunks = len(info.chunks)
 
-    def decode(c0: int, c1: int) -> None:
+    def decode(c0: int, c1: int) -> DCFError | None:
+        try:
+            decode_chunks(c0, c1)
+        except DCFError as e:  # without its frames: they hold the output (a failed load keeps nothing)
+            e.__traceback__ = None
+            return e
+        return None
+
+    def decode_chunks(c0: int, c1: int) -> None:
         for c in range(c0, c1):
             e0, e1 = fieldcoding.chunk_bounds(info.numel, info.chunk_size, c)
             part = out[e0:e1]
@@ -789,7 +805,15 @@ def _decode_fields(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dty
                 fieldcoding.merge(part, symbols, lows[f], f == 0)
 
     cuts = _cuts(nchunks, max(1, min(nchunks, _pieces(out.nbytes, budget))))
-    pool.run([lambda c0=c0, c1=c1: decode(c0, c1) for c0, c1 in zip(cuts, cuts[1:])], budget)
+    errors = [e for e in pool.run([lambda c0=c0, c1=c1: decode(c0, c1) for c0, c1 in zip(cuts, cuts[1:])], budget)
+              if e is not None]
+    if errors:  # the first in file order; this frame's traceback must not hold the output
+        out = None
+        error, errors = errors[0], None
+        try:
+            raise error
+        finally:
+            error = None
     return out
 
 

@@ -73,6 +73,9 @@ HUFFMAN_ZLIB_COST = 15
 # §7 Default limits of this implementation
 DEFAULT_MAX_HEADER_BYTES = 100_000_000  # the stored header and, for a zlib header, its decompressed JSON (§7)
 DEFAULT_MAX_TENSORS = 1_000_000
+# JSON structure ('[', '{', ',' and ':' outside strings) a header may hold: parsing costs ~70 B of
+# memory per value, so this bounds json.loads to a few hundred MB whatever the header bytes say (§7)
+DEFAULT_MAX_HEADER_VALUES = 1 << 23
 DEFAULT_MAX_RANK = 32
 DEFAULT_MIN_DECODED_BYTES = 1 << 30
 DEFAULT_MAX_EXPANSION = 10_000

@@ -38,6 +38,7 @@ class Limits:
     """Bounds a reader enforces before trusting the file; raise them to open unusual files."""
 
     max_header_bytes: int = K.DEFAULT_MAX_HEADER_BYTES
+    max_header_values: int = K.DEFAULT_MAX_HEADER_VALUES
     max_tensors: int = K.DEFAULT_MAX_TENSORS
     max_rank: int = K.DEFAULT_MAX_RANK
     min_decoded_bytes: int = K.DEFAULT_MIN_DECODED_BYTES
@@ -314,7 +315,7 @@ def header_json_bytes(raw: bytes, version: tuple[int, int], limits: Limits = DEF
                 f"header is a zlib stream (first byte 0x78), which needs format version 1.{K.ZLIB_HEADER_MINOR} "
                 f"or later; this file says {version[0]}.{version[1]} (§2.2)", offset=K.PREAMBLE_SIZE,
             )
-        text = _inflate_header(raw, limits.max_header_bytes)
+        text = _inflate_header(raw, limits)
         if text[:1] and text[:1] != b"{" and text[:1] not in K.JSON_WHITESPACE and not text.startswith(b"\xef\xbb\xbf"):
             raise HeaderError(
                 f"the decompressed header starts with the byte {text[0]:#04x}: it must be JSON text (a header is "
@@ -322,6 +323,7 @@ def header_json_bytes(raw: bytes, version: tuple[int, int], limits: Limits = DEF
             )
         return text, K.HEADER_ZLIB
     if first == b"{" or (first and first in K.JSON_WHITESPACE):
+        _check_values(count_json_values(raw, limits.max_header_values), limits)
         return raw, K.HEADER_JSON
     if raw.startswith(b"\xef\xbb\xbf"):
         raise HeaderError("header starts with a byte-order mark", offset=K.PREAMBLE_SIZE)
@@ -331,23 +333,90 @@ def header_json_bytes(raw: bytes, version: tuple[int, int], limits: Limits = DEF
     )
 
 
-def _inflate_header(raw: bytes, limit: int) -> bytes:
-    """Decompress a zlib header (RFC 1950) to at most `limit` bytes; only spaces may follow the stream."""
+class JsonValueCounter:
+    """Counts the structural characters '[', '{', ',' and ':' outside strings of a JSON text fed in
+    pieces (§7): about one per value. Counted before parsing, because json.loads spends ~70 bytes of
+    memory per value; in pieces, so that a compressed header can be counted as it is inflated."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.total, self._in_string, self._backslashes = 0, 0, 0  # the last two carry across pieces
+        self._structural = np.zeros(256, np.uint8)
+        self._structural[list(b",:[{")] = 1
+
+    def feed(self, text: Any, step: int = 1 << 20) -> None:
+        """Count the next piece of the text, `step` bytes at a time (the masks stay a few MB)."""
+        import numpy as np
+
+        data = np.frombuffer(text, np.uint8)
+        for start in range(0, data.size, step):
+            piece = data[start : start + step]
+            quotes = piece == ord('"')
+            slash = piece == ord("\\")
+            carry = self._backslashes
+            if carry or slash.any():
+                # A quote is escaped when an odd run of backslashes precedes it (the run may begin in
+                # an earlier piece): last[i] is the last position <= i that is not a backslash, or -1.
+                last = np.maximum.accumulate(np.where(slash, -1, np.arange(piece.size)))
+                run = np.empty(piece.size, np.int64)
+                run[0] = carry
+                run[1:] = np.arange(piece.size - 1) - last[:-1] + np.where(last[:-1] < 0, carry, 0)
+                quotes &= (run & 1) == 0
+                self._backslashes = int(piece.size - 1 - last[-1] + (carry if last[-1] < 0 else 0))
+            inside = np.bitwise_xor.accumulate(quotes.view(np.uint8)) ^ self._in_string
+            self._in_string = int(inside[-1])
+            self.total += int(np.count_nonzero(self._structural[piece] > inside))
+
+
+def count_json_values(text: Any, limit: int = 0, step: int = 1 << 20) -> int:
+    """The structural characters '[', '{', ',' and ':' outside strings of a JSON text (see
+    `JsonValueCounter`). A text no longer than `limit` cannot exceed it: its length is returned."""
+    if len(text) <= limit:
+        return len(text)
+    counter = JsonValueCounter()
+    counter.feed(text, step)
+    return counter.total
+
+
+def _check_values(values: int, limits: Limits) -> None:
+    if values > limits.max_header_values:
+        raise LimitError(
+            f"header holds more JSON values than the limit of {limits.max_header_values} ({values} '[', '{{', ',' "
+            f"and ':' outside strings counted when it was refused, §7)", offset=K.PREAMBLE_SIZE,
+        )
+
+
+_INFLATE_STEP = 1 << 20
+
+
+def _inflate_header(raw: bytes, limits: Limits) -> bytes:
+    """Decompress a zlib header (RFC 1950) within the header-size and header-values limits; only spaces
+    may follow the stream. A first pass inflates in 1 MB steps, keeping nothing but the length and the
+    value count, so that a bomb is refused having held one step; the second inflates what passed."""
+    limit = limits.max_header_bytes
     if len(raw) >= 2 and raw[1] & K.ZLIB_FDICT:
         raise HeaderError("header zlib stream asks for a preset dictionary (FDICT set), which §2.2 forbids",
                           offset=K.PREAMBLE_SIZE + 1)
     inflater = zlib.decompressobj(wbits=15)  # the zlib wrapper only: no gzip, no raw deflate
+    counter = JsonValueCounter()
+    length, pending = 0, raw
     try:
-        # max_length bounds the output: a few KB of deflate data cannot make us allocate past the limit
-        out = inflater.decompress(raw, limit + 1)
-        while not inflater.eof and inflater.unconsumed_tail and len(out) <= limit:
-            out += inflater.decompress(inflater.unconsumed_tail, limit + 1 - len(out))
+        while True:
+            piece = inflater.decompress(pending, _INFLATE_STEP)
+            length += len(piece)
+            if length > limit:
+                raise LimitError(
+                    f"compressed header decompresses to more than the limit of {limit} bytes", offset=K.PREAMBLE_SIZE
+                )
+            if length > limits.max_header_values:  # a shorter text cannot hold more values than it has bytes
+                counter.feed(piece)
+                _check_values(counter.total, limits)
+            pending = inflater.unconsumed_tail
+            if inflater.eof or not (pending or piece):
+                break
     except zlib.error as e:
         raise HeaderError(f"header zlib stream is corrupt: {e}", offset=K.PREAMBLE_SIZE) from None
-    if len(out) > limit:
-        raise LimitError(
-            f"compressed header decompresses to more than the limit of {limit} bytes", offset=K.PREAMBLE_SIZE
-        )
     if not inflater.eof:
         raise HeaderError(
             f"header zlib stream is truncated: the {len(raw)}-byte header ends before its last deflate block and "
@@ -360,7 +429,8 @@ def _inflate_header(raw: bytes, limit: int) -> bytes:
         raise HeaderError(
             f"byte {rest[junk]:#04x} follows the header's zlib stream: only spaces may pad it (§2.2)", offset=at
         )
-    return out
+    # The stream is now known good and `length` bytes long: inflate it into a buffer of that size.
+    return zlib.decompress(raw[: len(raw) - len(rest)], wbits=15, bufsize=max(length, 1))
 
 
 # --- JSON shape helpers -----------------------------------------------------------------------

@@ -113,11 +113,20 @@ class _Run:
                 else:
                     future.result()
         error = next((e for e in self.errors if e is not None), None)
-        results = self.results
-        # A raised error's traceback refers back to this run: drop the tasks, so what they hold is freed
-        self.tasks = self.results = self.errors = []
+        # An error's traceback holds the frames of the tasks that raised it and, through their callers,
+        # this one (a task run on this thread is called from here): so no local of this frame may hold
+        # the results, or they would live as long as any error raised by a task does.
+        self.tasks = self.errors = []
         if error is not None:
-            raise error
+            self.results = []
+            try:
+                raise error
+            finally:
+                error = None
+        return self._hand_over()
+
+    def _hand_over(self) -> list:
+        results, self.results = self.results, []
         return results
 
     def take(self) -> int | None:

@@ -286,8 +286,11 @@ class _Runs:
 
 
 def _run_sse(run: np.ndarray) -> float:
-    """Sum of squared deviations of a run from its mean, computed directly for accuracy."""
-    return float(np.sum((run - run.mean()) ** 2))
+    """Sum of squared deviations of a run from its mean, computed directly for accuracy (squared in
+    place: one temporary the size of the run, which can be most of a large tensor)."""
+    d = run - run.mean()
+    np.square(d, out=d)
+    return float(np.sum(d))
 
 
 _SSE_CHUNK = 1 << 20  # elements of whole runs squared at a time by _run_sses
@@ -501,8 +504,11 @@ def _penalties(lam: float, sorted_values: np.ndarray, lengths: np.ndarray) -> np
     variance = float(np.mean((scaled - scaled.mean()) ** 2))
     # For values near the float64 limit σ² itself overflows; cap the penalties so they stay finite
     # (assign rescales them again): only such absurd ranges see the cap.
-    with np.errstate(over="ignore", divide="ignore"):
-        return np.minimum(lam * variance * lengths / (scale * scale), np.finfo(np.float64).max)
+    # Divided by the scale twice (its square can underflow to 0), and a zero length costs nothing
+    # (0 times an overflowed σ² would be NaN).
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        penalties = np.minimum(lam * variance * lengths / scale / scale, np.finfo(np.float64).max)
+    return np.where(lengths > 0, penalties, 0.0)
 
 
 def _code_lengths(labels: np.ndarray, k: int) -> np.ndarray:
@@ -763,7 +769,8 @@ def quantize(x: np.ndarray, bits: int, *, sparse: bool, method: str = "kmeans", 
 
     if sparse:
         k -= 1  # index 0 is reserved for the zero of fillers and pruned elements
-        stored = np.flatnonzero(flat.view(_UINT_OF_SIZE[dtype.itemsize]))  # bit test: -0.0 is stored
+        # a mask, not np.flatnonzero's int64 positions: 1 byte per element instead of 8 (bit test: -0.0 is stored)
+        stored = flat.view(_UINT_OF_SIZE[dtype.itemsize]) != 0
         elements = flat[stored]
     else:
         elements = flat
@@ -771,11 +778,22 @@ def quantize(x: np.ndarray, bits: int, *, sparse: bool, method: str = "kmeans", 
         raise EncodeError("weight sharing needs finite values: an inf or NaN would poison its cluster's mean")
     # Sorted in the tensor's own dtype, then widened: the same values as sorting the float64 copy
     # (the widening is exact and keeps order), without keeping a float64 copy of every element.
-    sorted_values = (np.sort(elements) if dtype.name != "bfloat16" else np.sort(elements.astype(np.float32))
-                     ).astype(np.float64)
+    if sparse and dtype.name != "bfloat16":
+        # The stored elements are a copy of our own: sorted in place, then let go while the codebook is
+        # found, and gathered again for the assignment (peak memory: one copy fewer on a large tensor).
+        elements.sort()
+        sorted_values = elements.astype(np.float64)
+        elements = None
+    else:
+        sorted_values = (np.sort(elements) if dtype.name != "bfloat16" else np.sort(elements.astype(np.float32))
+                         ).astype(np.float64)
+
+    def gathered() -> np.ndarray:
+        return elements if elements is not None else flat[stored]
+
     penalties = None
     if _distinct_count(sorted_values) <= k:
-        codebook, element_indices = _exact_codebook(elements)
+        codebook, element_indices = _exact_codebook(gathered())
     else:
         if method == "ecsq":
             body, penalties = _ecsq_codebook(sorted_values, k, lam, init, seed, max_iter, dtype, sparse)
@@ -799,6 +817,7 @@ def quantize(x: np.ndarray, bits: int, *, sparse: bool, method: str = "kmeans", 
 
     sorted_values = None  # free before the assignment
     if element_indices is None:
+        elements = gathered()
         element_values = _Widened(elements)
         codebook_values = codebook.astype(np.float64)
         if penalties is not None and codebook.size == (1 if sparse else 0):

@@ -612,7 +612,16 @@ def to_compressed(positions: np.ndarray, rows: int, cols: int, layout: str) -> t
     indptr = np.zeros(n_major + 1, dtype=np.int64)
     if positions.size == 0:
         return indptr, np.empty(0, dtype=np.int64)
-    major, minor = np.divmod(positions, n_minor)
-    # Scan order is major-then-minor, so counting entries per major line and summing gives indptr.
-    np.cumsum(np.bincount(major, minlength=n_major), out=indptr[1:])
-    return indptr, minor
+    # Scan order is major-then-minor: count entries per major line into indptr itself and sum them up
+    # in place (the pointers are the one array here sized by the shape, not the data: allocate it once).
+    _count_into_indptr(positions, n_minor, indptr)
+    return indptr, positions % n_minor
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_into_indptr(positions, n_minor, indptr):  # pragma: no cover - compiled
+    # positions were checked to lie in 0..n_major*n_minor-1, so every index is in bounds
+    for p in positions:
+        indptr[p // n_minor + 1] += 1
+    for i in range(1, indptr.size):
+        indptr[i] += indptr[i - 1]

@@ -13,6 +13,7 @@ writer but leaves optional for readers (the `fillers` count, §5.3).
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class Limits:
     """The implementation limits of §7 (the same defaults as dcformat)."""
 
     max_header_bytes: int = 100_000_000
+    max_header_values: int = 1 << 23
     max_tensors: int = 1_000_000
     max_rank: int = 32
     min_decoded_bytes: int = 1 << 30
@@ -174,6 +176,10 @@ def read_header_json(raw: bytes, crc: int, version: tuple[int, int] = (1, 0), li
         if raw.startswith(b"\xef\xbb\xbf"):
             raise HeaderError("header starts with a byte-order mark")
         raise HeaderError(f"the header's first byte {raw[0]:#04x} is neither JSON nor zlib")
+    if len(raw) > limits.max_header_values:  # §7: shorter texts cannot hold more values
+        outside_strings = re.sub(rb'"(?:[^"\\]|\\.)*"', b"", raw)
+        if sum(outside_strings.count(c) for c in (b"[", b"{", b",", b":")) > limits.max_header_values:
+            raise LimitError("the header holds more JSON values than the limit")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

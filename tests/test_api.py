@@ -242,3 +242,90 @@ def test_threaded_load_equals_serial_load(tmp_path):
     for name in model:
         assert_same(threaded[name], serial[name])
     assert_same(dcformat.load(path.read_bytes(), threads=3)["t5"], serial["t5"])
+
+
+def test_get_sparse_allocates_its_pointer_array_once():
+    """Found by the fuzzer: the row pointers of a tall sparse tensor (the one array sized by the shape,
+    not by the data) were allocated twice, with a full-size count array beside them."""
+    import tracemalloc
+
+    x = np.zeros((1 << 22, 1), np.float32)
+    x[5], x[-1] = 1, 2
+    f = dcformat.open(dcformat.save({"x": x}))
+    assert f.header.tensors[0].encoding == "sparse" and f.header.tensors[0].layout == "csr"
+    f.get_sparse("x")  # the kernels are compiled or loaded outside the measurement
+    tracemalloc.start()
+    try:
+        sp = f.get_sparse("x")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sp.indptr.nbytes == 8 * ((1 << 22) + 1)
+    assert sp.indptr[-1] == 2 and sp.indices.tolist() == [0, 0] and sp.values.tolist() == [1, 2]
+    assert np.array_equal(sp.todense(), x)
+    assert peak < 1.1 * sp.indptr.nbytes, peak
+
+
+def _with_a_bad_last_tensor(tmp_path, n: int = 4):
+    """A file of n 4 MB tensors whose last one (in file order) has one data byte flipped."""
+    tensors = {f"t{i}": np.full((1 << 20,), i + 0.5, np.float32) for i in range(n)}
+    path = tmp_path / "bad.dcf"
+    dcformat.save_file(tensors, path, policy=Policy(lossless=True))
+    with dcformat.open(path) as f:  # the section that lies last in the file, whatever the encoding
+        _, section = max((s for t in f.header.tensors for s in t.sections()), key=lambda s: s[1].offset)
+        offset = section.offset + section.length // 2
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _failed_load(path, threads: int) -> tuple[str, int, int]:
+    """(the error's message, traced memory still held, peak) of a load_file that fails, the caller
+    keeping the error and the garbage collector off: what outlives the call is held by references."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        try:
+            dcformat.load_file(path, threads=threads)
+        except dcformat.ChecksumError as e:
+            kept = e
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    return str(kept), current, peak
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_failed_load_holds_no_decoded_tensor(tmp_path, threads):
+    """Found by the fuzzer: load_file failing on one tensor kept the ones decoded before it alive
+    through the error's traceback (a reference cycle), so the next call started with them in memory.
+    Here the caller even keeps the error: the tensors are still freed, without the garbage collector."""
+    path = _with_a_bad_last_tensor(tmp_path)
+    with pytest.raises(dcformat.ChecksumError):
+        dcformat.load_file(path, threads=threads)  # kernels and caches warm
+    for _ in range(5):  # with threads, which thread decodes the bad tensor varies from run to run
+        message, current, peak = _failed_load(path, threads)
+        assert "t3" in message
+        assert peak > 8 << 20  # tensors were decoded ...
+        assert current < 1 << 20, current  # ... and none outlives the call
+
+
+def test_a_failed_sharded_load_holds_no_decoded_tensor(tmp_path):
+    """The same over shards: the first shard's tensors are freed when the second one fails."""
+    from dcformat import shards
+
+    good = {f"a{i}": np.full((1 << 20,), i + 0.5, np.float32) for i in range(3)}
+    dcformat.save_file(good, tmp_path / "model-00001-of-00002.dcf", policy=Policy(lossless=True))
+    _with_a_bad_last_tensor(tmp_path).rename(tmp_path / "model-00002-of-00002.dcf")
+    weight_map = {**{n: "model-00001-of-00002.dcf" for n in good},
+                  **{f"t{i}": "model-00002-of-00002.dcf" for i in range(4)}}
+    shards.write_index(tmp_path / shards.INDEX_NAME, weight_map, 7 << 22)
+    message, current, peak = _failed_load(tmp_path, 1)
+    assert "t3" in message and peak > 12 << 20
+    assert current < 1 << 20, current

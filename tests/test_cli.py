@@ -86,7 +86,8 @@ def test_compress_inspect_verify_decompress(model_npz, tmp_path, capsys):
 
     code, text, _ = run(["inspect", out, "--json"], capsys)
     report = json.loads(text)
-    assert report["metadata"] == {"arch": "toy"}
+    assert report["metadata"].pop("dcformat.encoder") and report["metadata"] == {"arch": "toy"}
+    assert report["encoder"]["policy"]["prune"] == 0.8  # the encoder's record of what it did
     assert report["totals"]["file_bytes"] == os.path.getsize(out)
     assert report["totals"]["weights"] == 8 * 27 + 2000 + 50 + 1
 
@@ -302,12 +303,12 @@ def test_a_missing_optional_package_names_its_extra(tmp_path, capsys, monkeypatc
 
 
 def test_ctrl_c_is_one_line_and_130_and_leaves_no_file(model_npz, tmp_path, capsys, monkeypatch):
-    import dcformat.api
+    import dcformat.interop.convert
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dcformat.api, "save_file", interrupted)
+    monkeypatch.setattr(dcformat.interop.convert, "compress_shard", interrupted)
     code, out, err = run(["compress", model_npz, "-o", tmp_path / "x.dcf"], capsys)
     assert code == 130 and err == "dcformat: interrupted\n" and out == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
@@ -452,13 +453,16 @@ def test_target_size_on_a_small_model_is_quick_and_says_its_step(tmp_path, capsy
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "s.npz", **{"fc.weight": rng.standard_normal((20, 30)).astype(np.float32),
                                     "fc.bias": np.zeros(20, np.float32)})
-    for target in (500, 700):  # 500 B once searched forever
+    for target in (600, 700):  # such targets once searched forever (the file records its encoding: ~530 B at least)
         start = time.perf_counter()
         code, text, _ = run(["compress", tmp_path / "s.npz", "-o", tmp_path / f"{target}.dcf", "--target-size", str(target)], capsys)
         assert time.perf_counter() - start < 30
         assert code == 0 and os.path.getsize(tmp_path / f"{target}.dcf") <= target
         assert re.search(rf"uniform quantization, step [0-9.e-]+ \(chosen for --target-size {target} B\)", text)
-    lossless = len(dcformat.save(dict(np.load(tmp_path / "s.npz")), policy=dcformat.Policy(lossless=True)))
+    from dcformat.allocation import file_size, lossless_policy
+
+    # the file records its encoding ("dcformat.encoder"), as every file compress writes
+    lossless = file_size(dict(np.load(tmp_path / "s.npz")), lossless_policy(dcformat.Policy()), record=True)
     code, text, _ = run(["compress", tmp_path / "s.npz", "-o", tmp_path / "big.dcf", "--target-size", "200MB"], capsys)
     assert code == 0 and "lossless: every tensor decodes exactly" in text and "at or above the exact file's size" in text
     assert os.path.getsize(tmp_path / "big.dcf") == lossless
@@ -618,3 +622,111 @@ def test_demo_explains_itself_and_leaves_nothing_behind(tmp_path, capsys, monkey
     assert run(["demo", "-o", out], capsys)[0] == 0 and os.path.getsize(out) == size
     assert run(["demo", "-o", out], capsys)[0] == 2  # exists: needs --force
     assert run(["demo", "-o", out, "-f"], capsys)[0] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Model folders: compress, inspect, verify and decompress take them
+
+
+@pytest.fixture()
+def hf_folder(tmp_path):
+    """A Hugging Face-style folder: model.safetensors (with metadata), config.json, a tokenizer file."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(9)
+    folder = tmp_path / "hf"
+    (folder / "sub").mkdir(parents=True)
+    tensors = {f"layer{i}.weight": rng.laplace(0, 0.05, (64, 48)).astype(np.float32) for i in range(4)}
+    tensors |= {f"layer{i}.bias": rng.standard_normal(64).astype(np.float32) for i in range(4)}
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / "config.json").write_text('{"model_type": "toy"}')
+    (folder / "sub" / "tokenizer.json").write_text("{}")
+    return folder, tensors
+
+
+def test_a_model_folder_round_trips_through_the_command_line(hf_folder, tmp_path, capsys):
+    from safetensors import safe_open
+
+    folder, tensors = hf_folder
+    out, back = tmp_path / "out", tmp_path / "back"
+    code, text, err = run(["compress", folder, "-o", out, "--lossless", "--max-shard-size", "20KB", "--threads", "2"], capsys)
+    assert code == 0, err
+    shards = sorted(p.name for p in out.glob("*.dcf"))
+    assert len(shards) == 4 and shards[0] == "model-00001-of-00004.dcf"  # 12 KB weights + biases in 20 KB shards
+    assert (out / "model.dcf.index.json").exists() and (out / "config.json").read_text() == '{"model_type": "toy"}'
+    assert (out / "sub" / "tokenizer.json").exists() and not (out / "model.safetensors").exists()
+    assert "in 4 shards, 2 other files copied" in text and "lossless" in text
+    index = json.loads((out / "model.dcf.index.json").read_text())
+    assert set(index["weight_map"]) == set(tensors) and index["metadata"]["total_size"] == sum(a.nbytes for a in tensors.values())
+
+    code, text, _ = run(["inspect", out], capsys)
+    assert code == 0 and "4 shards:" in text and "model-00002-of-00004.dcf" in text and "layer3.bias" in text
+    code, text, _ = run(["inspect", out / "model.dcf.index.json", "--json"], capsys)
+    report = json.loads(text)
+    assert [s["file"] for s in report["shards"]] == shards and len(report["tensors"]) == 8
+    assert report["totals"]["file_bytes"] == sum((out / s).stat().st_size for s in shards)
+    assert {r["name"]: r["shard"] for r in report["tensors"]} == index["weight_map"]
+
+    code, text, _ = run(["verify", out], capsys)
+    assert code == 0 and "OK (8 tensors decoded in 4 shards" in text
+
+    code, text, err = run(["decompress", out, "-o", back], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in back.glob("*.safetensors")) == [s.replace(".dcf", ".safetensors") for s in shards]
+    assert (back / "model.safetensors.index.json").exists() and (back / "sub" / "tokenizer.json").exists()
+    seen = {}
+    for f in back.glob("*.safetensors"):
+        with safe_open(str(f), "np") as st:
+            assert st.metadata() == {"format": "pt"}  # kept through both ways, without the encoder record
+            seen |= {k: st.get_tensor(k) for k in st.keys()}
+    assert seen.keys() == tensors.keys()
+    for k, a in tensors.items():
+        assert np.array_equal(seen[k].view(np.uint32), a.view(np.uint32)), k
+
+
+def test_verify_of_a_folder_checks_the_index_against_the_shards(hf_folder, tmp_path, capsys):
+    folder, _ = hf_folder
+    out = tmp_path / "out"
+    assert run(["compress", folder, "-o", out, "--max-shard-size", "20KB", "-q"], capsys)[0] == 0
+    path = out / "model.dcf.index.json"
+    index = json.loads(path.read_text())
+    index["weight_map"]["layer0.weight"] = "model-00004-of-00004.dcf"  # listed in the wrong shard
+    path.write_text(json.dumps(index))
+    code, text, _ = run(["verify", out], capsys)
+    assert code == 1
+    assert "model-00004-of-00004.dcf: ShardIndexError: the index lists tensor 'layer0.weight' in model-00004" in text
+    assert "holds tensor 'layer0.weight', which the index does not list (it lists it in model-00004" in text
+    (out / "model-00002-of-00004.dcf").unlink()
+    code, text, _ = run(["verify", out, "--json"], capsys)
+    result = json.loads(text)
+    assert code == 1 and any(p["shard"] == "model-00002-of-00004.dcf" for p in result["problems"])
+
+
+def test_folder_options_are_checked(hf_folder, tmp_path, capsys):
+    folder, _ = hf_folder
+    code, _, err = run(["compress", folder / "model.safetensors", "-o", tmp_path / "x.dcf", "--max-shard-size", "1MB"], capsys)
+    assert code == 2 and "--max-shard-size needs a folder output" in one_error_line(err)
+    code, _, err = run(["compress", folder, "-o", tmp_path / "o", "--threads", "0"], capsys)
+    assert code == 2 and "0 threads: give 1 or more" in one_error_line(err)
+    code, _, err = run(["compress", folder, "-o", folder / "inside"], capsys)
+    assert code == 2 and "inside the input folder" in one_error_line(err)
+    (tmp_path / "o").mkdir()
+    code, _, err = run(["compress", folder, "-o", tmp_path / "o"], capsys)
+    assert code == 2 and "already exists: use --force" in one_error_line(err)
+    assert run(["compress", folder, "-o", tmp_path / "o", "-f", "-q"], capsys)[0] == 0
+    assert (tmp_path / "o" / "model.dcf").exists() and (tmp_path / "o" / "config.json").exists()
+    # one model.safetensors file to a path without .dcf: a folder too, as the library does
+    assert run(["compress", folder / "model.safetensors", "-o", tmp_path / "f", "-q"], capsys)[0] == 0
+    assert (tmp_path / "f" / "model.dcf").exists()
+
+
+def test_verify_reports_progress_by_bytes_and_shard(hf_folder, tmp_path, capsys):
+    folder, tensors = hf_folder
+    out = tmp_path / "out"
+    assert run(["compress", folder, "-o", out, "--max-shard-size", "20KB", "-q"], capsys)[0] == 0
+    events = []
+    result = cli.verify_model(str(out), events.append)
+    assert result["ok"] and result["tensors"] == len(tensors)
+    assert {e.stage for e in events} == {"verify"} and {e.tensor for e in events} == set(tensors)
+    assert sorted({e.shard for e in events}) == sorted(p.name for p in out.glob("*.dcf"))
+    assert all(0 <= e.done_bytes < e.total_bytes for e in events)

@@ -308,3 +308,16 @@ def test_regression_load_outcome(case):
         with pytest.raises(getattr(dcformat, case["expect"])) as e:
             dcformat.load(data, limits=limits)
         assert type(e.value).__name__ == case["expect"]
+
+
+def test_memory_is_measured_per_case_not_as_a_running_peak(tmp_path):
+    """Two cases that each allocate 400 MB in the same worker: both are found (a running peak would
+    see the second one grow nothing), and a small case after them is not blamed."""
+    outcomes = {}
+    inputs = [("m1", "selftest", b"memory"), ("m2", "selftest", b"memory"), ("f", "selftest", b"fine")]
+    stats = fuzz.run(0, workers=1, timeout=30.0, out_dir=str(tmp_path), target="fuzz:selftest_target",
+                     inputs=iter(inputs), warmup=False, rss_limit=100 << 20,
+                     on_result=lambda case, outcome: outcomes.__setitem__(case[0], outcome))
+    assert outcomes == {"m1": "ok", "m2": "ok", "f": "ok"}
+    assert stats.finding_counts == {"memory:ok": 2}, stats.to_json()
+    assert 380 << 20 <= stats.max_rss_growth < 600 << 20

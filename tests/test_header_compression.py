@@ -342,7 +342,7 @@ def test_a_zip_bomb_is_refused_without_inflating_it():
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 8 << 20, peak
+    assert peak < 4 << 20, peak
     with pytest.raises(dcformat.LimitError):
         ref.decode(bomb, ref.Limits(max_header_bytes=1 << 20))
     # within a higher limit the same file is valid: an empty model
@@ -390,3 +390,72 @@ def test_compress_json_header_flag(tmp_path, capsys):
         assert cli_main(["compress", str(src), "-o", str(out), *flag, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["version"] == version
         assert out.read_bytes()[32] == first
+
+
+# --- values in the header: json.loads' memory bounded before it runs (§7) ------------------------
+
+
+def _zlib_file(text: bytes) -> bytes:
+    """A version 1.1 file whose header is `text`, zlib-compressed."""
+    stream = zlib.compress(text, 9)
+    n = -(-(32 + len(stream)) // 64) * 64 - 32
+    body = stream + b" " * (n - len(stream))
+    return struct.pack(K.PREAMBLE_FORMAT, K.MAGIC, 1, 1, zlib.crc32(body), n, 32 + n) + body
+
+
+def _structure(doc) -> int:
+    """'[', '{', ',' and ':' a compact json.dumps of `doc` holds outside its strings, from the document."""
+    if isinstance(doc, list):
+        return 1 + max(len(doc) - 1, 0) + sum(_structure(v) for v in doc)
+    if isinstance(doc, dict):
+        return 1 + max(len(doc) - 1, 0) + len(doc) + sum(_structure(v) for v in doc.values())
+    return 0
+
+
+json_docs = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{},:"\\ ab\u00e9\n', max_size=12),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text('[{,:"\\x', max_size=4), children, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(json_docs)
+@settings(max_examples=300, deadline=None)
+def test_values_are_counted_outside_strings_exactly(doc):
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    assert container.count_json_values(text) == _structure(doc)
+    for step in (1, 2, 3, 7):  # strings, escapes and runs of backslashes cut between pieces
+        assert container.count_json_values(text, step=step) == _structure(doc)
+    assert container.count_json_values(text, limit=len(text)) == len(text)  # short texts are not scanned
+
+
+def test_a_header_of_many_tiny_values_is_refused_before_parsing():
+    """Found by the fuzzer: ~100 MB of '[],' in a small zlib header cost ~2.5 GB inside json.loads.
+    Past the value limit it is refused in bounded memory, by both readers; within it, it is parsed."""
+    text = b'{"metadata":{},"tables":[],"tensors":[],"x":[' + b"[]," * 5_000 + b"[]]}"
+    data = _zlib_file(text)
+    values = container.count_json_values(text)
+    assert values == _structure(json.loads(text)) == 12 + 5_001 + 5_000  # the top, the lists and their commas
+    with pytest.raises(dcformat.LimitError, match=f"more JSON values than the limit of {values - 1} \\({values} "):
+        dcformat.load(data, limits=Limits(max_header_values=values - 1))
+    with pytest.raises(dcformat.LimitError):
+        ref.decode(data, ref.Limits(max_header_values=values - 1))
+    # with exactly that many values allowed, the same file reaches the document checks (unknown key "x")
+    with pytest.raises(dcformat.HeaderError, match="x"):
+        dcformat.load(data, limits=Limits(max_header_values=values))
+
+
+def test_the_default_value_limit_bounds_a_bomb_of_empty_lists():
+    """27 MB of '[],' (9 million values) in ~30 KB of file: LimitError at the default limits, counted
+    as it is inflated, holding one 1 MB step of it (json.loads would have taken ~600 MB)."""
+    text = b'{"tensors":[' + b"[]," * 9_000_000 + b"[]]}"
+    data = _zlib_file(text)
+    assert len(data) < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(dcformat.LimitError, match="JSON values"):
+            dcformat.load(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak

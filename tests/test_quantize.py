@@ -795,3 +795,14 @@ def test_ecsq_on_values_near_the_float64_limit():
     codebook, indices = quantize(x, 1, sparse=False, method="ecsq", lam=0.001)
     assert np.all(np.isfinite(codebook)) and len(codebook) <= 2
     assert codebook[indices[1]] == x[1]
+
+
+def test_ecsq_on_values_spanning_the_float64_range():
+    """Found by hypothesis: values from 1e-305 to 1e228 made σ² overflow and the scale's square
+    underflow, so one centroid's penalty was 0·inf = NaN and quantize refused the tensor."""
+    x = np.array([-8.4e-140, 0.0, 3.8e-258, 2.8e-288, -2.1e78, -1.0e201, -3.2e228, 2.8e-305, 4.2e61,
+                  -1.9e173, 8.8e88, 0.0, -1.7e102])
+    codebook, indices = quantize(x, 1, sparse=True, method="ecsq", lam=1e-3, seed=3)
+    assert codebook[0] == 0 and codebook.size == 2 and np.all(np.isfinite(codebook))
+    assert np.all(indices[x == 0] == 0)
+    assert codebook[indices].dtype == x.dtype

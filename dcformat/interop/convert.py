@@ -315,7 +315,8 @@ def _scan(paths: list[str], report: Report) -> tuple[list[tuple[str, str, int]],
     return items, metadata
 
 
-def _resolve_target(policy: Policy, items: list[tuple[str, str, int]], metadata: Mapping[str, str]) -> Policy:
+def _resolve_target(policy: Policy, items: list[tuple[str, str, int]], metadata: Mapping[str, str],
+                    progress: Progress | None = None) -> Policy:
     """A target size becomes a step over the whole model (allocation.fit_size), on memory-mapped inputs."""
     if policy.target_size is None:
         return policy
@@ -328,7 +329,7 @@ def _resolve_target(policy: Policy, items: list[tuple[str, str, int]], metadata:
             if path not in opened:
                 opened[path] = open_source(path)
             tensors[name] = opened[path].get(name)
-        return fit_size(tensors, policy, metadata=metadata)
+        return fit_size(tensors, policy, metadata=metadata, progress=progress, record=True)
     finally:
         for s in opened.values():
             s.close()
@@ -365,7 +366,7 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, policy: Policy |
     items, in_meta = _scan(paths, report)
     meta = {**in_meta, **dict(metadata or {})}
     meta.pop(ENCODER_METADATA_KEY, None)
-    policy = _resolve_target(policy, items, meta)
+    policy = _resolve_target(policy, items, meta, progress)
     report.policy = policy.to_dict()
     limit = parse_size(max_shard_size) if max_shard_size is not None else DEFAULT_MAX_SHARD_SIZE
     groups = _plan(items, limit)
