@@ -261,7 +261,7 @@ def _exact_draft(base: dict, a: np.ndarray, plan: TensorPlan) -> TensorDraft:
                                                             header_cost, table_cost)
         if best is None or size < best[0]:
             best = (size, widths, chunks, payloads)
-    if best is None or best[0] >= a.nbytes + SECTION_OVERHEAD:
+    if best is None or best[0] >= fieldcoding.section_cost(a.nbytes):
         return raw
     size, widths, chunks, payloads = best
     header = fieldcoding.fields_header(base, widths, chunk_size, chunks)

@@ -46,7 +46,13 @@ SMALL_NUMEL = 1 << 16  # tensors up to this many elements try SMALL_SPLITS too
 DEFAULT_CHUNK_SIZE = 1 << 16
 BLOCK_SIZE = 1 << 15  # symbols per Huffman block: a stream's blocks decode interleaved (a block alone is a
 # chain of dependent table look-ups), for about 4 bytes of block_bytes each
-SECTION_COST = 48  # bytes a section costs beyond its payload: alignment padding and its JSON object (zlib)
+SECTION_JSON_COST = 20  # header bytes of a section object (offset, length, CRC-32: digits zlib cannot shrink)
+
+
+def section_cost(length: int) -> int:
+    """Bytes a section of `length` payload bytes costs in the file: itself padded to 64 (§4), and its JSON
+    (exact padding, not an average: a tensor of a few hundred bytes in several sections pays ~60 B each)."""
+    return length + (-length) % 64 + SECTION_JSON_COST
 TENSOR_COST = 32  # header bytes a fields tensor object costs beyond a raw one ("fields", "chunk_size", ...)
 
 
@@ -207,7 +213,7 @@ def code_fields(bits: np.ndarray, widths: tuple[int, ...], chunk_size: int, mode
     """Code every chunk's fields: (chunk stream objects, payloads in file order, table texts, coded bytes).
 
     Each stream is coded the cheaper way (`codec.code_stream`: Huffman with a table of its own, or fixed
-    width), one Huffman block per stream; the byte count includes tables and SECTION_COST per section.
+    width), one Huffman block per stream; the byte count includes tables and each section's `section_cost`.
     """
     from .codec import StreamDraft, code_stream
 
@@ -234,7 +240,7 @@ def code_fields(bits: np.ndarray, widths: tuple[int, ...], chunk_size: int, mode
             streams.append(obj)
             payloads.append(payload)
             texts.append(text)
-            total += len(payload) + SECTION_COST + (header_cost + 4 if text is not None else 0)
+            total += section_cost(len(payload)) + (header_cost + 4 if text is not None else 0)
         chunks.append(streams)
     return chunks, payloads, texts, total
 
