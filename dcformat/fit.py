@@ -38,7 +38,7 @@ __all__ = ["METHODS", "FitResult", "Family", "family", "fit_tensors", "gptq_roun
 METHODS = ("uniform", "sensitivity", "rd", "gptq")
 Similarity = Callable[[dict[str, np.ndarray]], float]
 
-_RELATIVE_STEPS = 2.0 ** (np.arange(-24, 11) / 4.0)  # candidate steps, times the tensor's RMS: 1/64 .. 5.7
+_RELATIVE_STEPS = 2.0 ** (np.arange(-48, 21) / 8.0)  # candidate steps, times the tensor's RMS: 1/64 .. 5.7
 _MIN_SENSITIVITY = 0.01  # a tensor whose probe showed no loss still weighs this share of the median
 _SEARCH_TRIES = 14  # similarity evaluations of the bisection (each: one decode and one model run)
 _HELD_OUT_TRIES = 6  # finer settings tried when the held-out similarity misses the target
@@ -349,15 +349,28 @@ def fit_tensors(tensors: Mapping[str, np.ndarray], similarity: Similarity, min_s
     theta = hi
     kept = None
     if held_out is not None:
-        for _ in range(_HELD_OUT_TRIES + 1):
-            kept = float(held_out(fam.decoded(theta)))
-            say(f"{method} θ={theta:.4g}: held-out similarity {kept:.5f}")
-            if kept >= min_similarity:
-                break
-            theta *= 1.25
-        else:
-            raise EncodeError(f"fit: held-out similarity {kept:.5f} stays below {min_similarity} "
-                              f"after {_HELD_OUT_TRIES} finer settings: use more (or more varied) calibration inputs")
+        held: dict[float, float] = {}
+
+        def holds(t: float) -> bool:
+            if t not in held:
+                held[t] = float(held_out(fam.decoded(t)))
+                say(f"{method} θ={t:.4g}: held-out similarity {held[t]:.5f}")
+            return held[t] >= min_similarity and score(t) >= min_similarity
+
+        if not holds(theta):  # finer until both hold, then bisect between the two
+            lo, hi = theta, theta * 1.25
+            for _ in range(_HELD_OUT_TRIES):
+                if holds(hi):
+                    break
+                lo, hi = hi, hi * 1.25
+            else:
+                raise EncodeError(f"fit: held-out similarity {held[hi]:.5f} stays below {min_similarity} at "
+                                  f"{_HELD_OUT_TRIES} finer settings: use more (or more varied) calibration inputs")
+            for _ in range(3):
+                mid = math.sqrt(lo * hi)
+                lo, hi = (lo, mid) if holds(mid) else (mid, hi)
+            theta = hi
+        kept = held[theta]
     out_policy = fam.policy(theta)
     out_tensors = fam.tensors(theta)
     reached = score(theta)
