@@ -44,7 +44,7 @@ INTERRUPTED = 130
 BROKEN_PIPE = 128 + 13  # SIGPIPE
 
 # The optional extra that brings each optional package (pyproject.toml's optional-dependencies).
-EXTRAS = {"torch": "torch", "safetensors": "safetensors", "scipy": "test", "transformers": "bench",
+EXTRAS = {"torch": "torch", "safetensors": "safetensors", "scipy": "test", "transformers": "hf",
           "matplotlib": "examples", "sklearn": "examples"}
 
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -312,8 +314,10 @@ def fit_tensors(tensors: Mapping[str, np.ndarray], similarity: Similarity, min_s
 
     def score(theta: float) -> float:
         if theta not in scores:
-            decoded = fam.decoded(theta)
-            scores[theta] = float(similarity(decoded))
+            try:
+                scores[theta] = float(similarity(fam.decoded(theta)))
+            except EncodeError:  # a step so fine that a tensor needs more than 2^16 levels
+                scores[theta] = -math.inf
             tries.append({"theta": theta, "estimated_bytes": fam.estimated_bytes(theta), "similarity": scores[theta]})
             est = tries[-1]["estimated_bytes"]
             say(f"{method} θ={theta:.4g}: similarity {scores[theta]:.5f}"
@@ -340,7 +344,7 @@ def fit_tensors(tensors: Mapping[str, np.ndarray], similarity: Similarity, min_s
             factor *= 2.0
             if hi > 1e30 or len(tries) > _SEARCH_TRIES + 6:
                 raise EncodeError(f"fit: similarity {min_similarity} is not reached by {method} even at its finest "
-                                  f"setting (best {max(scores.values()):.5f})")
+                                  f"setting (best {max(scores.values()):.5f} in {len(tries)} tries)")
     while len(tries) < _SEARCH_TRIES and hi / lo > 1.03:
         mid = math.sqrt(lo * hi)
         if fam.method in ("rd", "gptq") and fam.steps(mid) in (fam.steps(lo), fam.steps(hi)):
@@ -353,7 +357,10 @@ def fit_tensors(tensors: Mapping[str, np.ndarray], similarity: Similarity, min_s
 
         def holds(t: float) -> bool:
             if t not in held:
-                held[t] = float(held_out(fam.decoded(t)))
+                try:
+                    held[t] = float(held_out(fam.decoded(t)))
+                except EncodeError:
+                    held[t] = -math.inf
                 say(f"{method} θ={t:.4g}: held-out similarity {held[t]:.5f}")
             return held[t] >= min_similarity and score(t) >= min_similarity
 
@@ -364,7 +371,7 @@ def fit_tensors(tensors: Mapping[str, np.ndarray], similarity: Similarity, min_s
                     break
                 lo, hi = hi, hi * 1.25
             else:
-                raise EncodeError(f"fit: held-out similarity {held[hi]:.5f} stays below {min_similarity} at "
+                raise EncodeError(f"fit: held-out similarity {max(held.values()):.5f} stays below {min_similarity} at "
                                   f"{_HELD_OUT_TRIES} finer settings: use more (or more varied) calibration inputs")
             for _ in range(3):
                 mid = math.sqrt(lo * hi)
@@ -381,3 +388,16 @@ def fit_tensors(tensors: Mapping[str, np.ndarray], similarity: Similarity, min_s
     say(f"{method}: {size:,} B at similarity {reached:.5f}" + ("" if kept is None else f", held out {kept:.5f}"))
     return FitResult(out_tensors, out_policy, method, theta, size, reached, kept, metadata, tries,
                      time.perf_counter() - clock)
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable: `dcformat.fit(model, inputs, min_similarity=...)` is interop.transformers_fit.fit."""
+
+    def __call__(self, model, inputs, min_similarity: float = 0.99, **kwargs) -> FitResult:
+        """The smallest file of a torch model's weights keeping held-out output similarity (see transformers_fit.fit)."""
+        from .interop.transformers_fit import fit
+
+        return fit(model, inputs, min_similarity, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
