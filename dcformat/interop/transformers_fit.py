@@ -31,7 +31,7 @@ from ..policy import Policy
 from ..progress import Progress
 
 __all__ = ["KINDS", "calibration_texts", "split_texts", "OutputSimilarity", "linear_hessians", "fit",
-           "fit_folder", "load_folder"]
+           "fit_folder", "load_folder", "distill"]
 
 KINDS = ("sentence-embedding", "hidden-state", "next-token")
 DEFAULT_SEARCH = 48  # passages the search measures on
@@ -289,3 +289,85 @@ def fit_folder(folder: str | os.PathLike, min_similarity: float = 0.99, *, calib
     record["kind"] = kind
     result.metadata["dcformat.fit"] = json.dumps(record, sort_keys=True)
     return result, kind
+
+
+def distill(model: Any, family: Any, theta: float, batches: Sequence[Any], kind: str, *, steps: int = 60,
+            lr: float = 1e-4, tune_vectors: bool = True, progress: Progress | None = None) -> dict[str, np.ndarray]:
+    """The family's tensors at θ with their levels (and, if tune_vectors, the raw 1-D tensors) fine-tuned
+    against the original model's outputs on `batches` (Deep Compression's centroid fine-tuning, no labels).
+
+    Each quantized tensor keeps its indices; its non-zero levels move by gradient descent on 1 - cosine
+    of the outputs, each kept within its grid cell ((k ± 0.49)·step) so that the file stores it at the same
+    index and level 0 stays exactly 0. The model is left as it was.
+    """
+    torch = _torch()
+    from .. import quantize
+    from ..progress import ProgressEvent
+
+    tensors = family.tensors(theta)
+    steps_of = family.steps(theta)
+    params = dict(model.named_parameters())
+    state = model.state_dict()
+    saved = {n: t.detach().clone() for n, t in state.items()}
+    ref = OutputSimilarity(model, batches, kind)  # reference rows from the original weights
+    levels, indices, bounds = {}, {}, {}
+    for n, step in steps_of.items():
+        if n not in params:
+            continue
+        codebook, idx = quantize.quantize_uniform(tensors[n], step)
+        grid = np.floor(codebook.astype(np.float64) / step + 0.5)
+        levels[n] = torch.tensor(codebook.astype(np.float32), requires_grad=True)
+        indices[n] = torch.from_numpy(idx.astype(np.int64)).reshape(params[n].shape)
+        bounds[n] = (torch.tensor((grid - 0.49) * step, dtype=torch.float32),
+                     torch.tensor((grid + 0.49) * step, dtype=torch.float32), torch.tensor(grid == 0))
+    vectors = [p for n, p in params.items() if n not in levels and p.dim() <= 1] if tune_vectors else []
+    for p in params.values():
+        p.requires_grad_(False)
+    for p in vectors:
+        p.requires_grad_(True)
+    optim = torch.optim.Adam([*levels.values(), *vectors], lr=lr)
+    try:
+        model.train(False)
+        for it in range(steps):
+            b = batches[it % len(batches)]
+            r = ref.reference[it % len(batches)]
+            for n in levels:  # the weights as functions of their levels
+                w = levels[n][indices[n]]
+                module_name, _, attr = n.rpartition(".")
+                module = model.get_submodule(module_name)
+                module._parameters[attr] = None
+                module.__dict__[attr] = w  # found before nn.Module.__getattr__ looks in _parameters
+            rows = torch.nn.functional.normalize(_rows(kind, _call(model, b), b).double(), dim=-1)
+            loss = 1.0 - (rows * r).sum(-1).mean()
+            optim.zero_grad()
+            loss.backward()
+            for n, lv in levels.items():
+                if lv.grad is not None:  # None: the tensor does not reach the outputs compared
+                    lv.grad[bounds[n][2]] = 0.0
+            optim.step()
+            with torch.no_grad():
+                for n, lv in levels.items():
+                    lo, hi, zero = bounds[n]
+                    lv.copy_(torch.where(zero, torch.zeros_like(lv), torch.clamp(lv, lo, hi)))
+            if progress is not None and (it + 1) % 10 == 0:
+                progress(ProgressEvent("fit", 0, 0, message=f"fine-tuning levels: step {it + 1} of {steps}, "
+                                       f"1 - cosine {float(loss.detach()):.5f}"))
+        out = dict(tensors)
+        with torch.no_grad():
+            for n, lv in levels.items():
+                out[n] = lv[indices[n]].numpy().astype(np.float32).reshape(tensors[n].shape)
+            for n, p in params.items():
+                if p.requires_grad and n in out:
+                    out[n] = p.detach().numpy().copy()
+    finally:
+        for n in levels:
+            module_name, _, attr = n.rpartition(".")
+            module = model.get_submodule(module_name)
+            module.__dict__.pop(attr, None)
+            module._parameters[attr] = params[n]
+        with torch.no_grad():
+            for n, t in model.state_dict().items():
+                t.copy_(saved[n])
+        for p in params.values():
+            p.requires_grad_(False)
+    return out
