@@ -89,12 +89,14 @@ def _gptq_block(w, hinv, step, q, err):  # pragma: no cover - compiled
                 w[r, j] -= e * hinv[i, j]
 
 
-def gptq_round(weight: np.ndarray, hessian: np.ndarray, step: float, *, damp: float = 0.01,
+def gptq_round(weight: np.ndarray, hessian: np.ndarray, step: float, *, damp: float = 0.1,
                block: int = 128) -> np.ndarray:
     """`weight` (out × in) rounded onto multiples of `step` with GPTQ error feedback under H = X^T X (in × in).
 
     Minimises ||(W - Q) X^T||² column by column (Frantar et al. 2022) rather than ||W - Q||²; `damp`
-    times the mean diagonal is added to H so that it inverts. Returns float32 values k·step.
+    times the mean diagonal is added to H so that it inverts, and so that the rounding does not fit the
+    calibration text too closely (MiniLM at 9.7 MB: damp 0.01 / 0.1 / 1 give held-out prose 0.9901 /
+    0.9906 / 0.9898 and everyday sentences 0.9868 / 0.9883 / 0.9885). Returns float32 values k·step.
     """
     w = np.asarray(weight, dtype=np.float64)
     h = np.array(hessian, dtype=np.float64)
