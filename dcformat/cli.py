@@ -563,7 +563,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 SIMILARITY_HELP = ("smallest file whose model outputs stay this similar (mean cosine, 1 = the original's) on "
-                   "held-out calibration text, e.g. 0.99; MODEL is a transformers folder (or its .safetensors "
+                   "held-out calibration text, e.g. 0.99; the input is a transformers folder (or its .safetensors "
                    "beside config.json); needs the hf extra. Similarity: of mean-pooled sentence embeddings for a "
                    "sentence-transformers folder (modules.json), of next-token distributions for causal LMs, of "
                    "the last hidden states of each token for other models")

@@ -239,3 +239,20 @@ def test_cli_min_similarity_refusals(tiny_folder, tmp_path, capsys, monkeypatch)
     assert main(["compress", str(tiny_folder), "-o", out, "--min-similarity", "0.99"]) == 1
     err = capsys.readouterr().err
     assert "pip install 'dcformat[hf]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_fit_causal_lm_compares_next_token_distributions():
+    pytest.importorskip("transformers")
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from dcformat.interop.transformers_fit import OutputSimilarity, _auto_kind
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=1, n_head=2)).eval()
+    assert _auto_kind(model) == "next-token"
+    batches = [{"input_ids": torch.randint(0, 50, (4, 12))} for _ in range(4)]
+    result = dcformat.fit(model, batches, min_similarity=0.999, method="rd")
+    assert result.held_out >= 0.999
+    back = dcformat.load(dcformat.save(result.tensors, policy=result.policy, metadata=result.metadata))
+    assert OutputSimilarity(model, batches[1::2], "next-token")(back) == pytest.approx(result.held_out, abs=1e-9)

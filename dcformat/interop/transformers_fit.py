@@ -38,6 +38,7 @@ DEFAULT_SEARCH = 48  # passages the search measures on
 DEFAULT_HELD_OUT = 48  # passages set apart: the similarity reported
 MAX_TOKENS = 64  # each passage truncated to this many tokens (a model run stays near a second on 2 cores)
 BATCH = 16
+MAX_CALIBRATION_CHARS = 64 << 20  # characters read from a --calibration file, at most
 
 
 def calibration_texts(path: str | os.PathLike | None = None, *, max_chars: int = 320) -> list[str]:
@@ -49,7 +50,7 @@ def calibration_texts(path: str | os.PathLike | None = None, *, max_chars: int =
     else:
         try:
             with open(path, encoding="utf-8") as f:
-                text = f.read()
+                text = f.read(MAX_CALIBRATION_CHARS)  # the passages are sampled: a huge file need not be held
         except UnicodeDecodeError as e:
             raise DCFError(f"{path}: calibration text must be UTF-8 ({e.reason} at byte {e.start})") from None
     passages: list[str] = []
