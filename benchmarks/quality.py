@@ -113,13 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     DENSE = sum(v.nbytes for v in tensors.values())
     rows: list[dict] = []
     clock = time.perf_counter()
-    hessians = tf.linear_hessians(model, search.batches)
+    extra = tf.hessian_texts(texts, search_texts, held_texts)  # as the CLI does
+    hessians = tf.linear_hessians(model, search.batches + tf._batches_of(tok, extra))
     base = F.family(tensors, search, "uniform")
     from dcformat.allocation import sensitivity
 
     sens = sensitivity(tensors, search, base.base.with_(step=1.0))
-    notes.append(f"sensitivities of {len(base.names)} tensors and input Hessians measured once on the "
-                 f"{len(search_texts)} search passages in {time.perf_counter() - clock:.0f} s")
+    notes.append(f"sensitivities of {len(base.names)} tensors measured once on the {len(search_texts)} search "
+                 f"passages, input Hessians on those and {len(extra)} more (never held-out ones), in "
+                 f"{time.perf_counter() - clock:.0f} s")
     for method in args.methods.split(","):
         t0 = time.perf_counter()
         fam = F.Family(tensors, base.names, method, sensitivities=sens, hessians=hessians)

@@ -256,3 +256,13 @@ def test_fit_causal_lm_compares_next_token_distributions():
     assert result.held_out >= 0.999
     back = dcformat.load(dcformat.save(result.tensors, policy=result.policy, metadata=result.metadata))
     assert OutputSimilarity(model, batches[1::2], "next-token")(back) == pytest.approx(result.held_out, abs=1e-9)
+
+
+def test_hessian_texts_never_take_search_or_held_out_passages():
+    from dcformat.interop.transformers_fit import hessian_texts, split_texts
+
+    texts = [f"passage {i} " * 5 for i in range(100)]
+    search, held = split_texts(texts, 10, 10)
+    extra = hessian_texts(texts, search, held, 30)
+    assert len(extra) == 30 and not set(extra) & (set(search) | set(held))
+    assert hessian_texts(texts[:20], texts[:10], texts[10:20]) == []
