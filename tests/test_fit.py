@@ -266,3 +266,26 @@ def test_hessian_texts_never_take_search_or_held_out_passages():
     extra = hessian_texts(texts, search, held, 30)
     assert len(extra) == 30 and not set(extra) & (set(search) | set(held))
     assert hessian_texts(texts[:20], texts[:10], texts[10:20]) == []
+
+
+def test_distill_keeps_each_level_in_its_cell_and_leaves_the_model_as_it_was(tiny_folder):
+    from transformers import AutoModel
+
+    from dcformat import quantize
+    from dcformat.interop.transformers_fit import OutputSimilarity, distill
+
+    model = AutoModel.from_pretrained(str(tiny_folder)).eval()
+    batches = _batches(tiny_folder, _texts(32, 4))
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    tensors = {n: t.numpy().copy() for n, t in model.state_dict().items() if t.dtype.is_floating_point}
+    sim = OutputSimilarity(model, batches, "hidden-state")
+    fam = F.family(tensors, sim, "rd")
+    theta = fam.start(0.98)
+    tuned = distill(model, fam, theta, batches, "hidden-state", steps=8, lr=1e-3)
+    assert all(np.array_equal(before[n].numpy(), t.numpy()) for n, t in model.state_dict().items())
+    for n, step in fam.steps(theta).items():
+        codebook, idx = quantize.quantize_uniform(tuned[n], step)
+        assert np.array_equal(codebook[idx].reshape(tuned[n].shape), tuned[n])  # stored exactly
+        assert np.array_equal(np.floor(tuned[n] / step + 0.5), np.floor(fam.decoded(theta)[n] / step + 0.5))
+    back = dcformat.load(dcformat.save(tuned, policy=fam.policy(theta)))
+    assert all(np.array_equal(back[n], tuned[n]) for n in tuned)
