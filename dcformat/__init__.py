@@ -29,8 +29,17 @@ from .policy import Policy
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """`dcformat.fit` on first use (it loads numba): callable as fit(model, inputs, min_similarity=...)."""
+    if name == "fit":
+        import importlib
+
+        return importlib.import_module(".fit", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ChecksumError", "CorruptDataError", "DCFError", "EncodeError", "FormatError", "HeaderError",
     "HuffmanTableError", "LimitError", "Limits", "Policy", "SafeOpen", "TruncatedError", "VersionError",
-    "compress", "load", "load_file", "load_into", "load_torch", "open", "read_header", "read_tensors", "save", "save_file", "save_torch", "write_tensors",
+    "compress", "fit", "load", "load_file", "load_into", "load_torch", "open", "read_header", "read_tensors", "save", "save_file", "save_torch", "write_tensors",
 ]

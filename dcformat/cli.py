@@ -525,6 +525,8 @@ def check_job_output(src: str, dst: str, force: bool, folder: bool) -> None:
 def cmd_compress(args: argparse.Namespace) -> int:
     from .interop import convert
 
+    if args.min_similarity is not None:
+        return cmd_compress_similarity(args)
     messages = Messages(args.quiet)
     policy = policy_from_args(args)
     metadata = _parse_metadata(args.metadata)
@@ -602,6 +604,98 @@ def cmd_compress(args: argparse.Namespace) -> int:
         lines.append(f"  for an exact file: dcformat compress {args.input} -o OUT --lossless")
     print("\n".join(compact_table(report, width)))
     print(wrapped([printable(line) for line in lines], width))
+    return 0
+
+
+SIMILARITY_HELP = ("smallest file whose model outputs stay this similar (mean cosine, 1 = the original's) on "
+                   "held-out calibration text, e.g. 0.99; the input is a transformers folder (or its .safetensors "
+                   "beside config.json); needs the hf extra. Similarity: of mean-pooled sentence embeddings for a "
+                   "sentence-transformers folder (modules.json), of next-token distributions for causal LMs, of "
+                   "the last hidden states of each token for other models")
+
+
+def cmd_compress_similarity(args: argparse.Namespace) -> int:
+    """compress --min-similarity: search the smallest file meeting the target on calibration text (dcformat.fit)."""
+    import numpy as np
+
+    from .api import load_file, save_file
+    from .interop.formats import read_tensors
+
+    lossy = _given(args, "prune", "threshold", "bits", "conv_bits", "fc_bits", "index_bits", "quantizer", "init", "lam",
+                   "max_error", "vector_bits", "step", "step_scales", "target_size", "rule", "lossless")
+    if args.max_shard_size is not None:
+        raise usage("--min-similarity writes one .dcf file: --max-shard-size does not apply to it")
+    if lossy:
+        raise usage(f"--min-similarity and {_flag(lossy[0])} contradict each other: the similarity target chooses "
+                    "every step itself")
+    if not -1.0 <= args.min_similarity < 1.0:
+        raise usage(f"--min-similarity must be in [-1, 1) (1 would be the exact file: use --lossless), "
+                    f"not {args.min_similarity}")
+    messages = Messages(args.quiet)
+    folder = args.input if os.path.isdir(args.input) else os.path.dirname(os.path.abspath(args.input))
+    weights = args.input
+    if os.path.isdir(args.input):
+        candidates = [n for n in ("model.safetensors",) if os.path.isfile(os.path.join(folder, n))]
+        if not candidates:
+            raise CommandError("--min-similarity needs a folder holding model.safetensors (sharded folders are not "
+                               "supported yet)", args.input)
+        weights = os.path.join(folder, candidates[0])
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise CommandError("--min-similarity needs the model's config.json beside its weights (a transformers "
+                           "folder)", args.input)
+    if args.calibration is not None and not os.path.isfile(args.calibration):
+        raise CommandError("no such calibration text file", args.calibration)
+    check_output(args.output, [weights], args.force)
+    metadata = _parse_metadata(args.metadata)
+    verbose = not (args.quiet or args.json)
+    start = time.perf_counter()
+
+    def progress(event: ProgressEvent) -> None:
+        if verbose and event.message and event.total_bytes == 0:
+            print(f"  {time.perf_counter() - start:6.1f} s  {printable(event.message)}", file=sys.stderr, flush=True)
+        elif verbose and event.total_bytes and event.done_bytes in (1, event.total_bytes):
+            what = (event.message or "").split(" of ")[0]
+            print(f"  {time.perf_counter() - start:6.1f} s  {what}: tensor {event.done_bytes} of {event.total_bytes}",
+                  file=sys.stderr, flush=True)
+
+    from .interop import transformers_fit as tf
+
+    with about(args.input):
+        result, kind = tf.fit_folder(folder, args.min_similarity, calibration=args.calibration, method=args.method,
+                                     progress=progress)
+        tensors = read_tensors(weights)
+    names = tf.rename_for(tensors, result.tensors)
+    for model_name, file_name in names.items():
+        if tensors[file_name].shape == result.tensors[model_name].shape and \
+                tensors[file_name].dtype == result.tensors[model_name].dtype:
+            tensors[file_name] = result.tensors[model_name]
+    scales = {names[n]: v for n, v in result.policy.step_scales.items() if n in names}
+    policy = result.policy.with_(step_scales=scales)
+    with about(args.output):
+        save_file(tensors, args.output, policy=policy, metadata={**metadata, **result.metadata})
+    # What a user gets: the file decoded, loaded into the model, measured on the held-out text again.
+    with about(args.output):
+        decoded = load_file(args.output)
+    model, tokenizer, _ = tf.load_folder(folder)
+    _, held_texts = tf.split_texts(tf.calibration_texts(args.calibration))
+    held = tf.OutputSimilarity(model, tf._batches_of(tokenizer, held_texts), kind)
+    back = {m: decoded[f] for m, f in names.items()}
+    from_file = held(back)
+    seconds = time.perf_counter() - start
+    dense = sum(int(np.asarray(v).nbytes) for v in tensors.values())
+    size = os.path.getsize(args.output)
+    summary = {"input": args.input, "output": args.output, "dense_bytes": dense, "file_bytes": size,
+               "ratio": dense / size, "seconds": seconds, "method": result.method, "similarity_kind": kind,
+               "min_similarity": args.min_similarity, "search_similarity": result.similarity,
+               "held_out_similarity": from_file, "data": json.loads(result.metadata["dcformat.fit"])["data"],
+               "warnings": messages.warnings}
+    if args.json:
+        print(json.dumps({"summary": summary}, indent=2))
+        return 0
+    print(f"wrote {args.output}: {size:,} B from {dense:,} B of tensors, {ratio_words(dense, size)} ({seconds:.1f} s)")
+    print(f"  {kind} cosine {from_file:.5f} on held-out text (target {args.min_similarity}), {result.similarity:.5f} "
+          f"on the text searched; method {result.method}")
+    print(f"  data: {summary['data']}")
     return 0
 
 
@@ -1001,6 +1095,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target-size", type=_size, default=None, metavar="SIZE",
                    help="aim at this file size (e.g. 10MB, 800KiB): searches the uniform step giving the largest "
                    "file that fits; at or above the exact file's size, the file is exact")
+    c.add_argument("--min-similarity", type=_number, default=None, metavar="COSINE", help=SIMILARITY_HELP)
+    c.add_argument("--calibration", default=None, metavar="TEXT_FILE",
+                   help="--min-similarity: UTF-8 text to measure on (default: Python's pydoc_data.topics); passages "
+                   "alternate between the search and a held-out half, on which the similarity is reported")
+    c.add_argument("--method", choices=("uniform", "sensitivity", "rd", "gptq"), default="gptq",
+                   help="--min-similarity: uniform (one step), sensitivity (steps scaled by measured sensitivity), rd "
+                   "(per-tensor steps by rate-distortion), gptq (rd's steps, matrices rounded with error feedback "
+                   "through their input Hessian; default)")
     c.add_argument("--json-header", action="store_true",
                    help="store the header as plain JSON (format 1.0) even where zlib would make the file smaller")
     c.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="add user metadata (repeatable)")
