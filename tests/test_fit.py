@@ -227,6 +227,9 @@ def test_cli_min_similarity_refusals(tiny_folder, tmp_path, capsys, monkeypatch)
     assert main(["compress", str(tiny_folder), "-o", out, "--min-similarity", "0.99", "--step", "0.01"]) == 2
     assert "contradict" in capsys.readouterr().err
     assert main(["compress", str(tiny_folder), "-o", out, "--min-similarity", "1.5"]) == 2
+    capsys.readouterr()
+    assert main(["compress", str(tiny_folder), "-o", out, "--min-similarity", "0.99", "--max-shard-size", "1MB"]) == 2
+    assert "--max-shard-size does not apply" in capsys.readouterr().err
     (tmp_path / "bare").mkdir()
     assert main(["compress", str(tmp_path / "bare"), "-o", out, "--min-similarity", "0.99"]) == 1
     assert "model.safetensors" in capsys.readouterr().err
