@@ -497,11 +497,16 @@ def policy_words(policy: Any, args: argparse.Namespace) -> str:
 # Commands
 
 
-def _is_folder_job(src: str, dst: str) -> bool:
-    """A model folder out (as convert.compress decides): the input is a folder, or the output is not a .dcf file."""
-    from .interop.formats import extension
-
-    return os.path.isdir(src) or extension(dst) != ".dcf"
+@contextmanager
+def output_named(src: str, dst: str) -> Iterator[None]:
+    """An OSError about anything but the input is about the output: say so naming the output the user
+    gave, never the temporary file or staging folder the writer was using."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None and os.fspath(e.filename) != os.fspath(src):
+            raise CommandError(describe(e), dst) from e
+        raise
 
 
 def check_job_output(src: str, dst: str, force: bool, folder: bool) -> None:
@@ -530,7 +535,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     messages = Messages(args.quiet)
     policy = policy_from_args(args)
     metadata = _parse_metadata(args.metadata)
-    folder = _is_folder_job(args.input, args.output)
+    folder = convert.compress_writes_folder(args.input, args.output)
     if not os.path.exists(args.input):
         raise CommandError("No such file or directory", args.input)
     check_job_output(args.input, args.output, args.force, folder)
@@ -538,15 +543,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise usage("--max-shard-size needs a folder output (a path without .dcf): shards are files of a folder")
     bar = ProgressBar(enabled=False if (args.json or args.quiet) else None)
     try:
-        with about(args.input):
-            try:
-                result = convert.compress(args.input, args.output, policy=policy, metadata=metadata,
-                                          max_shard_size=args.max_shard_size, threads=args.threads, progress=bar,
-                                          overwrite=args.force)
-            except OSError as e:  # about the output (never named by its temporary file), unless the input
-                if e.filename is not None and os.fspath(e.filename) != os.fspath(args.input):
-                    raise CommandError(describe(e), args.output) from e
-                raise
+        with about(args.input), output_named(args.input, args.output):
+            result = convert.compress(args.input, args.output, policy=policy, metadata=metadata,
+                                      max_shard_size=args.max_shard_size, threads=args.threads, progress=bar,
+                                      overwrite=args.force)
         with about(args.output):
             errors = {row["name"]: row["error"] for row in result.tensors}
             report, shard_files = model_layout(args.output, errors)
@@ -699,17 +699,23 @@ def cmd_compress_similarity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_shards(index: str) -> tuple[dict[str, str], str, list[str]]:
+    """(weight map, folder, shard file names in the order the index first names them) of an index file."""
+    from .shards import read_index
+
+    weight_map, _ = read_index(index)
+    return weight_map, os.path.dirname(os.path.abspath(index)), list(dict.fromkeys(weight_map.values()))
+
+
 def model_layout(path: str, errors: Mapping[str, float | None] | None = None) -> tuple[dict[str, Any], list[str]]:
     """The layout report of a .dcf file, an index file or a model folder, and the files it read: the
     shards of a folder merged into one report, each row naming its shard (headers only)."""
-    from .shards import read_index, resolve
+    from .shards import resolve
 
     kind, target = resolve(path)
     if kind == "file":
         return layout_report(read_header(target), errors), [target]
-    weight_map, _ = read_index(target)
-    folder = os.path.dirname(os.path.abspath(target))
-    names = list(dict.fromkeys(weight_map.values()))
+    _, folder, names = _index_shards(target)
     files = [os.path.join(folder, n) for n in names]
     reports = []
     for name, file in zip(names, files):
@@ -759,21 +765,12 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
     if not os.path.exists(args.input):
         raise CommandError("No such file or directory", args.input)
-    from .interop.formats import extension
-
-    # as convert.decompress decides: a folder from a folder, or to a path that is not a tensor file
-    folder = os.path.isdir(args.input) or extension(args.output) not in (".safetensors", ".npz", ".pt", ".pth")
-    check_job_output(args.input, args.output, args.force, folder)
+    check_job_output(args.input, args.output, args.force, convert.decompress_writes_folder(args.input, args.output))
     bar = ProgressBar()
     try:
-        with about(args.input):
-            try:
-                result = convert.decompress(args.input, args.output, overwrite=args.force, progress=bar,
-                                            threads=args.threads)
-            except OSError as e:
-                if e.filename and os.fspath(e.filename) != os.fspath(args.input):
-                    raise CommandError(describe(e), args.output) from e
-                raise
+        with about(args.input), output_named(args.input, args.output):
+            result = convert.decompress(args.input, args.output, overwrite=args.force, progress=bar,
+                                        threads=args.threads)
     finally:
         bar.close()
     what = f"{len(result.tensors)} tensors, {result.input_bytes:,} B"
@@ -826,7 +823,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def verify_file(path: str, progress: ProgressBar | None = None, shard: str | None = None) -> dict[str, Any]:
-    """Check the header, every section's CRC and every tensor's decoding; collect every problem."""
+    """Check the header, every section's CRC and every tensor's decoding; collect every problem.
+    "names": the tensors the header lists (None if the file could not be opened)."""
     from .api import SafeOpen
     from .container import check_section
 
@@ -840,7 +838,7 @@ def verify_file(path: str, progress: ProgressBar | None = None, shard: str | Non
         f = SafeOpen(path)
     except (DCFError, OSError) as e:
         problem(None, type(e).__name__, describe(e) if isinstance(e, OSError) else str(e))
-        return {"file": path, "ok": False, "tensors": 0, "problems": problems}
+        return {"file": path, "ok": False, "tensors": 0, "problems": problems, "names": None}
     with f:
         total = sum(info.nbytes for info in f.header.tensors)
         done = 0
@@ -867,13 +865,14 @@ def verify_file(path: str, progress: ProgressBar | None = None, shard: str | Non
                 checked += 1
             except DCFError as e:
                 problem(info.name, type(e).__name__, str(e))
-    return {"file": path, "ok": not problems, "tensors": checked, "problems": problems}
+        names = [info.name for info in f.header.tensors]
+    return {"file": path, "ok": not problems, "tensors": checked, "problems": problems, "names": names}
 
 
 def verify_model(path: str, progress: ProgressBar | None = None) -> dict[str, Any]:
     """verify_file for a .dcf file; for an index or a model folder, every shard it lists, and the index
     against the shards (every listed tensor in its shard, every tensor of a shard listed)."""
-    from .shards import read_index, resolve
+    from .shards import resolve
 
     def failed(error: BaseException) -> dict[str, Any]:
         message = describe(error) if isinstance(error, OSError) else str(error)
@@ -883,23 +882,22 @@ def verify_model(path: str, progress: ProgressBar | None = None) -> dict[str, An
     try:
         kind, target = resolve(path)
         if kind == "file":
-            return verify_file(target, progress)
-        weight_map, _ = read_index(target)
+            result = verify_file(target, progress)
+            del result["names"]
+            return result
+        weight_map, folder, names = _index_shards(target)
     except (DCFError, OSError) as e:
         return failed(e)
-    folder = os.path.dirname(os.path.abspath(target))
     problems: list[dict[str, Any]] = []
     checked = 0
-    names = list(dict.fromkeys(weight_map.values()))
     for shard in names:
-        file = os.path.join(folder, shard)
-        result = verify_file(file, progress, shard)
+        result = verify_file(os.path.join(folder, shard), progress, shard)
         checked += result["tensors"]
         problems += [{**p, "shard": shard} for p in result["problems"]]
-        try:
-            held = {t.name for t in read_header(file).tensors}
-        except (DCFError, OSError):
-            continue  # already reported by verify_file
+        names_held = result.pop("names")
+        if names_held is None:
+            continue  # the shard could not be opened: reported above
+        held = set(names_held)
         listed = {n for n, s in weight_map.items() if s == shard}
         for n in sorted(listed - held):
             problems.append({"tensor": n, "error": "ShardIndexError", "shard": shard,

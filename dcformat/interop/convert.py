@@ -104,6 +104,18 @@ def _model_error(results: Iterable[TensorResult]) -> float | None:
 # ---------------------------------------------------------------------------------------------
 # Paths: never onto the input, never over an existing output unless asked
 
+TENSOR_FILE_EXTENSIONS = (".safetensors", ".npz", ".pt", ".pth")  # what decompress writes as one file
+
+
+def compress_writes_folder(src: str, dst: str) -> bool:
+    """compress writes a model folder from a folder, or to any path that is not a .dcf file."""
+    return os.path.isdir(src) or extension(dst) != ".dcf"
+
+
+def decompress_writes_folder(src: str, dst: str) -> bool:
+    """decompress writes a model folder from a folder, or to any path that is not a tensor file."""
+    return os.path.isdir(src) or extension(dst) not in TENSOR_FILE_EXTENSIONS
+
 
 def check_paths(src: str, dst: str, overwrite: bool) -> None:
     """Refuse an output that is the input, lies inside the input folder or holds the input (whatever
@@ -370,7 +382,7 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, policy: Policy |
     report.policy = policy.to_dict()
     limit = parse_size(max_shard_size) if max_shard_size is not None else DEFAULT_MAX_SHARD_SIZE
     groups = _plan(items, limit)
-    folder_out = folder_in or extension(dst) != ".dcf"
+    folder_out = compress_writes_folder(src, dst)
     if not folder_out and len(groups) > 1:
         raise DCFError(f"{dst}: the model needs {len(groups)} shards of at most {limit} bytes: give a folder as output")
     staging = _Staging(dst) if folder_out else None
@@ -457,7 +469,7 @@ def decompress(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: boo
     check_paths(src, dst, overwrite)
     report = Report(src, dst)
     ext = extension(dst)
-    folder_out = os.path.isdir(src) or ext not in (".safetensors", ".npz", ".pt", ".pth")
+    folder_out = decompress_writes_folder(src, dst)
     if folder_out and ext in (".dcf",):
         raise DCFError(f"{dst}: decompress writes .safetensors, .npz, .pt or a folder, not .dcf")
     with dcf_open(src) as model:
