@@ -145,7 +145,7 @@ def minilm_methods(ds, quick: bool, notes: list[str]) -> list[Method]:
     """MiniLM: k-means codebooks (the paper's recipe), uniform steps, steps scaled by sensitivity."""
     from dcformat import Policy
 
-    out = [dcformat_method("lossless (raw)", Policy(lossless=True), True)]
+    out = [dcformat_method("lossless (fields)", Policy(lossless=True), True)]
     for bits in (8, 5) if not quick else (5,):
         out.append(dcformat_method(f"{bits}-bit k-means", Policy(bits=bits, index_bits="auto"), False))
     for step in MINILM_GLOBAL_STEPS[-1:] if quick else MINILM_GLOBAL_STEPS:
