@@ -338,7 +338,7 @@ def cli_timings(work: Path, sparse_file: Path, repeats: int) -> list[dict]:
     env = dict(os.environ, NUMBA_DEBUG_CACHE="1", NUMBA_CACHE_DIR=str(work / "numba-cache"))
     out = work / "decompressed.npz"
     for run in ("first (empty cache)", "second"):
-        seconds, proc = run_cli(base + ["decompress", str(sparse_file), "-o", str(out)], env)
+        seconds, proc = run_cli(base + ["decompress", str(sparse_file), "-o", str(out), "--force"], env)
         if proc.returncode != 0:
             raise RuntimeError(f"decompress failed: {proc.stderr[-500:]}")
         saved = len(re.findall(r"data saved", proc.stdout + proc.stderr))
