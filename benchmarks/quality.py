@@ -38,6 +38,7 @@ THETA_FACTORS = {  # around each method's θ for cosine 0.99 on the search passa
     "sensitivity": (0.5, 0.7, 1.0, 1.4, 2.0),
     "rd": (0.35, 0.5, 0.7, 1.0, 1.4, 2.0),
     "gptq": (0.35, 0.5, 0.7, 1.0, 1.4, 2.0),
+    "fisher": (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 4.0),
 }
 NNCODEC_QPS = (-38, -32, -29, -26)
 
@@ -116,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     extra = tf.hessian_texts(texts, search_texts, held_texts)  # as the CLI does
     hessians = tf.linear_hessians(model, search.batches + tf._batches_of(tok, extra))
     base = F.family(tensors, search, "uniform")
+    embedding = tf.input_embedding_name(model)  # fisher's row weights, as the CLI counts them
+    held_set = set(held_texts)
+    row_weights = {embedding: tf.token_counts(tensors[embedding].shape[0], (
+        tok(t, truncation=True)["input_ids"] for t in texts if t not in held_set))}
     from dcformat.allocation import sensitivity
 
     sens = sensitivity(tensors, search, base.base.with_(step=1.0))
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{time.perf_counter() - clock:.0f} s")
     for method in args.methods.split(","):
         t0 = time.perf_counter()
-        fam = F.Family(tensors, base.names, method, sensitivities=sens, hessians=hessians)
+        fam = F.Family(tensors, base.names, method, sensitivities=sens, hessians=hessians, row_weights=row_weights)
         theta = theta_for(fam, search)
         for factor in THETA_FACTORS[method]:
             row = point(fam, theta * factor, sims)
@@ -188,6 +193,22 @@ def write_markdown(results: dict, path: Path) -> None:
         a, b = best_at(rows, m, "held_out"), best_at(rows, m, "everyday")
         cells = ["-" if r is None else f"{r['ratio']:.2f}x" for r in (a, b)]
         lines.append(f"| {m} | {cells[0]} | {cells[1]} |")
+    nncodec = [r for r in rows if r["method"] == "NNCodec"]
+    if nncodec:
+        lines += ["", "Against NNCodec at equal or better fidelity (smallest point at or above its similarity; "
+                  "bytes / NNCodec's bytes):", "", "| NNCodec | text | " + " | ".join(
+                      m for m in F.METHODS if any(r["method"] == m for r in rows)) + " |",
+                  "|---|---|" + "---|" * sum(any(r["method"] == m for r in rows) for m in F.METHODS)]
+        for n in nncodec:
+            for key in ("held_out", "everyday"):
+                cells = []
+                for m in F.METHODS:
+                    mine = [r for r in rows if r["method"] == m]
+                    if not mine:
+                        continue
+                    ok = [r for r in mine if r[key] >= n[key]]
+                    cells.append(f"{min(r['bytes'] for r in ok) / n['bytes']:.3f}" if ok else "-")
+                lines.append(f"| {n['setting']} ({n['bytes']:,} B, {n[key]:.5f}) | {key} | " + " | ".join(cells) + " |")
     cli = results.get("cli")
     if cli:
         if "error" in cli:

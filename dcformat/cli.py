@@ -670,7 +670,8 @@ def cmd_compress_similarity(args: argparse.Namespace) -> int:
                 tensors[file_name].dtype == result.tensors[model_name].dtype:
             tensors[file_name] = result.tensors[model_name]
     scales = {names[n]: v for n, v in result.policy.step_scales.items() if n in names}
-    policy = result.policy.with_(step_scales=scales)
+    rows = {names[n]: v for n, v in result.policy.row_scales.items() if n in names}
+    policy = result.policy.with_(step_scales=scales, row_scales=rows)
     with about(args.output):
         save_file(tensors, args.output, policy=policy, metadata={**metadata, **result.metadata})
     # What a user gets: the file decoded, loaded into the model, measured on the held-out text again.
@@ -1097,10 +1098,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration", default=None, metavar="TEXT_FILE",
                    help="--min-similarity: UTF-8 text to measure on (default: Python's pydoc_data.topics); passages "
                    "alternate between the search and a held-out half, on which the similarity is reported")
-    c.add_argument("--method", choices=("uniform", "sensitivity", "rd", "gptq"), default="gptq",
+    c.add_argument("--method", choices=("uniform", "sensitivity", "rd", "gptq", "fisher"), default="fisher",
                    help="--min-similarity: uniform (one step), sensitivity (steps scaled by measured sensitivity), rd "
                    "(per-tensor steps by rate-distortion), gptq (rd's steps, matrices rounded with error feedback "
-                   "through their input Hessian; default)")
+                   "through their input Hessian), fisher (gptq, and each token's embedding row a step by how often "
+                   "the calibration text uses the token: smallest, but text with other words loses more; default)")
     c.add_argument("--json-header", action="store_true",
                    help="store the header as plain JSON (format 1.0) even where zlib would make the file smaller")
     c.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="add user metadata (repeatable)")

@@ -129,6 +129,60 @@ def test_fit_tensors_meets_the_target_and_the_file_decodes_to_what_was_measured(
     assert record["held_out_similarity"] >= 0.95
 
 
+def test_row_multipliers_give_frequent_rows_finer_steps_in_quarter_octaves():
+    counts = np.array([0, 0, 0, 1, 10, 100, 10**6, 0], np.int64)
+    m = F.row_multipliers(counts)
+    assert m.shape == counts.shape and np.all(np.diff(m[3:7]) < 0)  # more look-ups, finer step
+    assert m[0] == m[1] == m[2] == m[7] > 1.0 > m[5]  # unseen rows coarser than the tensor step
+    assert m.min() >= 1 / F.ROW_SPREAD and m.max() <= F.ROW_SPREAD and m[6] == 1 / F.ROW_SPREAD
+    octaves = np.log2(m) * F.ROW_RESOLUTION
+    assert np.array_equal(octaves, np.round(octaves))
+    assert np.array_equal(F.row_multipliers(np.full(5, 7)), np.ones(5))  # equal weights: the tensor's own step
+    for bad in (np.array([1.0, -1.0]), np.array([np.nan]), np.zeros(0)):
+        with pytest.raises(EncodeError, match="row weights"):
+            F.row_multipliers(bad)
+
+
+def test_fisher_file_decodes_to_what_the_search_measured_and_weights_rows():
+    rng = np.random.default_rng(4)
+    emb = rng.standard_normal((300, 16)).astype(np.float32)
+    counts = np.zeros(300, np.int64)
+    counts[:20] = rng.integers(50, 500, 20)  # 20 tokens used, 280 never
+    tensors = {"emb.weight": emb, "lin.weight": rng.standard_normal((16, 16)).astype(np.float32)}
+
+    def similarity(t):  # only the used rows and the linear matter
+        err = np.sum(counts[:, None] * (t["emb.weight"].astype(np.float64) - emb) ** 2) / counts.sum()
+        return 1.0 - 1e-3 * err - 1e-3 * float(np.sum((t["lin.weight"] - tensors["lin.weight"]) ** 2))
+
+    result = F.fit_tensors(tensors, similarity, 0.999, method="fisher", row_weights={"emb.weight": counts},
+                           hessians={"lin.weight": np.eye(16)})
+    assert set(result.policy.row_scales) == {"emb.weight"}
+    data = dcformat.save(result.tensors, policy=result.policy, metadata=result.metadata)
+    back = dcformat.load(data)
+    assert len(data) == result.size and similarity(back) == pytest.approx(result.similarity, abs=1e-12)
+    err = np.abs(back["emb.weight"] - emb).max(axis=1)
+    assert err[:20].max() < err[20:].max()  # used rows finer
+    plain = F.fit_tensors(tensors, similarity, 0.999, method="gptq", hessians={"lin.weight": np.eye(16)})
+    assert result.size < plain.size  # the same target for fewer bytes
+    fam = F.family(tensors, similarity, "fisher", row_weights={"emb.weight": counts})
+    for theta in (fam.start(0.999), fam.start(0.99)):
+        decoded = fam.decoded(theta)
+        again = dcformat.load(dcformat.save(fam.tensors(theta), policy=fam.policy(theta)))
+        assert all(np.array_equal(decoded[n].view(np.uint32), again[n].view(np.uint32)) for n in tensors)
+
+
+def test_gptq_act_order_is_the_same_rounding_for_permuted_columns():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((6, 12)).astype(np.float32)
+    x = rng.standard_normal((200, 12)) * rng.uniform(0.1, 3.0, 12)
+    h = x.T @ x
+    perm = rng.permutation(12)
+    q = F.gptq_round(w, h, 0.3)
+    assert np.array_equal(F.gptq_round(w[:, perm], h[np.ix_(perm, perm)], 0.3), q[:, perm])
+    assert not np.array_equal(F.gptq_round(w, h, 0.3, act_order=False), q)
+    assert np.allclose(q / 0.3, np.round(q / 0.3), atol=1e-4)
+
+
 def test_rd_gives_the_more_sensitive_tensor_the_finer_step():
     tensors, similarity = _toy()
     fam = F.family(tensors, similarity, "rd")
@@ -181,7 +235,7 @@ def test_calibration_texts_refuse_binary_and_empty(tmp_path):
 # Torch models and the command line
 
 
-@pytest.mark.parametrize("method", ["rd", "gptq"])
+@pytest.mark.parametrize("method", ["rd", "gptq", "fisher"])
 def test_fit_torch_model_meets_target_on_held_out_inputs(tiny_folder, method):
     from transformers import AutoModel
 
@@ -211,7 +265,10 @@ def test_cli_min_similarity_writes_a_file_that_meets_the_target(tiny_folder, tmp
     with dcformat.open(out) as f:
         record = json.loads(f.metadata["dcformat.fit"])
         names = set(f.keys())
-    assert record["method"] == "gptq" and "calibration.txt" in record["data"]
+    assert record["method"] == "fisher" and "calibration.txt" in record["data"]
+    assert "token counts of embeddings.word_embeddings.weight" in record["data"]
+    with dcformat.open(out) as f:  # the token embeddings got a step per row: per-row scales on disk
+        assert f.layout("embeddings.word_embeddings.weight").scale_bits >= 1
     assert names == set(dcformat.read_tensors(str(tiny_folder / "model.safetensors")))
     # the .safetensors file beside config.json is taken as its folder
     code = main(["compress", str(tiny_folder / "model.safetensors"), "-o", str(out), "-f", "-q",

@@ -12,8 +12,9 @@ Similarity (1.0 = the original's outputs), by output kind:
 - ``next-token`` (causal LMs): mean cosine of the next-token probability distributions at each token.
 
 The search itself is framework-free (dcformat.fit); this module measures similarity, collects the
-input Hessians X^T X of every nn.Linear for GPTQ rounding, and reads calibration text (default:
-Python's own pydoc_data.topics, about a megabyte of English prose, so it works offline).
+input Hessians X^T X of every nn.Linear for GPTQ rounding and how often each row of the input
+embeddings is looked up (fisher's row weights), and reads calibration text (default: Python's own
+pydoc_data.topics, about a megabyte of English prose, so it works offline).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..policy import Policy
 from ..progress import Progress
 
 __all__ = ["KINDS", "calibration_texts", "split_texts", "OutputSimilarity", "linear_hessians", "fit",
-           "fit_folder", "load_folder", "distill", "hessian_texts"]
+           "fit_folder", "load_folder", "distill", "hessian_texts", "token_counts", "input_embedding_name"]
 
 KINDS = ("sentence-embedding", "hidden-state", "next-token")
 DEFAULT_SEARCH = 48  # passages the search measures on
@@ -212,6 +213,40 @@ def linear_hessians(model: Any, batches: Sequence[Any]) -> dict[str, np.ndarray]
     return {n: h.numpy() for n, h in sums.items()}
 
 
+def input_embedding_name(model: Any) -> str | None:
+    """The state_dict name of the model's token-embedding matrix (`get_input_embeddings()`), or None."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        module = get() if callable(get) else None
+    except NotImplementedError:
+        module = None
+    if module is None:
+        return None
+    for name, m in model.named_modules():
+        if m is module:
+            return f"{name}.weight" if name else "weight"
+    return None
+
+
+def token_counts(rows: int, id_lists: Iterable[Any]) -> np.ndarray:
+    """How often each of `rows` token ids occurs in `id_lists` (sequences or tensors of ids; others ignored)."""
+    counts = np.zeros(rows, np.int64)
+    for ids in id_lists:
+        a = np.asarray(ids.numpy() if hasattr(ids, "numpy") else ids).reshape(-1)
+        if a.size and np.issubdtype(a.dtype, np.integer):
+            a = a[(a >= 0) & (a < rows)]
+            counts += np.bincount(a, minlength=rows)
+    return counts
+
+
+def _batch_ids(batches: Sequence[Any]) -> Iterable[Any]:
+    """The real (non-padding) input ids of each batch that has them."""
+    for b in batches:
+        if isinstance(b, Mapping) and "input_ids" in b:
+            ids, mask = b["input_ids"], _mask(b)
+            yield ids[mask.bool()] if mask is not None and mask.shape == ids.shape else ids
+
+
 def _auto_kind(model: Any) -> str:
     config = getattr(model, "config", None)
     if config is not None and (getattr(config, "is_decoder", False) or any(
@@ -222,14 +257,17 @@ def _auto_kind(model: Any) -> str:
 
 
 def fit(model: Any, inputs: Iterable[Any], min_similarity: float = 0.99, *, held_out: Iterable[Any] | None = None,
-        method: str = "gptq", kind: str = "auto", policy: Policy | None = None, data: str = "caller's inputs",
-        hessian_inputs: Iterable[Any] = (), progress: Progress | None = None) -> FitResult:
+        method: str = "fisher", kind: str = "auto", policy: Policy | None = None, data: str = "caller's inputs",
+        hessian_inputs: Iterable[Any] = (), row_weights: Mapping[str, np.ndarray] | None = None,
+        progress: Progress | None = None) -> FitResult:
     """The smallest file of `model`'s weights whose outputs on held-out inputs keep mean cosine >= min_similarity.
 
     `inputs`: batches for model(**batch) (dicts, e.g. a tokenizer's output) or model(batch); `held_out`:
     batches the search never sees (default: every other batch of `inputs`). `kind`: which outputs are
     compared (see the module's docstring; "auto": next-token for causal LMs, else hidden-state).
-    `hessian_inputs`: further batches (never held-out ones) that only the gptq Hessians X^T X see.
+    `hessian_inputs`: further batches (never held-out ones) that only the Hessians X^T X and (fisher)
+    the token counts see. `row_weights` (fisher): {name: weight per row}; default: how often the
+    inputs and hessian_inputs look up each token of the input embeddings.
     The result's tensors are named as in model.state_dict(); save them with result.policy and result.metadata.
     """
     torch = _torch()
@@ -249,9 +287,14 @@ def fit(model: Any, inputs: Iterable[Any], min_similarity: float = 0.99, *, held
     tensors = {n: t.detach().cpu().numpy().copy() for n, t in model.state_dict().items()
                if t.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
     tensors = {n: (v if v.dtype == np.float32 else v.astype(np.float32)) for n, v in tensors.items()}
-    hessians = linear_hessians(model, batches + list(hessian_inputs)) if method == "gptq" else None
+    hessian_inputs = list(hessian_inputs)
+    hessians = linear_hessians(model, batches + hessian_inputs) if method in ("gptq", "fisher") else None
+    if method == "fisher" and row_weights is None:
+        name = input_embedding_name(model)
+        row_weights = {} if name not in tensors else {
+            name: token_counts(tensors[name].shape[0], _batch_ids(batches + hessian_inputs))}
     return fit_tensors(tensors, search, min_similarity, held_out=held_sim, method=method, hessians=hessians,
-                       policy=policy, data=data, progress=progress)
+                       policy=policy, row_weights=row_weights, data=data, progress=progress)
 
 
 def load_folder(folder: str | os.PathLike) -> tuple[Any, Any, str]:
@@ -292,20 +335,29 @@ def rename_for(file_names: Iterable[str], model_names: Iterable[str]) -> dict[st
 
 
 def fit_folder(folder: str | os.PathLike, min_similarity: float = 0.99, *, calibration: str | None = None,
-               method: str = "gptq", search: int = DEFAULT_SEARCH, held_out: int = DEFAULT_HELD_OUT,
+               method: str = "fisher", search: int = DEFAULT_SEARCH, held_out: int = DEFAULT_HELD_OUT,
                progress: Progress | None = None) -> tuple[FitResult, str]:
     """`fit` on a transformers folder with calibration text (default pydoc_data.topics); returns (result, kind)."""
     model, tokenizer, kind = load_folder(folder)
     texts = calibration_texts(calibration)
     search_texts, held_texts = split_texts(texts, search, held_out)
-    extra = hessian_texts(texts, search_texts, held_texts) if method == "gptq" else []
+    extra = hessian_texts(texts, search_texts, held_texts) if method in ("gptq", "fisher") else []
     source = os.path.basename(os.fspath(calibration)) if calibration else "pydoc_data.topics"
     data = (f"{source}: {len(search_texts)} passages searched, {len(held_texts)} held out "
             + (f", {len(extra)} more for the Hessians " if extra else "")
             + f"(of {len(texts)}, up to {MAX_TOKENS} tokens each); similarity: {kind} cosine")
+    row_weights = None
+    if method == "fisher":  # every passage but the held-out ones, whole (not cut to MAX_TOKENS)
+        name = input_embedding_name(model)
+        held_set = set(held_texts)
+        if name is not None:
+            rows = int(model.state_dict()[name].shape[0])
+            row_weights = {name: token_counts(rows, (tokenizer(t, truncation=True)["input_ids"]
+                                                     for t in texts if t not in held_set))}
+            data += f"; token counts of {name} from the {len(texts) - len(held_set)} passages not held out"
     result = fit(model, _batches_of(tokenizer, search_texts), min_similarity,
                  held_out=_batches_of(tokenizer, held_texts), method=method, kind=kind, data=data,
-                 hessian_inputs=_batches_of(tokenizer, extra), progress=progress)
+                 hessian_inputs=_batches_of(tokenizer, extra), row_weights=row_weights, progress=progress)
     record = json.loads(result.metadata["dcformat.fit"])
     record["kind"] = kind
     result.metadata["dcformat.fit"] = json.dumps(record, sort_keys=True)
