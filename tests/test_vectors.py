@@ -121,6 +121,10 @@ def _draft(t: dict, a: np.ndarray, settings: dict | None = None) -> codec.Tensor
         return codec.draft_explicit(t["name"], a, t["encoding"], **kw)
     bits = np.array([int(h, 16) for h in t["codebook"]], dtype=f"<u{a.dtype.itemsize}")
     cb = bits.view(a.dtype)
+    if "scales" in t:  # format 1.3, row scales (§5.2): indices and row classes as recorded
+        scales = np.array([int(h, 16) for h in t["scales"]], dtype=f"<u{a.dtype.itemsize}").view(a.dtype)
+        return codec.draft_explicit(t["name"], a, "shared", codebook=cb, indices=np.array(t["indices"], dtype=np.int64),
+                                    scales=scales, row_scales=np.array(t["row_scales"], dtype=np.int64))
     return codec.draft_explicit(t["name"], a, t["encoding"], codebook=cb, indices=_lookup(a, cb), **kw)
 
 
@@ -148,9 +152,9 @@ def _relative(data: bytes) -> tuple[dict, bytes]:
     for t in doc["tensors"]:
         for s in (s for c in t.get("chunks", []) for s in c):
             s["section"]["offset"] -= header.data_start
-        for key in ("data", "codebook", "gaps", "indices", "values"):
+        for key in ("data", "codebook", "scales", "row_scales", "gaps", "indices", "values"):
             if key in t:
-                (t[key]["section"] if key in ("gaps", "indices") else t[key])["offset"] -= header.data_start
+                (t[key]["section"] if key in ("row_scales", "gaps", "indices") else t[key])["offset"] -= header.data_start
     return doc, data[header.data_start :]
 
 
@@ -179,6 +183,8 @@ def test_the_one_zero_vectors_stay_one_zero():
         minor = int.from_bytes(data[10:12], "little")
         if data[32] == 0x78:
             assert minor >= 1, v["name"]
+        elif int(v["name"][:2]) >= 33:  # format 1.3 vectors: row scales
+            assert minor == 3, v["name"]
         elif int(v["name"][:2]) >= 29:  # format 1.2 vectors: the fields encoding or float8
             assert minor == 2, v["name"]
         elif v["name"] != "23-minor-version":
