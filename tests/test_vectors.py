@@ -277,7 +277,8 @@ def _spec_text() -> str:
     return (SPEC / "format.md").read_text("utf-8")
 
 
-@pytest.mark.parametrize("vector", ["01-spec-example.dcf", "26-zlib-spec-example.dcf"])
+@pytest.mark.parametrize("vector", ["01-spec-example.dcf", "26-zlib-spec-example.dcf",
+                                    "33-row-scales-spec-example.dcf"])
 def test_spec_hex_dump_is_the_vector(vector):
     """Appendix A's hex dumps (hexdump -C style, '*' for repeated lines) are the committed vectors 01 and 26."""
     text = _spec_text()
@@ -368,3 +369,23 @@ def test_spec_fields_example_is_vector_29s():
     assert f'`"{doc["tables"][0]}"`' in section
     assert data[448:453] == bytes.fromhex("0000000080") and data[512:513] == bytes([0x1C])
     assert "`00 00 00 00 80`" in section and "`0x1C`" in section
+
+
+def test_spec_row_scales_example_is_vector_33s():
+    """§5.2's row-scales worked example: its tensor object and section bytes are vector 33's."""
+    text = _spec_text()
+    section = text[text.index("### §5.2"):text.index("### §5.3")]
+    section = section[section.index("**Row scales**"):]
+    block = section[section.index("```json") + 7:]
+    obj = json.loads(block[: block.index("```")])
+    data = _read("33-row-scales-spec-example.dcf")
+    doc = json.loads(data[32:448].rstrip(b" "))
+    assert doc["tensors"] == [obj] and len(data) == 642 and data[8:12] == b"\x01\x00\x03\x00"
+    assert data[448:460] == bytes.fromhex("000080bf0000003f00000040")
+    assert data[512:524] == bytes.fromhex("0000803e0000003f00004040")
+    assert data[576:577] == b"\x12" and data[640:642] == b"\x49\x0a"
+    for shown in ("`00 00 80 bf 00 00 00 3f 00 00 00 40`", "`00 00 80 3e 00 00 00 3f 00 00 40 40`", "`12`", "`49 0a`"):
+        assert shown in section
+    expected = np.array([[1.5, 6], [-0.25, 0.125], [1, 1]], np.float32)
+    assert np.array_equal(dcformat.load(data)["w"], expected)
+    assert "[[1.5, 6], [-0.25, 0.125], [1, 1]]" in section
