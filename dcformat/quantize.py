@@ -1048,8 +1048,9 @@ def _row_level_table(values, cols, classes, qsteps, scales, limit, table, counts
         for c in range(cols):
             v = np.float64(values[base + c])
             level = np.int64(math.floor(v / q + 0.5))
-            slot = table.get(level, -1)
-            if slot < 0:
+            if level in table:
+                slot = table[level]
+            else:
                 if used == limit:
                     return -1
                 slot = used
@@ -1095,7 +1096,8 @@ def row_scale_classes(row_multipliers: Any, rows: int, dtype: np.dtype) -> tuple
         return np.ones(1, dtype=dtype), np.zeros(0, dtype=np.uint16)
     if not (np.isfinite(m).all() and (m > 0).all()):
         raise EncodeError("row multipliers must be finite and positive")
-    rounded = m.astype(dtype)
+    with np.errstate(over="ignore", under="ignore"):  # checked just below
+        rounded = m.astype(dtype)
     if not (np.isfinite(rounded).all() and (rounded > 0).all()):
         raise EncodeError(f"row multipliers must stay finite and positive as {dtype} (some overflow or underflow)")
     scales, classes = np.unique(rounded, return_inverse=True)
@@ -1132,6 +1134,8 @@ def quantize_uniform_rows(x: np.ndarray, step: float, row_multipliers: Any
         raise EncodeError("uniform quantization needs finite values, and this tensor has inf or NaN")
     scales64 = scales.astype(np.float64)
     qsteps = step * scales64
+    if not (np.all(qsteps > 0) and np.all(np.isfinite(qsteps))):
+        raise EncodeError(f"step {step!r} times a row multiplier leaves float64's range (0 or inf)")
     ok, lo, hi = _row_level_range(values, cols, classes, qsteps)
     if not ok:
         raise EncodeError(f"step {step!r} times the row multipliers is too small for the values: more than 2^16 levels")
@@ -1167,7 +1171,8 @@ def quantize_uniform_rows(x: np.ndarray, step: float, row_multipliers: Any
     zero = levels == 0
     means[zero] = 0.0
     order = np.concatenate((np.flatnonzero(zero), np.flatnonzero(~zero)))  # level 0 first, then ascending
-    codebook = (means[order].astype(dtype).astype(np.float64) + 0.0).astype(dtype)  # -0.0 becomes +0.0
+    with np.errstate(over="ignore"):  # checked just below
+        codebook = (means[order].astype(dtype).astype(np.float64) + 0.0).astype(dtype)  # -0.0 becomes +0.0
     if not np.isfinite(codebook).all():
         raise EncodeError(f"values divided by their row scales overflow {dtype}: the row multipliers are too small")
     rank = np.empty(order.size, dtype=np.int64)
