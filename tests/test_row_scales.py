@@ -258,6 +258,21 @@ def test_policy_keeps_row_scales_and_records_a_summary():
     assert allocation.file_size(tensors, p, record=True) > size
 
 
+def test_fit_size_searches_the_base_step_with_row_scales():
+    rng = np.random.default_rng(8)
+    x = rng.laplace(0, 0.05, (2000, 64)).astype(np.float32)
+    m = 1 / np.sqrt(np.minimum(rng.zipf(1.5, 2000), 5000) + 1.0)
+    m /= m.max()  # most rows' steps are much finer than the base step
+    policy = allocation.fit_size({"w": x}, Policy(row_scales={"w": m}), 100_000)
+    data = dcformat.save({"w": x}, policy=policy)
+    assert 99_000 <= len(data) <= 100_000 and np.array_equal(policy.row_scales["w"], m)
+    assert container.parse_header(data).tensors[0].scales_count == len(np.unique(m.astype(np.float32)))
+    # the coarsest step tried makes every row all zeros (the finest row's step counted)
+    coarse = allocation._top({"w": x}, ["w"], policy)
+    codebook, _, _, _ = quantize_uniform_rows(x, coarse, m)
+    assert len(codebook) == 1 and codebook[0] == 0
+
+
 def test_record_in_a_saved_file_does_not_hold_the_arrays(tmp_path):
     from dcformat.cli import main
 
