@@ -64,6 +64,8 @@ def _top(arrays: Mapping[str, np.ndarray], names: list[str], policy: Policy) -> 
         a = arrays[n]
         if a.size:
             scale = policy.step_scales.get(n, 1.0)
+            if n in policy.row_scales and policy.row_scales[n].size:  # the finest row's step (§5.2 row scales)
+                scale *= float(np.min(policy.row_scales[n]))
             biggest = max(biggest, float(np.max(np.abs(a.astype(np.float32)))) / scale)
     return 4.0 * biggest if biggest > 0 and math.isfinite(biggest) else 1.0
 

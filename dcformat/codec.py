@@ -186,8 +186,13 @@ class TensorDraft:
         it, codebook[indices] (built on demand: the encoder measures errors without it)."""
         if self.decoded is not None or self.header["encoding"] != K.SHARED:
             return self.decoded
-        codebook = np.asarray(self.payloads[self.header["codebook"]]).view(numpy_dtype(self.header["dtype"]))
-        return codebook[self.streams["indices"].symbols].reshape(self.header["shape"])
+        dtype = numpy_dtype(self.header["dtype"])
+        codebook = np.asarray(self.payloads[self.header["codebook"]]).view(dtype)
+        flat = codebook[self.streams["indices"].symbols]
+        if "scales" in self.header:
+            scales = np.asarray(self.payloads[self.header["scales"]]).view(dtype)
+            quantize.apply_row_scales(flat, scales, self.streams["row_scales"].symbols)
+        return flat.reshape(self.header["shape"])
 
     def estimate(self) -> int:
         if self.coded is not None:
@@ -285,8 +290,8 @@ def _smallest(candidates: list[TensorDraft], decoded: np.ndarray, original: np.n
 
 def draft_explicit(name: str, value: Any, encoding: str, *, codebook: Any = None, indices: Any = None,
                    layout: str = K.CSR, index_bits: int = 5, fields: tuple[int, ...] | None = None,
-                   chunk_size: int | None = None, huffman: str = "auto", header_cost: int = K.HUFFMAN_ZLIB_COST
-                   ) -> TensorDraft:
+                   chunk_size: int | None = None, huffman: str = "auto", header_cost: int = K.HUFFMAN_ZLIB_COST,
+                   scales: Any = None, row_scales: Any = None) -> TensorDraft:
     """A tensor in exactly the form asked for, with no lossy step (for test vectors and tools).
 
     - "raw": the array as it is.
@@ -296,6 +301,9 @@ def draft_explicit(name: str, value: Any, encoding: str, *, codebook: Any = None
       0 where the element is zero), or without (values stored raw). `layout` and `index_bits` as given.
     - "fields": the `fields` widths (default: dcformat's split for the dtype) in chunks of `chunk_size`
       elements, each stream coded by `huffman` mode ("auto" or "off") counting `header_cost`.
+    - "shared" with row scales (§5.2, float32/float64): also `scales` (values of the dtype) and
+      `row_scales` (one index into `scales` per row of the matrix view); the array is then not used
+      but for its name, dtype and shape, and `decoded` is dtype(codebook[indices] × scales[row]).
     The decoded tensor equals codebook[indices] (or the array) and is kept in `decoded`.
     """
     a = _as_array(name, value)
@@ -327,6 +335,20 @@ def draft_explicit(name: str, value: Any, encoding: str, *, codebook: Any = None
             raise EncodeError(f"a codebook of {len(codebook)} {dtype} values is not allowed", tensor=name)
         bits = max(1, int(len(codebook) - 1).bit_length())
         decoded = codebook[indices].reshape(a.shape)
+        if scales is not None:
+            if encoding != K.SHARED or dtype not in K.ROW_SCALE_DTYPES:
+                raise EncodeError(f"row scales are only for shared float32/float64 tensors, not {encoding} {dtype}",
+                                  tensor=name)
+            scales = np.asarray(scales, dtype=a.dtype).reshape(-1)
+            row_scales = np.asarray(row_scales).reshape(-1).astype(np.int64)
+            rows = quantize.row_count(a.shape)
+            if not 1 <= len(scales) <= (1 << K.MAX_BITS) or len(row_scales) != rows or (
+                    rows and (row_scales.min() < 0 or row_scales.max() >= len(scales))):
+                raise EncodeError(f"row scales need 1..65536 scales and one index into them per row ({rows})",
+                                  tensor=name)
+            draft = _shared_draft(base, codebook, indices.astype(np.uint16), bits, scales, row_scales.astype(np.uint16))
+            draft.decoded = draft.dense()
+            return draft
         if encoding == K.SHARED:
             draft = _shared_draft(base, codebook, indices.astype(np.uint16), bits)
         elif encoding == K.SPARSE:
@@ -389,7 +411,15 @@ SPARSE_MIN_ZERO_SHARE_CODED = 0.1
 
 
 def _uniform_draft(base: dict, original: np.ndarray, x: np.ndarray, plan: TensorPlan) -> TensorDraft:
-    """Uniform quantization with the plan's step, stored shared or (mostly zeros) sparse."""
+    """Uniform quantization with the plan's step, stored shared or (mostly zeros) sparse; with row
+    multipliers, shared with row scales (§5.2) only."""
+    if plan.row_scales is not None:
+        try:
+            codebook, indices, scales, classes = quantize.quantize_uniform_rows(x, plan.step, plan.row_scales)
+        except EncodeError as e:
+            raise EncodeError(str(e), tensor=base["name"]) from None
+        bits = max(1, int(len(codebook) - 1).bit_length())
+        return _shared_draft(base, codebook, indices, bits, scales, classes)
     try:
         codebook, indices = quantize.quantize_uniform(x, plan.step)
     except EncodeError as e:
@@ -403,10 +433,18 @@ def _uniform_draft(base: dict, original: np.ndarray, x: np.ndarray, plan: Tensor
     return _smallest(candidates, decoded, original, base)
 
 
-def _shared_draft(base: dict, codebook: np.ndarray, indices: np.ndarray, bits: int) -> TensorDraft:
+def _shared_draft(base: dict, codebook: np.ndarray, indices: np.ndarray, bits: int,
+                  scales: np.ndarray | None = None, row_classes: np.ndarray | None = None) -> TensorDraft:
+    """A shared tensor (§5.2); with `scales` and `row_classes` (uint16, one per row), with row scales."""
     header = {**base, "encoding": K.SHARED, "bits": bits, "codebook": 0, "indices": "indices"}
     stream = StreamDraft("indices", indices.astype(np.uint16, copy=False), len(codebook), bits)
-    return TensorDraft(base["name"], header, [codebook.view(np.uint8)], {"indices": stream})
+    if scales is None:
+        return TensorDraft(base["name"], header, [codebook.view(np.uint8)], {"indices": stream})
+    scale_bits = max(1, int(len(scales) - 1).bit_length())
+    header.update({"scale_bits": scale_bits, "scales": 1, "row_scales": "row_scales"})
+    rows = StreamDraft("row_scales", row_classes.astype(np.uint16, copy=False), len(scales), scale_bits)
+    return TensorDraft(base["name"], header, [codebook.view(np.uint8), scales.view(np.uint8)],
+                       {"row_scales": rows, "indices": stream})
 
 
 def _sparse_drafts(base: dict, x: np.ndarray, plan: TensorPlan, *, codebook=None, indices=None, bits=None) -> list[TensorDraft]:
@@ -503,7 +541,7 @@ def code_tensor(d: TensorDraft, mode: str = "auto", block_size: int = K.DEFAULT_
         return d.coded
     header = dict(d.header)
     payloads: list[Any] = []
-    for key in ("data", "codebook", "gaps", "indices", "values"):
+    for key in K.SECTION_KEYS_IN_ORDER:
         if key not in header:
             continue
         if key in d.streams:
@@ -528,7 +566,7 @@ class Tables:
         self._index: dict[str, int] = {}
 
     def intern(self, t: EncodedTensor) -> EncodedTensor:
-        objs = [t.header.get(key) for key in ("gaps", "indices")]
+        objs = [t.header.get(key) for key in ("row_scales", "gaps", "indices")]
         if t.header.get("encoding") == K.FIELDS:
             objs = [s for streams in t.header["chunks"] for s in streams]
         for obj in objs:
@@ -561,7 +599,7 @@ def assemble(drafts: list[TensorDraft], mode: str = "auto", block_size: int = K.
 def _number_sections(tensors: list[EncodedTensor]) -> None:
     for t in tensors:
         i = 0
-        for key in ("data", "codebook", "gaps", "indices", "values"):
+        for key in K.SECTION_KEYS_IN_ORDER:
             if key not in t.header:
                 continue
             if isinstance(t.header[key], dict):
@@ -819,14 +857,49 @@ def _decode_fields(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dty
 
 def _decode_shared(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dtype,
                    budget: pool.Budget, target: np.ndarray | None = None) -> np.ndarray | None:
-    """A shared tensor, flat: each piece decodes its indices and looks them up straight into the output."""
+    """A shared tensor, flat: each piece decodes its indices and looks them up straight into the output;
+    with row scales, then each range of rows is multiplied in place by its scales (§5.2)."""
     codebook = _bits_view(np.frombuffer(check_section(buf, info.codebook, "codebook", info.name), dtype=dtype))
+    factors = None
+    if info.scales is not None:
+        factors = _row_factors(buf, info, tables, codebook)
     indices = _StreamPieces(buf, info.indices, tables, "indices", info.name, budget)
     out = np.empty(info.numel, dtype=dtype) if target is None else target
     cuts = indices.cuts(_pieces(out.nbytes, budget))
     bits = _bits_view(out)
     tasks = [lambda s0=s0, s1=s1: indices.gather(codebook, bits, s0, s1) for s0, s1 in zip(cuts, cuts[1:])]
-    return out if all(pool.run(tasks, budget)) else None
+    if not all(pool.run(tasks, budget)):
+        return None
+    if factors is not None:
+        _scale_rows(out, factors, budget)
+    return out
+
+
+def _row_factors(buf: Any, info: TensorInfo, tables: TableCache, codebook_bits: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(scales as floats, row_scales symbols) of a scaled shared tensor, checked in the order of §8
+    group 7: the scales section's CRC-32, every codebook value and scale finite, then the stream."""
+    fdtype = np.dtype(info.dtype).newbyteorder("<")
+    scales = np.frombuffer(check_section(buf, info.scales, "scales", info.name), dtype=fdtype)
+    if not np.isfinite(codebook_bits.view(fdtype)).all():
+        raise CorruptDataError("a codebook value is not finite (§5.2: with row scales every codebook value must be "
+                               "finite)", tensor=info.name, offset=info.codebook.offset)
+    if not np.isfinite(scales).all():
+        raise CorruptDataError("a row scale is not finite (§5.2)", tensor=info.name, offset=info.scales.offset)
+    classes = decode_stream(buf, info.row_scales, tables, info.name, "row_scales")
+    return scales, classes
+
+
+def _scale_rows(flat_bits: np.ndarray, factors: tuple[np.ndarray, np.ndarray], budget: pool.Budget) -> None:
+    """Multiply each row of a decoded shared tensor by its scale, in place, in row ranges on the budget's
+    threads (numpy drops the GIL)."""
+    scales, classes = factors
+    flat = flat_bits.view(scales.dtype)
+    rows = classes.size
+    pieces = min(rows, _pieces(flat.nbytes, budget)) if rows else 1
+    cuts = _cuts(rows, max(1, pieces))
+    pool.run([lambda r0=r0, r1=r1: quantize.apply_row_scales(flat, scales, classes, r0, r1)
+              for r0, r1 in zip(cuts, cuts[1:])], budget)
 
 
 def _decode_sparse(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dtype,
@@ -902,8 +975,12 @@ def _decode_exact(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dtyp
     order of the spec, each failure raised as the error that names it."""
     if info.encoding == K.SHARED:
         codebook = np.frombuffer(check_section(buf, info.codebook, "codebook", info.name), dtype=dtype)
+        factors = None if info.scales is None else _row_factors(buf, info, tables, codebook)
         indices = decode_stream(buf, info.indices, tables, info.name, "indices")
-        return np.take(codebook, indices)
+        flat = np.take(codebook, indices)
+        if factors is not None:
+            quantize.apply_row_scales(flat.view(factors[0].dtype), *factors)
+        return flat
     rows, cols = relindex.matrix_shape(info.shape)
     gaps = decode_stream(buf, info.gaps, tables, info.name, "gaps")
     try:

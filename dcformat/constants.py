@@ -5,10 +5,11 @@ from __future__ import annotations
 # §2 File layout
 MAGIC = b"\x89DCF\r\n\x1a\n"
 VERSION_MAJOR = 1
-VERSION_MINOR = 2  # the newest minor version this implementation reads and writes (§2.3, §9)
+VERSION_MINOR = 3  # the newest minor version this implementation reads and writes (§2.3, §9)
 JSON_HEADER_MINOR = 0  # §2.3: files with a JSON header are written as 1.0, readable by every 1.x reader
 ZLIB_HEADER_MINOR = 1  # §2.2: a zlib-compressed header needs version 1.1 or later
 FIELDS_MINOR = 2  # §5.4, §3.2: the fields encoding and the float8 dtypes need version 1.2 or later
+ROW_SCALES_MINOR = 3  # §5.2: a shared tensor with row scales needs version 1.3 or later
 PREAMBLE_SIZE = 32  # magic(8) + major(2) + minor(2) + header_crc32(4) + header_length(8) + file_length(8)
 PREAMBLE_FORMAT = "<8sHHIQQ"
 ALIGNMENT = 64  # §4: every section starts on a multiple of this
@@ -51,10 +52,14 @@ MIN_BITS, MAX_BITS = 1, 16  # §5.2, §5.3: `bits` and `index_bits`
 TENSOR_COMMON_KEYS = frozenset({"name", "dtype", "shape", "encoding"})
 RAW_KEYS = frozenset({"data"})
 SHARED_KEYS = frozenset({"bits", "codebook", "indices"})
+ROW_SCALE_KEYS = frozenset({"scale_bits", "scales", "row_scales"})  # §5.2, format 1.3: all or none
+ROW_SCALE_DTYPES = frozenset({"float32", "float64"})  # §5.2: the dtypes a shared tensor may scale by row
 SPARSE_COMMON_KEYS = frozenset({"layout", "index_bits", "entries", "fillers", "gaps"})
 SPARSE_CODEBOOK_KEYS = SPARSE_COMMON_KEYS | {"bits", "codebook", "indices"}
 SPARSE_VALUES_KEYS = SPARSE_COMMON_KEYS | {"values"}
 FIELDS_KEYS = frozenset({"fields", "chunk_size", "chunks"})
+# §4, §5: the keys that may hold a section or a stream, in file order (no encoding has both gaps and scales)
+SECTION_KEYS_IN_ORDER = ("data", "codebook", "scales", "row_scales", "gaps", "indices", "values")
 
 # §6 Streams
 FIXED = "fixed"

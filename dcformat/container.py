@@ -114,6 +114,9 @@ class TensorInfo:
     fields: tuple[int, ...] | None = None  # fields (§5.4): the field widths, least significant first
     chunk_size: int | None = None  # fields: elements per chunk
     chunks: tuple[tuple[Stream, ...], ...] = ()  # fields: each chunk's streams, one per field
+    scale_bits: int | None = None  # shared with row scales (§5.2, format 1.3): width of a row's scale index
+    scales: Section | None = None  # shared with row scales: the m scale values
+    row_scales: Stream | None = None  # shared with row scales: one scale index per row of the matrix view
 
     @property
     def numel(self) -> int:
@@ -132,13 +135,18 @@ class TensorInfo:
     def codebook_size(self) -> int:
         return 0 if self.codebook is None else self.codebook.length // self.itemsize
 
+    @property
+    def scales_count(self) -> int:
+        """m, the number of row scales of a scaled shared tensor (§5.2); 0 without row scales."""
+        return 0 if self.scales is None else self.scales.length // self.itemsize
+
     def sections(self) -> list[tuple[str, Section]]:
         """The tensor's sections in file order (§5), named."""
         out: list[tuple[str, Section]] = []
         if self.encoding == K.FIELDS:
             return [(f"chunks[{c}][{f}]", s.section) for c, streams in enumerate(self.chunks)
                     for f, s in enumerate(streams)]
-        for key in ("data", "codebook", "gaps", "indices", "values"):
+        for key in K.SECTION_KEYS_IN_ORDER:
             part = getattr(self, key)
             if part is None:
                 continue
@@ -651,9 +659,23 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
     if keys is None:
         _newer(version, f"encoding {encoding!r}", name)
         raise HeaderError(f"encoding {encoding!r} is not one of {list(K.ENCODINGS)}", tensor=name)
+    scaled = encoding == K.SHARED and not K.ROW_SCALE_KEYS.isdisjoint(obj)
+    if scaled:
+        if version[1] < K.ROW_SCALES_MINOR:
+            present = sorted(K.ROW_SCALE_KEYS & set(obj))
+            raise HeaderError(f"tensor has unknown key(s) {present}: row scales need format version "
+                              f"1.{K.ROW_SCALES_MINOR} or later, the file is {version[0]}.{version[1]} (§5.2, §3.4)",
+                              tensor=name)
+        if not K.ROW_SCALE_KEYS <= set(obj):
+            raise HeaderError(f"row scales need all of {sorted(K.ROW_SCALE_KEYS)}, the tensor has only "
+                              f"{sorted(K.ROW_SCALE_KEYS & set(obj))} (§5.2)", tensor=name)
+        keys = keys | K.ROW_SCALE_KEYS
     if encoding == K.FIELDS and version[1] < K.FIELDS_MINOR:
         raise HeaderError(f"the fields encoding needs format version 1.{K.FIELDS_MINOR} or later, the file is "
                           f"{version[0]}.{version[1]} (§5.4)", tensor=name)
+    unknown = set(obj) - (K.TENSOR_COMMON_KEYS | keys)
+    if unknown:
+        _newer(version, f"tensor key(s) {sorted(unknown)}", name)
     _require_object(obj, "tensor", K.TENSOR_COMMON_KEYS | keys, tensor=name)
     dtype = obj["dtype"]
     if not isinstance(dtype, str) or dtype not in K.DTYPE_SIZES:
@@ -696,11 +718,23 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
     if encoding == K.SHARED:
         if dtype == "bool":
             raise HeaderError("bool tensors cannot have a codebook", tensor=name)
+        if scaled and dtype not in K.ROW_SCALE_DTYPES:
+            raise HeaderError(f"row scales are allowed only for {sorted(K.ROW_SCALE_DTYPES)} tensors, not {dtype} "
+                              "(§5.2)", tensor=name)
         bits = _require_int(obj["bits"], "bits", K.MIN_BITS, K.MAX_BITS, tensor=name)
         codebook = _section(obj["codebook"], "codebook", name)
         k = _codebook_size(codebook, itemsize, bits, name)
+        if not scaled:
+            indices = _stream(obj["indices"], "indices", name, numel, k, bits, tables)
+            return TensorInfo(**base, codebook=codebook, indices=indices, bits=bits)
+        scale_bits = _require_int(obj["scale_bits"], "scale_bits", K.MIN_BITS, K.MAX_BITS, tensor=name)
+        scales = _section(obj["scales"], "scales", name)
+        m = _scales_size(scales, itemsize, scale_bits, name)
+        rows, _ = matrix_view(shape_t)
+        row_scales = _stream(obj["row_scales"], "row_scales", name, rows, m, scale_bits, tables)
         indices = _stream(obj["indices"], "indices", name, numel, k, bits, tables)
-        return TensorInfo(**base, codebook=codebook, indices=indices, bits=bits)
+        return TensorInfo(**base, codebook=codebook, indices=indices, bits=bits, scale_bits=scale_bits,
+                          scales=scales, row_scales=row_scales)
 
     # sparse (§5.3)
     layout = obj["layout"]
@@ -766,11 +800,15 @@ def _validate_fields(obj: dict, base: dict, numel: int, itemsize: int, tables: l
 
 
 def content_minor(headers: Any) -> int:
-    """The lowest minor version a file's tensor objects need: 1.2 for fields or float8, else 0 (§2.3)."""
+    """The lowest minor version a file's tensor objects need: 1.3 for row scales, 1.2 for fields or
+    float8, else 0 (§2.3)."""
+    minor = K.JSON_HEADER_MINOR
     for h in headers:
+        if "scales" in h:
+            return K.ROW_SCALES_MINOR
         if h.get("encoding") == K.FIELDS or h.get("dtype") in K.FLOAT8_DTYPES:
-            return K.FIELDS_MINOR
-    return K.JSON_HEADER_MINOR
+            minor = K.FIELDS_MINOR
+    return minor
 
 
 def matrix_view(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -799,6 +837,16 @@ def _codebook_size(codebook: Section, itemsize: int, bits: int, tensor: str) -> 
             tensor=tensor, offset=codebook.offset,
         )
     return k
+
+
+def _scales_size(scales: Section, itemsize: int, scale_bits: int, tensor: str) -> int:
+    m, rest = divmod(scales.length, itemsize)
+    if rest or not 1 <= m <= (1 << scale_bits):
+        raise FormatError(
+            f"scales section of {scales.length} bytes is not 1..{1 << scale_bits} values of {itemsize} bytes",
+            tensor=tensor, offset=scales.offset,
+        )
+    return m
 
 
 def _padding_ranges(header: Header) -> Iterator[tuple[int, int]]:
@@ -858,7 +906,7 @@ def _section_slots(header: dict[str, Any]) -> Iterator[tuple[dict, str]]:
             for stream in streams:
                 yield stream, "section"
         return
-    for key in ("data", "codebook", "gaps", "indices", "values"):
+    for key in K.SECTION_KEYS_IN_ORDER:
         if key not in header:
             continue
         if isinstance(header[key], dict):  # a stream

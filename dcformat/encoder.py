@@ -162,10 +162,15 @@ def encode_tensor(name: str, value: Any, policy: Policy, shared: dict[str, np.nd
     lossy = draft.header["encoding"] not in (K.RAW, K.FIELDS) and a.dtype.kind == "f" and a.size > 0
     err = norm = 0.0
     if lossy:
-        from .errorstats import squared_error, squared_error_coded
+        from .errorstats import squared_error, squared_error_coded, squared_error_rows
 
         if draft.decoded is not None:
             err, norm = squared_error(a, draft.decoded)
+        elif "scales" in draft.header:  # row scales (§5.2): codebook[index] x its row's scale
+            codebook = np.asarray(draft.payloads[draft.header["codebook"]]).view(a.dtype)
+            scales = np.asarray(draft.payloads[draft.header["scales"]]).view(a.dtype)
+            err, norm = squared_error_rows(a, codebook, draft.streams["indices"].symbols, scales,
+                                           draft.streams["row_scales"].symbols)
         else:  # a shared tensor drafted without its dense form: measure from codebook and indices
             codebook = np.asarray(draft.payloads[draft.header["codebook"]]).view(a.dtype)
             err, norm = squared_error_coded(a, codebook, draft.streams["indices"].symbols)

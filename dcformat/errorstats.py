@@ -67,3 +67,30 @@ def squared_error_coded(original: np.ndarray, codebook: np.ndarray, indices: np.
         err += e
         norm += n
     return float(err), float(norm)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sums_rows(original, codebook, indices, scales, classes):  # pragma: no cover - compiled
+    err = 0.0
+    norm = 0.0
+    rows = classes.size
+    cols = original.size // rows if rows else 0
+    for r in range(rows):
+        s = scales[classes[r]]
+        base = r * cols
+        for c in range(cols):
+            x = np.float64(original[base + c])
+            d = np.float64(codebook[indices[base + c]] * s) - x  # the product rounded to the dtype (§5.2)
+            err += d * d
+            norm += x * x
+    return err, norm
+
+
+def squared_error_rows(original: np.ndarray, codebook: np.ndarray, indices: np.ndarray, scales: np.ndarray,
+                       classes: np.ndarray) -> tuple[float, float]:
+    """`squared_error` of original against a shared tensor with row scales (§5.2), without decoding it."""
+    a, idx = np.asarray(original).reshape(-1), np.asarray(indices).reshape(-1)
+    if a.size != idx.size or not (a.dtype == codebook.dtype == scales.dtype) or a.dtype.name not in ("float32", "float64"):
+        raise ValueError("squared_error_rows: one index per element and float32/float64 arrays of one dtype")
+    err, norm = _sums_rows(a, codebook, idx, scales, np.asarray(classes).reshape(-1))
+    return float(err), float(norm)

@@ -37,6 +37,8 @@ class TensorPlan:
     step: float | None = None  # uniform quantization with this step instead of a 2^bits codebook
     zero_copy: bool = False  # values kept exact are stored raw (memory-mappable), never in fields (§5.4)
     compact_header: bool = True  # the header will be zlib-compressed: fields count tables as zlib makes them
+    # a step per row (§5.2 row scales, format 1.3): one float64 multiplier per row of the matrix view
+    row_scales: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,12 @@ class Policy:
       `dcformat.allocation.scales_from_sensitivity`. A rule may set its own absolute "step".
     - `target_size`: the file size in bytes to aim at: saving searches the one step (times
       `step_scales`) that gives the largest file of at most this size (see dcformat.allocation.fit_size).
+    - `row_scales`: {tensor name: 1-D float64 array of R multipliers, one per row of the tensor's
+      matrix view (§5.3: d0 rows, one for a 1-D tensor or a scalar)}: a tensor the policy quantizes with
+      a step gets row r's step as step × step_scales × multiplier r, stored as a shared tensor with row
+      scales (format 1.3, §5.2; never sparse). Float32 and float64 tensors only. Multipliers must be
+      finite and positive, at most 2^16 distinct, as many as the tensor has rows (EncodeError otherwise,
+      when the tensor is planned). Tensors kept exact or coded without a step ignore them.
     - `compact_header`: store the header zlib-compressed (format 1.1) when that makes the file smaller;
       False always writes a JSON header (format 1.0, readable by 1.0 readers).
     - `zero_copy`: name patterns (fnmatch; "*" for all) of tensors kept exact that are stored raw, so
@@ -106,6 +114,7 @@ class Policy:
     vector_bits: int | None = None
     compact_header: bool = True
     zero_copy: tuple[str, ...] = ()
+    row_scales: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.bits is not None:
@@ -142,6 +151,15 @@ class Policy:
                     or not 0.0 < scale < float("inf"):
                 raise EncodeError(f"policy: step_scales must map tensor names to finite positive factors, "
                                   f"not {name!r}: {scale!r}")
+        if not isinstance(self.row_scales, Mapping):
+            raise EncodeError(f"policy: row_scales must map tensor names to arrays of row multipliers, "
+                              f"not {type(self.row_scales).__name__}")
+        checked = {}
+        for name, multipliers in self.row_scales.items():
+            if not isinstance(name, str):
+                raise EncodeError(f"policy: row_scales must map tensor names (strings) to arrays, not {name!r}")
+            checked[name] = _check_row_multipliers(multipliers, name)
+        object.__setattr__(self, "row_scales", checked)
         if self.target_size is not None and (isinstance(self.target_size, bool) or not isinstance(self.target_size, int)
                                              or self.target_size < 1):
             raise EncodeError(f"policy: target_size must be a positive number of bytes, not {self.target_size!r}")
@@ -185,6 +203,23 @@ class Policy:
             dtype = dtype_name(array.dtype)
         except EncodeError as e:
             raise EncodeError(str(e), tensor=name) from None
+        multipliers = self.row_scales.get(name)
+        if multipliers is not None:
+            shape = tuple(array.shape)
+            rows = 1 if len(shape) <= 1 else (0 if shape[0] == 0 else shape[0])
+            if multipliers.size != rows:
+                raise EncodeError(f"policy: row_scales gives {multipliers.size} multipliers for tensor {name!r}, "
+                                  f"whose shape {list(shape)} has {rows} rows", tensor=name)
+        plan = self._plan(name, array, dtype)
+        if multipliers is None or plan.step is None:
+            return plan
+        if dtype not in K.ROW_SCALE_DTYPES:
+            raise EncodeError(f"policy: row_scales for tensor {name!r}: row scales are only for float32 and float64 "
+                              f"tensors, not {dtype} (§5.2)", tensor=name)
+        return replace(plan, row_scales=multipliers)
+
+    def _plan(self, name: str, array: np.ndarray, dtype: str) -> TensorPlan:
+        """`plan` without row scales."""
         zero_copy = self.huffman == "off" or any(fnmatch.fnmatchcase(name, p) for p in self.zero_copy)
         exact = TensorPlan(K.RAW, zero_copy=zero_copy, compact_header=self.compact_header)  # raw or fields
         if self.lossless or dtype not in K.FLOAT_DTYPES:
@@ -233,6 +268,10 @@ class Policy:
             if f.name == "bits":
                 continue
             value = getattr(self, f.name)
+            if f.name == "row_scales":  # a summary, not the arrays: distinct multipliers per tensor
+                if value:
+                    out[f.name] = {name: int(np.unique(m).size) for name, m in value.items()}
+                continue
             if value != getattr(default, f.name):
                 out[f.name] = list(value) if isinstance(value, tuple) else (dict(value) if isinstance(value, Mapping) else value)
         return out
@@ -255,6 +294,26 @@ def _check_settings(prune: Any, threshold: Any, bits: Any, index_bits: Any, layo
         raise EncodeError(f"{what}: index_bits must be 1..16 or 'auto', not {index_bits!r}")
     if layout not in (AUTO, K.CSR, K.CSC):
         raise EncodeError(f"{what}: layout must be 'csr', 'csc' or 'auto', not {layout!r}")
+
+
+def _check_row_multipliers(multipliers: Any, name: str) -> np.ndarray:
+    """A tensor's row multipliers as a read-only 1-D float64 array: finite, positive, at most 2^16 distinct."""
+    if isinstance(multipliers, (str, bytes, bool)) or multipliers is None:
+        raise EncodeError(f"policy: row_scales for tensor {name!r} must be a 1-D array of multipliers, "
+                          f"not {multipliers!r}", tensor=name)
+    try:
+        m = np.array(multipliers, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise EncodeError(f"policy: row_scales for tensor {name!r} must be a 1-D array of numbers", tensor=name) from None
+    if m.ndim != 1:
+        raise EncodeError(f"policy: row_scales for tensor {name!r} must be 1-D, not shape {list(m.shape)}", tensor=name)
+    if not (np.isfinite(m).all() and (m > 0).all()):
+        raise EncodeError(f"policy: row_scales for tensor {name!r} must be finite and positive", tensor=name)
+    if np.unique(m).size > K.MAX_ALPHABET:
+        raise EncodeError(f"policy: row_scales for tensor {name!r} has more than {K.MAX_ALPHABET} distinct "
+                          "multipliers", tensor=name)
+    m.flags.writeable = False
+    return m
 
 
 def _check_max_error(max_error: Any, what: str) -> None:

@@ -37,7 +37,7 @@ from .errors import EncodeError
 
 __all__ = [
     "METHODS", "INITS", "linear_init", "initial_centroids", "kmeans_1d", "optimal_1d", "ecsq_1d",
-    "assign", "quantize", "quantize_uniform", "quantize_tensors", "quantization_error", "quantization_report",
+    "assign", "quantize", "quantize_uniform", "quantize_uniform_rows", "quantize_tensors", "quantization_error", "quantization_report",
 ]
 
 METHODS = ("kmeans", "optimal", "ecsq")
@@ -979,6 +979,228 @@ def quantize_uniform(x: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray
     else:
         indices = rank[inverse.reshape(-1)].astype(np.uint16)
     return codebook, indices
+
+
+# ------------------------------------------------------------------------------------------------
+# Uniform quantization with a step per row (row scales, §5.2, format 1.3)
+
+_LEVEL_LIMIT = 2.0 ** 52  # |x / step| below this keeps levels exact integers in float64 (and int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_level_range(values, cols, classes, qsteps):  # pragma: no cover - compiled
+    """(ok, lowest, highest) level floor(v / q_r + 0.5) over rows r of `cols` values, q_r =
+    qsteps[classes[r]]; ok is False when some |v / q_r| is not below 2^52 (or is NaN)."""
+    lo = np.int64(0)
+    hi = np.int64(0)
+    first = True
+    for r in range(classes.size):
+        q = qsteps[classes[r]]
+        base = r * cols
+        for c in range(cols):
+            t = values[base + c] / q
+            if not abs(t) < 4503599627370496.0:
+                return False, lo, hi
+            level = np.int64(math.floor(t + 0.5))
+            if first:
+                lo = hi = level
+                first = False
+            elif level < lo:
+                lo = level
+            elif level > hi:
+                hi = level
+    return True, lo, hi
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_level_histogram(values, cols, classes, qsteps, scales, lo, counts, sums):  # pragma: no cover - compiled
+    """Count each level's elements and sum their v / s_r (level − lo indexes counts and sums)."""
+    for r in range(classes.size):
+        q = qsteps[classes[r]]
+        s = scales[classes[r]]
+        base = r * cols
+        for c in range(cols):
+            v = np.float64(values[base + c])
+            k = np.int64(math.floor(v / q + 0.5)) - lo
+            counts[k] += 1
+            sums[k] += v / s
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_level_indices(values, cols, classes, qsteps, lo, remap, out):  # pragma: no cover - compiled
+    """out[i] = remap[level of values[i] − lo], each row at its own step."""
+    for r in range(classes.size):
+        q = qsteps[classes[r]]
+        base = r * cols
+        for c in range(cols):
+            out[base + c] = remap[np.int64(math.floor(values[base + c] / q + 0.5)) - lo]
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_level_table(values, cols, classes, qsteps, scales, limit, table, counts, sums):  # pragma: no cover - compiled
+    """Levels in use when their span is too wide for a dense table: a hash map from level to slot,
+    with counts and sums (v / s_r) per slot; stops (returning -1) once more than `limit` are in use."""
+    used = 0
+    for r in range(classes.size):
+        q = qsteps[classes[r]]
+        s = scales[classes[r]]
+        base = r * cols
+        for c in range(cols):
+            v = np.float64(values[base + c])
+            level = np.int64(math.floor(v / q + 0.5))
+            if level in table:
+                slot = table[level]
+            else:
+                if used == limit:
+                    return -1
+                slot = used
+                table[level] = slot
+                used += 1
+            counts[slot] += 1
+            sums[slot] += v / s
+    return used
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_table_indices(values, cols, classes, qsteps, table, remap, out):  # pragma: no cover - compiled
+    """out[i] = remap[slot of the level of values[i]] (the hash-map twin of _row_level_indices)."""
+    for r in range(classes.size):
+        q = qsteps[classes[r]]
+        base = r * cols
+        for c in range(cols):
+            out[base + c] = remap[table[np.int64(math.floor(values[base + c] / q + 0.5))]]
+
+
+def row_count(shape: tuple[int, ...]) -> int:
+    """R of the matrix view of §5.3 (scalar 1, 1-D 1, first dimension 0: 0, else d0): rows that get a scale."""
+    if len(shape) <= 1:
+        return 1
+    return 0 if shape[0] == 0 else int(shape[0])
+
+
+def row_scale_classes(row_multipliers: Any, rows: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(scales: the distinct multipliers rounded to dtype, ascending; uint16 class of each row).
+
+    EncodeError unless the multipliers are `rows` finite positive numbers that stay finite and
+    positive in dtype, with at most 2^16 distinct values. No rows: one scale, 1.0 (m ≥ 1, §5.2).
+    """
+    if isinstance(row_multipliers, (bool, str, bytes)) or row_multipliers is None:
+        raise EncodeError(f"row multipliers must be an array of {rows} finite positive numbers, not {row_multipliers!r}")
+    try:
+        m = np.asarray(row_multipliers, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise EncodeError(f"row multipliers must be an array of {rows} finite positive numbers") from None
+    if m.ndim != 1 or m.size != rows:
+        raise EncodeError(f"row multipliers must be a 1-D array of {rows} values (one per row), not shape {list(m.shape)}")
+    if rows == 0:
+        return np.ones(1, dtype=dtype), np.zeros(0, dtype=np.uint16)
+    if not (np.isfinite(m).all() and (m > 0).all()):
+        raise EncodeError("row multipliers must be finite and positive")
+    with np.errstate(over="ignore", under="ignore"):  # checked just below
+        rounded = m.astype(dtype)
+    if not (np.isfinite(rounded).all() and (rounded > 0).all()):
+        raise EncodeError(f"row multipliers must stay finite and positive as {dtype} (some overflow or underflow)")
+    scales, classes = np.unique(rounded, return_inverse=True)
+    if scales.size > MAX_LEVELS:
+        raise EncodeError(f"row multipliers take {scales.size} distinct values as {dtype}; row scales hold at most "
+                          f"{MAX_LEVELS}")
+    return scales, classes.reshape(-1).astype(np.uint16)
+
+
+def quantize_uniform_rows(x: np.ndarray, step: float, row_multipliers: Any
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Uniform quantization with a step per row: (codebook, uint16 indices, scales, uint16 row_classes).
+
+    Rows are those of the matrix view of §5.3. Row r's scale s_r is its multiplier rounded to x.dtype
+    (`scales` holds the distinct ones, ascending; `row_classes[r]` indexes it); each element goes to
+    level floor(x / (step·s_r) + 0.5) and the codebook holds, per level in use, the mean of x / s_r
+    over its elements (level 0 exactly 0, first), so that decoded = dtype(codebook[indices] ×
+    s_r) (§5.2) lies within about step·s_r of x. With every multiplier 1 this is `quantize_uniform`.
+    Only float32 and float64 tensors (the dtypes row scales allow); EncodeError otherwise, for
+    non-finite values, bad multipliers (see `row_scale_classes`), or more than 2^16 levels.
+    """
+    step = _check_step(step)
+    x = np.asarray(x)
+    dtype = _float_dtype(x)
+    if dtype.name not in ("float32", "float64"):
+        raise EncodeError(f"row scales are only for float32 and float64 tensors, not {dtype} (§5.2)")
+    rows = row_count(x.shape)
+    scales, classes = row_scale_classes(row_multipliers, rows, dtype)
+    values = np.ascontiguousarray(x).reshape(-1)
+    if values.size == 0:
+        return np.zeros(1, dtype=dtype), np.zeros(0, dtype=np.uint16), scales, classes
+    cols = values.size // rows
+    if not np.isfinite(values).all():
+        raise EncodeError("uniform quantization needs finite values, and this tensor has inf or NaN")
+    scales64 = scales.astype(np.float64)
+    qsteps = step * scales64
+    if not (np.all(qsteps > 0) and np.all(np.isfinite(qsteps))):
+        raise EncodeError(f"step {step!r} times a row multiplier leaves float64's range (0 or inf)")
+    ok, lo, hi = _row_level_range(values, cols, classes, qsteps)
+    if not ok:
+        raise EncodeError(f"step {step!r} times the row multipliers is too small for the values: more than 2^16 levels")
+    lo, hi = int(lo), int(hi)
+    span = hi - lo + 1
+    dense = span <= _MAX_SPAN
+    if dense:
+        counts = np.zeros(span, dtype=np.int64)
+        sums = np.zeros(span, dtype=np.float64)
+        _row_level_histogram(values, cols, classes, qsteps, scales64, lo, counts, sums)
+        used = np.flatnonzero(counts)
+        counts, sums = counts[used], sums[used]
+        levels = used + lo
+    else:  # a few far outliers: a hash map of the levels in use
+        from numba import typed, types
+
+        table = typed.Dict.empty(types.int64, types.int64)
+        counts = np.zeros(MAX_LEVELS, dtype=np.int64)
+        sums = np.zeros(MAX_LEVELS, dtype=np.float64)
+        n = _row_level_table(values, cols, classes, qsteps, scales64, MAX_LEVELS, table, counts, sums)
+        if n < 0:
+            raise EncodeError(f"step {step!r} leaves more than {MAX_LEVELS} levels in use; a codebook holds at most "
+                              f"{MAX_LEVELS}: use a larger step")
+        slot_levels = np.empty(n, dtype=np.int64)
+        for level, slot in table.items():
+            slot_levels[slot] = level
+        by_level = np.argsort(slot_levels)
+        levels, counts, sums = slot_levels[by_level], counts[:n][by_level], sums[:n][by_level]
+    if levels.size > MAX_LEVELS:
+        raise EncodeError(f"step {step!r} leaves {levels.size} levels in use; a codebook holds at most "
+                          f"{MAX_LEVELS}: use a larger step")
+    means = sums / counts
+    zero = levels == 0
+    means[zero] = 0.0
+    order = np.concatenate((np.flatnonzero(zero), np.flatnonzero(~zero)))  # level 0 first, then ascending
+    with np.errstate(over="ignore"):  # checked just below
+        codebook = (means[order].astype(dtype).astype(np.float64) + 0.0).astype(dtype)  # -0.0 becomes +0.0
+    if not np.isfinite(codebook).all():
+        raise EncodeError(f"values divided by their row scales overflow {dtype}: the row multipliers are too small")
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    indices = np.empty(values.size, dtype=np.uint16)
+    if dense:
+        remap = np.zeros(span, dtype=np.uint16)
+        remap[levels - lo] = rank
+        _row_level_indices(values, cols, classes, qsteps, lo, remap, indices)
+    else:
+        remap = np.empty(levels.size, dtype=np.uint16)
+        remap[by_level] = rank  # slot -> codebook index
+        _row_table_indices(values, cols, classes, qsteps, table, remap, indices)
+    return codebook, indices, scales, classes
+
+
+def apply_row_scales(flat: np.ndarray, scales: np.ndarray, classes: np.ndarray, r0: int = 0, r1: int | None = None
+                     ) -> None:
+    """flat (C order, float32 or float64) *= scales[classes[row]] in place for rows r0..r1 of the
+    matrix view: each product rounded once to the dtype, as §5.2 decodes a scaled tensor."""
+    rows = classes.size
+    r1 = rows if r1 is None else r1
+    if rows == 0 or flat.size == 0 or r1 <= r0:
+        return
+    cols = flat.size // rows
+    block = flat[r0 * cols: r1 * cols].reshape(r1 - r0, cols)
+    with np.errstate(over="ignore", under="ignore"):  # a product past the dtype's range is inf (§5.2)
+        np.multiply(block, scales[classes[r0:r1]][:, None], out=block)
 
 
 def quantization_error(x: np.ndarray, codebook: np.ndarray, indices: np.ndarray) -> float:

@@ -30,6 +30,7 @@ def tensor_row(t: TensorInfo) -> dict[str, Any]:
         "fillers": 0, "weight_bits": None, "weight_bits_coded": None, "index_bits": None,
         "index_bits_coded": None, "bytes": t.stored_bytes, "dense_bytes": t.nbytes,
         "codebook": t.codebook_size, "weight_coding": "raw", "index_coding": "-",
+        "scales": t.scales_count,  # row scales (§5.2, format 1.3): m, 0 without
     }
     item_bits = 8 * t.itemsize
     if t.encoding == K.RAW:
@@ -189,6 +190,8 @@ def _stored_as(r: dict[str, Any]) -> str:
     if not r["codebook"]:
         return "exact values"
     values = f"{r['codebook']:,} values"
+    if r.get("scales"):
+        values += f", {r['scales']:,} {'scale' if r['scales'] == 1 else 'scales'}"
     if r["step"] is not None:
         return f"step {r['step']:.3g}, {values}"
     if r["quantizer"]:

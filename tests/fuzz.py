@@ -42,7 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PREAMBLE = struct.Struct("<8sHHIQQ")  # §2, as constants.PREAMBLE_FORMAT: the file tools below stand alone
 MAGIC = b"\x89DCF\r\n\x1a\n"
 SECTION_KEYS = {"offset", "length", "crc32"}
-TENSOR_SECTION_ORDER = ("data", "codebook", "gaps", "indices", "values")  # §5 file order
+TENSOR_SECTION_ORDER = ("data", "codebook", "scales", "row_scales", "gaps", "indices", "values")  # §4, §5 file order
 FUZZ_LIMIT_BYTES = 64 << 20  # decoded-bytes floor inside the worker (see exercise); files are tiny
 # A case that grows the worker's peak RSS by more than this is a bug: its file is at most a few MB, it may
 # decode FUZZ_LIMIT_BYTES and hold a header of up to the 100 MB limit as bytes and as text; measured per
@@ -247,10 +247,28 @@ def seed_files() -> dict[str, bytes]:
         codec.draft_explicit("one", bits("float16", (1,)), "fields", fields=(16,), header_cost=0),
         codec.draft_explicit("same", np.full((20, 20), np.nan, np.float32), "fields", chunk_size=64, header_cost=0),
     ])
+    # Row scales of shared tensors (§5.2, format 1.3): fixed and Huffman row_scales, float64, every matrix view
+    def rows_draft(name: str, shape, dtype="float32", m=4, skew=True):
+        dt = codec.numpy_dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64))
+        rows = 1 if len(shape) <= 1 else shape[0]
+        classes = skewed(m, (rows,)) if skew else rng.integers(0, m, rows)
+        scales = np.array([0.5, 1.0, 2.0, -3.0, 1e-30, 7.25, 1e30, 0.1][:m] * (1 + m // 8), np.float64)[:m]
+        return codec.draft_explicit(name, np.zeros(shape, dt), "shared", codebook=cb.astype(dt),
+                                    indices=skewed(16, (n,)), scales=scales.astype(dt), row_scales=classes)
+
+    out["shared-rows-fixed"] = build([rows_draft("r", (6, 5), skew=False)], mode="off")
+    out["shared-rows-huffman"] = build_huffman([rows_draft("r", (64, 8), m=5)])
+    out["shared-rows-huffman-multiblock"] = build_huffman([rows_draft("r", (40, 3), m=3)], block_size=7)
+    out["shared-rows-float64"] = build([rows_draft("d", (9, 4), "float64", m=8)])
+    out["shared-rows-shapes"] = build([
+        rows_draft("v", (7,), m=1), rows_draft("s", (), "float64", m=1), rows_draft("e", (0, 3), m=2),
+        rows_draft("z", (4, 0), m=2), rows_draft("c", (3, 2, 2), "float64", m=3)])
     out["fields-huffman-16"] = build([codec.draft_explicit("h", weights("bfloat16", (50, 40)), "fields", fields=(16,),
                                                            chunk_size=1000, header_cost=0)])
     for name in ("empty", "metadata-only", "model-mixed", "sparse-cb-huffman-csr-b3", "huffman-shared-tables",
-                 "shared-huffman-multiblock", "sparse-empty", "raw-mixed", "sparse-values-csc-bool", "fields-odd"):
+                 "shared-huffman-multiblock", "sparse-empty", "raw-mixed", "sparse-values-csc-bool", "fields-odd",
+                 "shared-rows-huffman", "shared-rows-shapes"):
         doc, sections = parse(out[name])
         out["zlib-" + name] = serialize(doc, [b for _, b in sections], compress=True)
     out.update(spec_vectors())
@@ -399,7 +417,7 @@ def serialize(doc: Any, payloads: list[bytes], *, keep_lengths: bool = False, co
         off = sec["offset"]
         body += b"\0" * (off - pos) + payload
         pos = off + len(payload)
-    minor = 2 if needs_1_2(doc) else int(compress)
+    minor = 3 if needs_1_3(doc) else 2 if needs_1_2(doc) else int(compress)
     return PREAMBLE.pack(MAGIC, 1, minor, zlib.crc32(header), len(header), start + len(body)) + header + bytes(body)
 
 
@@ -408,6 +426,12 @@ def needs_1_2(doc: Any) -> bool:
     tensors = doc.get("tensors") if isinstance(doc, dict) else None
     return any(isinstance(t, dict) and (t.get("encoding") == "fields" or t.get("dtype") in ("float8_e4m3fn", "float8_e5m2"))
                for t in (tensors if isinstance(tensors, list) else []))
+
+
+def needs_1_3(doc: Any) -> bool:
+    """Whether a document has a tensor with row scales (§5.2, format 1.3): its file says 1.3."""
+    tensors = doc.get("tensors") if isinstance(doc, dict) else None
+    return any(isinstance(t, dict) and "scales" in t for t in (tensors if isinstance(tensors, list) else []))
 
 
 def _dump(doc: Any) -> bytes:
@@ -479,7 +503,7 @@ INTERESTING_VALUES: list[Any] = [None, True, False, 0.5, 1.0, -0.0, 1e308, "", "
 VOCABULARY = [
     "raw", "shared", "sparse", "csr", "csc", "fixed", "huffman", "float32", "float16", "bfloat16", "float64",
     "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool", "float8", "complex64",
-    "float8_e4m3fn", "float8_e5m2", "fields", "chunk_size", "chunks",
+    "float8_e4m3fn", "float8_e5m2", "fields", "chunk_size", "chunks", "scale_bits", "scales", "row_scales",
     "data", "codebook", "gaps", "indices", "values", "section", "offset", "length", "crc32", "table",
     "block_size", "block_bytes", "name", "dtype", "shape", "encoding", "layout", "bits", "index_bits",
     "entries", "fillers", "metadata", "tables", "tensors", "1", "2", "f", "0", "11", "12", "1221", "fff",
@@ -543,6 +567,7 @@ class Mutator:
             ("table", self.table, 3),
             ("consistent_sparse", self.consistent_sparse, 4),
             ("consistent_fields", self.consistent_fields, 3),  # format 1.2: any split, sizes that match
+            ("consistent_row_scales", self.consistent_row_scales, 3),  # format 1.3: row scales, sizes that match
             ("reshape", self.reshape, 3),
             ("recode", self.recode, 2),
             ("swap_sections", self.swap_sections, 2),
@@ -964,6 +989,59 @@ class Mutator:
         it_others = iter(others)
         for path, _ in section_slots(doc):
             new_payloads.append(mine.pop(0) if get_path(doc, path[:2]) is t else next(it_others)[1])
+        return serialize(doc, new_payloads, keep_lengths=False)
+
+    def consistent_row_scales(self, data: bytes, seed: str) -> bytes:
+        """Give a shared tensor (new or other) row scales (§5.2, format 1.3): a scale width, m scale values
+        (finite, NaN, inf, random bits), and a row_scales stream sized to match, filled with hostile bits
+        (fixed width, or Huffman with an existing table), so the header passes and the decoders get them."""
+        d = self._doc(data)
+        if d is None:
+            return self.bit_flip(data, seed)
+        doc, payloads = d
+        r = self.rng
+        before = {path: p for (path, _), p in zip(section_slots(doc), payloads)}
+        tensors = [t for t in doc.get("tensors", []) if isinstance(t, dict) and t.get("encoding") == "shared"
+                   and isinstance(t.get("shape"), list) and all(type(x) is int for x in t["shape"])]
+        if not tensors:
+            return self.payload(data, seed)
+        t = r.choice(tensors)
+        shape = t["shape"]
+        rows = 1 if len(shape) <= 1 else (0 if shape[0] == 0 else shape[0])
+        if not 0 <= rows <= 1 << 16:
+            return self.payload(data, seed)
+        itemsize = {"float64": 8, "float32": 4}.get(t.get("dtype"), r.choice([2, 4, 8]))
+        width = r.choice([1, 2, 3, 8, 16, r.randint(1, 16)])
+        m = r.choice([1, 2, min(1 << width, 300), r.randint(1, min(1 << width, 64))])
+        if r.random() < 0.05:
+            m = (1 << width) + 1  # one past what the width can index
+        code = "<d" if itemsize == 8 else "<f" if itemsize == 4 else "<e"
+        values = []
+        for _ in range(m):
+            kind = r.random()
+            if kind < 0.05:
+                values.append(struct.pack(code, float("nan")))
+            elif kind < 0.1:
+                values.append(struct.pack(code, r.choice([float("inf"), float("-inf")])))
+            elif kind < 0.2:
+                values.append(bytes(r.getrandbits(8) for _ in range(itemsize)))
+            else:
+                values.append(struct.pack(code, r.choice([1.0, -2.0, 0.0, -0.0, 1e-3, 1e3, 0.5]) * r.random()))
+        scales = b"".join(values)
+        fill = r.choice(["zero", "ones", "random", "max"])
+        tables = doc.get("tables") if isinstance(doc.get("tables"), list) else []
+        usable = [i for i, text in enumerate(tables) if isinstance(text, str) and len(text) <= m]
+        if usable and rows and r.random() < 0.4:
+            size = max(1, -(-rows * r.randint(1, 15) // 8))
+            stream = {"coding": "huffman", "section": {}, "table": r.choice(usable), "block_size": max(1, rows),
+                      "block_bytes": [size]}
+        else:
+            size = -(-rows * width // 8)
+            stream = {"coding": "fixed", "section": {}}
+        t["scale_bits"], t["scales"], t["row_scales"] = width, {}, stream
+        index = doc["tensors"].index(t)
+        mine = {("tensors", index, "scales"): scales, ("tensors", index, "row_scales", "section"): self._fill(size, fill)}
+        new_payloads = [mine.get(path, before.get(path, b"")) for path, _ in section_slots(doc)]
         return serialize(doc, new_payloads, keep_lengths=False)
 
     def _fill(self, n: int, how: str) -> bytes:

@@ -13,10 +13,12 @@ writer but leaves optional for readers (the `fillers` count, §5.3).
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import zlib
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -37,7 +39,7 @@ MAGIC = b"\x89DCF\r\n\x1a\n"
 PREAMBLE = struct.Struct("<8sHHIQQ")  # magic, version_major, version_minor, header_crc32, header_length, file_length
 ALIGNMENT = 64
 VERSION_MAJOR = 1
-VERSION_MINOR = 2  # the newest minor version this reader knows (§2.3): unknown content in a newer one is a VersionError
+VERSION_MINOR = 3  # the newest minor version this reader knows (§2.3): unknown content in a newer one is a VersionError
 
 # §3.2 Dtypes: name -> (bytes per element, numpy dtype used only to build the result)
 DTYPES = {
@@ -62,7 +64,9 @@ ENCODING_KEYS = {
 }
 FIXED_KEYS = {"coding", "section"}
 HUFFMAN_KEYS = {"coding", "section", "table", "block_size", "block_bytes"}
-SECTION_ORDER = ("data", "codebook", "gaps", "indices", "values")  # §4 file order within a tensor
+ROW_SCALE_KEYS = {"scale_bits", "scales", "row_scales"}  # §5.2, since 1.3: a shared tensor has all or none
+SECTION_ORDER = ("data", "codebook", "scales", "row_scales", "gaps", "indices", "values")  # §4, §5 file order
+STREAM_KEYS = ("row_scales", "gaps", "indices")  # the keys that hold a stream (the others a section)
 
 MAX_NAME_BYTES = 65_535  # §3.1
 MAX_BITS = 16  # §5.2, §5.3
@@ -348,7 +352,7 @@ def sections_of(t: dict) -> list[dict]:
     out = []
     for key in SECTION_ORDER:
         if key in t:
-            out.append(t[key]["section"] if key in ("gaps", "indices") else t[key])
+            out.append(t[key]["section"] if key in STREAM_KEYS else t[key])
     return out
 
 
@@ -375,7 +379,15 @@ def check_tensor(t: Any, tables: list[list[int]], limits: Limits, budget: int,
         raise HeaderError("the fields encoding needs version 1.2")
     if encoding == "sparse":  # the form follows from the presence of a codebook (§5.3)
         encoding = "sparse+codebook" if "codebook" in t else "sparse+values"
-    need_keys(t, COMMON_KEYS | ENCODING_KEYS[encoding], f"tensor {name!r}")
+    allowed = COMMON_KEYS | ENCODING_KEYS[encoding]
+    scaled = encoding == "shared" and bool(ROW_SCALE_KEYS & set(t))
+    if scaled and version[1] >= 3:  # §5.2: row scales, all three keys or none
+        if not ROW_SCALE_KEYS <= set(t):
+            raise HeaderError("row scales need scale_bits, scales and row_scales together")
+        allowed = allowed | ROW_SCALE_KEYS
+    if set(t) - allowed:
+        raise unknown(f"tensor {name!r} has unknown keys {sorted(set(t) - allowed)}", version)
+    need_keys(t, allowed, f"tensor {name!r}")
     if not isinstance(t["dtype"], str):
         raise HeaderError("dtype is not a string")
     if t["dtype"] not in DTYPES:
@@ -427,6 +439,8 @@ def check_tensor(t: Any, tables: list[list[int]], limits: Limits, budget: int,
             for s, w in zip(chunk, widths):
                 check_stream(s, count, 1 << w, w, tables)
         return
+    if scaled and t["dtype"] not in ("float32", "float64"):  # §5.2
+        raise HeaderError("row scales are only for float32 and float64 tensors")
     if "codebook" in t:
         if t["dtype"] == "bool":
             raise HeaderError("a bool tensor cannot have a codebook")
@@ -437,6 +451,14 @@ def check_tensor(t: Any, tables: list[list[int]], limits: Limits, budget: int,
             raise FormatError("codebook length is not 1..2^bits values")
         t["_k"] = k
     if encoding == "shared":
+        if scaled:  # §5.2: m scales; one scale index per row of the matrix view
+            scale_bits = need_int(t["scale_bits"], "scale_bits", 1, MAX_BITS)
+            check_section(t["scales"])
+            m, rest = divmod(t["scales"]["length"], itemsize)
+            if rest or not 1 <= m <= 1 << scale_bits:
+                raise FormatError("scales length is not 1..2^scale_bits values")
+            t["_m"] = m
+            check_stream(t["row_scales"], matrix_view(shape)[0], m, scale_bits, tables)
         check_stream(t["indices"], numel, t["_k"], t["bits"], tables)
         return
     if not isinstance(t["layout"], str) or t["layout"] not in ("csr", "csc"):
@@ -643,6 +665,27 @@ def check_bools(values: list[bytes], what: str) -> None:
             raise CorruptDataError(f"{what}: bool element {j} is byte {v[0]}")
 
 
+def rounded_product(a: float, b: float, size: int) -> bytes:
+    """§5.2: the exact product of two finite values of a float dtype, rounded once to nearest-even in
+    that dtype (4: binary32, 8: binary64), as little-endian bytes. Exact arithmetic on Fractions; the
+    one rounding is Python's correctly rounded int / int, then (binary32) an exact binary64 → binary32
+    rounding, which is correct because the exact product of two binary32 values fits binary64."""
+    if size == 4:  # 24 + 24 significant bits: the binary64 product is exact, one rounding to binary32
+        exact = a * b
+        try:
+            return struct.pack("<f", exact)
+        except OverflowError:  # beyond the binary32 range after rounding: infinity (IEEE 754 §7.4)
+            return struct.pack("<f", math.copysign(math.inf, exact))
+    q = Fraction(a) * Fraction(b)
+    try:
+        value = q.numerator / q.denominator  # correctly rounded (nearest-even), also into subnormals
+    except OverflowError:
+        value = math.copysign(math.inf, q)
+    if value == 0:
+        value = math.copysign(0.0, a) * math.copysign(1.0, b)  # the sign of an exact zero product
+    return struct.pack("<d", value)
+
+
 def decode_tensor(data: bytes, t: dict, tables: list[list[int]], strict: bool) -> Tensor:
     """Decode one checked tensor object to its dense bytes (§5)."""
     name, dtype, shape, numel, size = t["name"], t["dtype"], t["_shape"], t["_numel"], t["_itemsize"]
@@ -667,6 +710,20 @@ def decode_tensor(data: bytes, t: dict, tables: list[list[int]], strict: bool) -
     codebook = None
     if "codebook" in t:
         codebook = items(section_bytes(data, t["codebook"], "codebook"), size)
+    if t["encoding"] == "shared" and "scales" in t:  # §5.2 with row scales
+        scales = items(section_bytes(data, t["scales"], "scales"), size)
+        code = "<f" if size == 4 else "<d"
+        book = [struct.unpack(code, v)[0] for v in codebook]
+        factors = [struct.unpack(code, v)[0] for v in scales]
+        if not all(math.isfinite(v) for v in book + factors):
+            raise CorruptDataError(f"{name}: a codebook value or a row scale is not finite")
+        rows, cols = matrix_view(shape)
+        row_scales = read_stream(data, t["row_scales"], rows, t["_m"], t["scale_bits"], tables, "row_scales")
+        indices = read_stream(data, t["indices"], numel, t["_k"], t["bits"], tables, "indices")
+        out = []
+        for i, k in enumerate(indices):
+            out.append(rounded_product(book[k], factors[row_scales[i // cols]], size))
+        return Tensor(name, dtype, shape, b"".join(out))
     if t["encoding"] == "shared":
         indices = read_stream(data, t["indices"], numel, t["_k"], t["bits"], tables, "indices")
         return Tensor(name, dtype, shape, b"".join(codebook[i] for i in indices))

@@ -18,12 +18,15 @@ from .strategies import names, tensors
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                            HealthCheck.function_scoped_fixture])
+# "__metadata__" is the safetensors header's own key: the package writes a tensor of that name as a second
+# "__metadata__" entry, a file with a duplicate key that dcformat's reader (rightly) refuses
+TENSOR_NAMES = names.filter(lambda n: n != "__metadata__")
 NUMPY_DTYPES = ["float64", "float32", "float16", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                 "uint64", "bool"]
 
 
 @SETTINGS
-@given(st.dictionaries(names, tensors(dtypes=NUMPY_DTYPES), max_size=5),
+@given(st.dictionaries(TENSOR_NAMES, tensors(dtypes=NUMPY_DTYPES), max_size=5),
        st.none() | st.dictionaries(names, names, max_size=3))
 def test_writer_bytes_equal_the_package(model, metadata):
     from safetensors.numpy import load, save
@@ -45,7 +48,7 @@ def test_writer_bytes_equal_the_package(model, metadata):
 
 
 @SETTINGS
-@given(st.dictionaries(names, tensors(dtypes=NUMPY_DTYPES), max_size=5))
+@given(st.dictionaries(TENSOR_NAMES, tensors(dtypes=NUMPY_DTYPES), max_size=5))
 def test_reader_reads_package_files(tmp_path_factory, model):
     from safetensors.numpy import save_file
 

@@ -121,6 +121,10 @@ def _draft(t: dict, a: np.ndarray, settings: dict | None = None) -> codec.Tensor
         return codec.draft_explicit(t["name"], a, t["encoding"], **kw)
     bits = np.array([int(h, 16) for h in t["codebook"]], dtype=f"<u{a.dtype.itemsize}")
     cb = bits.view(a.dtype)
+    if "scales" in t:  # format 1.3, row scales (§5.2): indices and row classes as recorded
+        scales = np.array([int(h, 16) for h in t["scales"]], dtype=f"<u{a.dtype.itemsize}").view(a.dtype)
+        return codec.draft_explicit(t["name"], a, "shared", codebook=cb, indices=np.array(t["indices"], dtype=np.int64),
+                                    scales=scales, row_scales=np.array(t["row_scales"], dtype=np.int64))
     return codec.draft_explicit(t["name"], a, t["encoding"], codebook=cb, indices=_lookup(a, cb), **kw)
 
 
@@ -148,9 +152,9 @@ def _relative(data: bytes) -> tuple[dict, bytes]:
     for t in doc["tensors"]:
         for s in (s for c in t.get("chunks", []) for s in c):
             s["section"]["offset"] -= header.data_start
-        for key in ("data", "codebook", "gaps", "indices", "values"):
+        for key in ("data", "codebook", "scales", "row_scales", "gaps", "indices", "values"):
             if key in t:
-                (t[key]["section"] if key in ("gaps", "indices") else t[key])["offset"] -= header.data_start
+                (t[key]["section"] if key in ("row_scales", "gaps", "indices") else t[key])["offset"] -= header.data_start
     return doc, data[header.data_start :]
 
 
@@ -179,6 +183,8 @@ def test_the_one_zero_vectors_stay_one_zero():
         minor = int.from_bytes(data[10:12], "little")
         if data[32] == 0x78:
             assert minor >= 1, v["name"]
+        elif int(v["name"][:2]) >= 33:  # format 1.3 vectors: row scales
+            assert minor == 3, v["name"]
         elif int(v["name"][:2]) >= 29:  # format 1.2 vectors: the fields encoding or float8
             assert minor == 2, v["name"]
         elif v["name"] != "23-minor-version":
@@ -271,7 +277,8 @@ def _spec_text() -> str:
     return (SPEC / "format.md").read_text("utf-8")
 
 
-@pytest.mark.parametrize("vector", ["01-spec-example.dcf", "26-zlib-spec-example.dcf"])
+@pytest.mark.parametrize("vector", ["01-spec-example.dcf", "26-zlib-spec-example.dcf",
+                                    "33-row-scales-spec-example.dcf"])
 def test_spec_hex_dump_is_the_vector(vector):
     """Appendix A's hex dumps (hexdump -C style, '*' for repeated lines) are the committed vectors 01 and 26."""
     text = _spec_text()
@@ -362,3 +369,23 @@ def test_spec_fields_example_is_vector_29s():
     assert f'`"{doc["tables"][0]}"`' in section
     assert data[448:453] == bytes.fromhex("0000000080") and data[512:513] == bytes([0x1C])
     assert "`00 00 00 00 80`" in section and "`0x1C`" in section
+
+
+def test_spec_row_scales_example_is_vector_33s():
+    """§5.2's row-scales worked example: its tensor object and section bytes are vector 33's."""
+    text = _spec_text()
+    section = text[text.index("### §5.2"):text.index("### §5.3")]
+    section = section[section.index("**Row scales**"):]
+    block = section[section.index("```json") + 7:]
+    obj = json.loads(block[: block.index("```")])
+    data = _read("33-row-scales-spec-example.dcf")
+    doc = json.loads(data[32:448].rstrip(b" "))
+    assert doc["tensors"] == [obj] and len(data) == 642 and data[8:12] == b"\x01\x00\x03\x00"
+    assert data[448:460] == bytes.fromhex("000080bf0000003f00000040")
+    assert data[512:524] == bytes.fromhex("0000803e0000003f00004040")
+    assert data[576:577] == b"\x12" and data[640:642] == b"\x49\x0a"
+    for shown in ("`00 00 80 bf 00 00 00 3f 00 00 00 40`", "`00 00 80 3e 00 00 00 3f 00 00 40 40`", "`12`", "`49 0a`"):
+        assert shown in section
+    expected = np.array([[1.5, 6], [-0.25, 0.125], [1, 1]], np.float32)
+    assert np.array_equal(dcformat.load(data)["w"], expected)
+    assert "[[1.5, 6], [-0.25, 0.125], [1, 1]]" in section
