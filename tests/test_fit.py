@@ -136,7 +136,7 @@ def test_row_multipliers_give_frequent_rows_finer_steps_in_quarter_octaves():
     assert m[0] == m[1] == m[2] == m[7] > 1.0 > m[5]  # unseen rows coarser than the tensor step
     assert m.min() >= 1 / F.ROW_SPREAD and m.max() <= F.ROW_SPREAD and m[6] == 1 / F.ROW_SPREAD
     octaves = np.log2(m) * F.ROW_RESOLUTION
-    assert np.array_equal(octaves, np.round(octaves))
+    assert np.allclose(octaves, np.round(octaves), rtol=0, atol=1e-9)
     assert np.array_equal(F.row_multipliers(np.full(5, 7)), np.ones(5))  # equal weights: the tensor's own step
     for bad in (np.array([1.0, -1.0]), np.array([np.nan]), np.zeros(0)):
         with pytest.raises(EncodeError, match="row weights"):
