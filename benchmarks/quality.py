@@ -37,8 +37,8 @@ THETA_FACTORS = {  # around each method's θ for cosine 0.99 on the search passa
     "uniform": (0.5, 0.7, 1.0, 1.4, 2.0),
     "sensitivity": (0.5, 0.7, 1.0, 1.4, 2.0),
     "rd": (0.35, 0.5, 0.7, 1.0, 1.4, 2.0),
-    "gptq": (0.35, 0.5, 0.7, 1.0, 1.4, 2.0),
-    "fisher": (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 4.0),
+    "gptq": (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 4.0),
+    "fisher": (0.15, 0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 4.0, 8.0, 16.0),  # wide: to meet every NNCodec point
 }
 NNCODEC_QPS = (-38, -32, -29, -26)
 
