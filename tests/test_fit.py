@@ -301,7 +301,8 @@ def test_cli_min_similarity_refusals(tiny_folder, tmp_path, capsys, monkeypatch)
     assert "pip install 'dcformat[hf]'" in err and len(err.strip().splitlines()) == 1
 
 
-def test_fit_causal_lm_compares_next_token_distributions():
+@pytest.mark.parametrize("method", ["rd", "fisher"])
+def test_fit_causal_lm_compares_next_token_distributions(method):
     pytest.importorskip("transformers")
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -312,7 +313,9 @@ def test_fit_causal_lm_compares_next_token_distributions():
     model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=1, n_head=2)).eval()
     assert _auto_kind(model) == "next-token"
     batches = [{"input_ids": torch.randint(0, 50, (4, 12))} for _ in range(4)]
-    result = dcformat.fit(model, batches, min_similarity=0.999, method="rd")
+    result = dcformat.fit(model, batches, min_similarity=0.999, method=method)
+    if method == "fisher":  # the tied token embeddings (wte, also lm_head) got a step per row
+        assert "transformer.wte.weight" in result.policy.row_scales
     assert result.held_out >= 0.999
     back = dcformat.load(dcformat.save(result.tensors, policy=result.policy, metadata=result.metadata))
     assert OutputSimilarity(model, batches[1::2], "next-token")(back) == pytest.approx(result.held_out, abs=1e-9)
