@@ -283,16 +283,13 @@ class Family:
         key = (name, step)
         if key not in self._row_bytes:
             multipliers = self.multipliers[name]
-            levels = np.floor(self.arrays[name] / (step * multipliers[:, None]) + 0.5).astype(np.int64)
-            levels -= levels.min()
-            used = np.unique(levels)
-            width = max(1, int(len(used) - 1).bit_length())
-            total = 4 * len(used) + self.arrays[name].shape[0] // 4  # codebook, row_scales (~2 bits a row)
-            for m in np.unique(multipliers):  # each class's indices are a stream of their own (§5.2)
-                counts = np.bincount(levels[multipliers == m].reshape(-1))
-                counts = np.sort(counts[counts > 0])[::-1].copy()
-                total += 4 + codec.estimate_coded_bytes(counts, int(counts.sum()), width)
-            self._row_bytes[key] = float(total)
+            levels = np.floor(self.arrays[name] / (step * multipliers[:, None]) + 0.5).astype(np.int64).reshape(-1)
+            counts = np.bincount(levels - levels.min())
+            counts = np.sort(counts[counts > 0])[::-1].copy()
+            width = max(1, int(len(counts) - 1).bit_length())
+            classes = len(np.unique(multipliers))  # codebook, scales, row_scales (~2 bits a row), indices
+            self._row_bytes[key] = float(4 * len(counts) + 4 * classes + self.arrays[name].shape[0] // 4
+                                         + codec.estimate_coded_bytes(counts, levels.size, width))
         return self._row_bytes[key]
 
     def policy(self, theta: float) -> Policy:
