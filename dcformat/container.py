@@ -830,23 +830,20 @@ def _expect_length(section: Section, expected: int, key: str, tensor: str) -> No
 
 
 def _codebook_size(codebook: Section, itemsize: int, bits: int, tensor: str) -> int:
-    k, rest = divmod(codebook.length, itemsize)
-    if rest or not 1 <= k <= (1 << bits):
-        raise FormatError(
-            f"codebook of {codebook.length} bytes is not 1..{1 << bits} values of {itemsize} bytes",
-            tensor=tensor, offset=codebook.offset,
-        )
-    return k
+    return _value_count(codebook, itemsize, bits, "codebook", tensor)
 
 
 def _scales_size(scales: Section, itemsize: int, scale_bits: int, tensor: str) -> int:
-    m, rest = divmod(scales.length, itemsize)
-    if rest or not 1 <= m <= (1 << scale_bits):
-        raise FormatError(
-            f"scales section of {scales.length} bytes is not 1..{1 << scale_bits} values of {itemsize} bytes",
-            tensor=tensor, offset=scales.offset,
-        )
-    return m
+    return _value_count(scales, itemsize, scale_bits, "scales section", tensor)
+
+
+def _value_count(section: Section, itemsize: int, bits: int, what: str, tensor: str) -> int:
+    """The number of values in a codebook or scales section: 1..2^bits whole values (FormatError otherwise)."""
+    n, rest = divmod(section.length, itemsize)
+    if rest or not 1 <= n <= (1 << bits):
+        raise FormatError(f"{what} of {section.length} bytes is not 1..{1 << bits} values of {itemsize} bytes",
+                          tensor=tensor, offset=section.offset)
+    return n
 
 
 def _padding_ranges(header: Header) -> Iterator[tuple[int, int]]:
