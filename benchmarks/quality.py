@@ -117,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = tf.hessian_texts(texts, search_texts, held_texts)  # as the CLI does
     hessians = tf.linear_hessians(model, search.batches + tf._batches_of(tok, extra))
     base = F.family(tensors, search, "uniform")
-    embedding = tf.input_embedding_name(model)  # fisher's row weights, as the CLI counts them
-    held_set = set(held_texts)
-    row_weights = {embedding: tf.token_counts(tensors[embedding].shape[0], (
-        tok(t, truncation=True)["input_ids"] for t in texts if t not in held_set))}
+    row_weights = tf.text_row_weights(model, tok, texts, held_texts)  # fisher's, as the CLI counts them
     from dcformat.allocation import sensitivity
 
     sens = sensitivity(tensors, search, base.base.with_(step=1.0))

@@ -43,13 +43,13 @@ from .errors import EncodeError
 from .policy import Policy
 from .progress import Progress, ProgressEvent
 
-__all__ = ["METHODS", "FitResult", "Family", "family", "fit_tensors", "gptq_round", "row_multipliers"]
+__all__ = ["METHODS", "FitResult", "Family", "family", "fit_tensors", "gptq_round", "row_multipliers", "GPTQ_METHODS"]
 
 METHODS = ("uniform", "sensitivity", "rd", "gptq", "fisher")
 Similarity = Callable[[dict[str, np.ndarray]], float]
 
 _RD_METHODS = ("rd", "gptq", "fisher")  # steps from measured rate-distortion curves
-_GPTQ_METHODS = ("gptq", "fisher")  # matrices with a Hessian rounded with error feedback
+GPTQ_METHODS = ("gptq", "fisher")  # matrices with a Hessian rounded with error feedback
 _RELATIVE_STEPS = 2.0 ** (np.arange(-48, 21) / 8.0)  # candidate steps, times the tensor's RMS: 1/64 .. 5.7
 _MIN_SENSITIVITY = 0.01  # a tensor whose probe showed no loss still weighs this share of the median
 _SEARCH_TRIES = 14  # similarity evaluations of the bisection (each: one decode and one model run)
@@ -298,7 +298,7 @@ class Family:
 
     def tensors(self, theta: float) -> dict[str, np.ndarray]:
         """The tensors to save at θ (gptq: Hessian-rounded matrices on their grid; otherwise the originals)."""
-        if self.method not in _GPTQ_METHODS:
+        if self.method not in GPTQ_METHODS:
             return self.arrays
         out = dict(self.arrays)
         for n, step in self.steps(theta).items():
@@ -315,11 +315,12 @@ class Family:
         for n, step in self.steps(theta).items():
             if n in self.multipliers:
                 codebook, indices, scales, classes = quantize.quantize_uniform_rows(tensors[n], step, self.multipliers[n])
-                rows = tensors[n].shape[0]
-                out[n] = (codebook[indices].reshape(rows, -1) * scales[classes][:, None]).reshape(tensors[n].shape)
-                continue
-            codebook, indices = quantize.quantize_uniform(tensors[n], step)
-            out[n] = codebook[indices].reshape(tensors[n].shape)
+                flat = codebook[indices]
+                quantize.apply_row_scales(flat, scales, classes)  # as the reader decodes it (§5.2)
+            else:
+                codebook, indices = quantize.quantize_uniform(tensors[n], step)
+                flat = codebook[indices]
+            out[n] = flat.reshape(tensors[n].shape)
         return out
 
 

@@ -27,12 +27,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import DCFError, EncodeError, needs
-from ..fit import METHODS, FitResult, fit_tensors
+from ..fit import GPTQ_METHODS, METHODS, FitResult, fit_tensors
 from ..policy import Policy
 from ..progress import Progress
 
 __all__ = ["KINDS", "calibration_texts", "split_texts", "OutputSimilarity", "linear_hessians", "fit",
-           "fit_folder", "load_folder", "distill", "hessian_texts", "token_counts", "input_embedding_name"]
+           "fit_folder", "load_folder", "distill", "hessian_texts", "token_counts", "input_embedding_name",
+           "text_row_weights"]
 
 KINDS = ("sentence-embedding", "hidden-state", "next-token")
 DEFAULT_SEARCH = 48  # passages the search measures on
@@ -239,6 +240,18 @@ def token_counts(rows: int, id_lists: Iterable[Any]) -> np.ndarray:
     return counts
 
 
+def text_row_weights(model: Any, tokenizer: Any, texts: Sequence[str], held_out: Sequence[str]
+                     ) -> dict[str, np.ndarray] | None:
+    """fisher's row weights from text: {input embeddings' name: look-ups of each token in every passage
+    but the held-out ones, whole (not cut to MAX_TOKENS)}; None when the model has no input embeddings."""
+    name = input_embedding_name(model)
+    if name is None:
+        return None
+    held = set(held_out)
+    rows = int(model.state_dict()[name].shape[0])
+    return {name: token_counts(rows, (tokenizer(t, truncation=True)["input_ids"] for t in texts if t not in held))}
+
+
 def _batch_ids(batches: Sequence[Any]) -> Iterable[Any]:
     """The real (non-padding) input ids of each batch that has them."""
     for b in batches:
@@ -288,7 +301,7 @@ def fit(model: Any, inputs: Iterable[Any], min_similarity: float = 0.99, *, held
                if t.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
     tensors = {n: (v if v.dtype == np.float32 else v.astype(np.float32)) for n, v in tensors.items()}
     hessian_inputs = list(hessian_inputs)
-    hessians = linear_hessians(model, batches + hessian_inputs) if method in ("gptq", "fisher") else None
+    hessians = linear_hessians(model, batches + hessian_inputs) if method in GPTQ_METHODS else None
     if method == "fisher" and row_weights is None:
         name = input_embedding_name(model)
         row_weights = {} if name not in tensors else {
@@ -341,20 +354,15 @@ def fit_folder(folder: str | os.PathLike, min_similarity: float = 0.99, *, calib
     model, tokenizer, kind = load_folder(folder)
     texts = calibration_texts(calibration)
     search_texts, held_texts = split_texts(texts, search, held_out)
-    extra = hessian_texts(texts, search_texts, held_texts) if method in ("gptq", "fisher") else []
+    extra = hessian_texts(texts, search_texts, held_texts) if method in GPTQ_METHODS else []
     source = os.path.basename(os.fspath(calibration)) if calibration else "pydoc_data.topics"
     data = (f"{source}: {len(search_texts)} passages searched, {len(held_texts)} held out "
             + (f", {len(extra)} more for the Hessians " if extra else "")
             + f"(of {len(texts)}, up to {MAX_TOKENS} tokens each); similarity: {kind} cosine")
-    row_weights = None
-    if method == "fisher":  # every passage but the held-out ones, whole (not cut to MAX_TOKENS)
-        name = input_embedding_name(model)
-        held_set = set(held_texts)
-        if name is not None:
-            rows = int(model.state_dict()[name].shape[0])
-            row_weights = {name: token_counts(rows, (tokenizer(t, truncation=True)["input_ids"]
-                                                     for t in texts if t not in held_set))}
-            data += f"; token counts of {name} from the {len(texts) - len(held_set)} passages not held out"
+    row_weights = text_row_weights(model, tokenizer, texts, held_texts) if method == "fisher" else None
+    if row_weights:
+        data += f"; token counts of {next(iter(row_weights))} from the {len(texts) - len(set(held_texts))} " \
+                "passages not held out"
     result = fit(model, _batches_of(tokenizer, search_texts), min_similarity,
                  held_out=_batches_of(tokenizer, held_texts), method=method, kind=kind, data=data,
                  hessian_inputs=_batches_of(tokenizer, extra), row_weights=row_weights, progress=progress)
