@@ -361,7 +361,7 @@ def policy_from_args(args: argparse.Namespace):
     check_options(args, rules)
     kwargs: dict[str, Any] = dict(
         prune=args.prune or 0.0, threshold=args.threshold, index_bits=5 if args.index_bits is None else args.index_bits,
-        layout=args.layout or "auto", raw=tuple(args.raw or ()), rules=rules, huffman=args.huffman,
+        layout=args.layout or "auto", raw=tuple(args.raw or ()), rules=rules, huffman=args.huffman, coder=args.coder,
         lossless=args.lossless, quantizer=args.quantizer or "kmeans", init=args.init or "linear", lam=args.lam or 0.0,
         max_error=args.max_error, step=args.step, target_size=args.target_size,
         step_scales=_step_scales(args.step_scales), vector_bits=args.vector_bits, compact_header=not args.json_header,
@@ -1069,6 +1069,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "raw, quantizer, init, lam, max_error, step)")
     c.add_argument("--huffman", choices=("auto", "shared", "off"), default="auto",
                    help="Huffman tables per stream (auto), one per stream kind for the model (shared), or none (off)")
+    c.add_argument("--coder", choices=("auto", "huffman"), default="auto",
+                   help="entropy coder of the coded weights' streams: rANS where it is smaller than Huffman (auto, "
+                   "format 1.4), or Huffman only (files readable by format 1.3 readers)")
     c.add_argument("--lossless", action="store_true",
                    help="store every tensor exactly (coded field by field where that is smaller: format 1.2)")
     c.add_argument("--zero-copy", action="append", metavar="PATTERN",

@@ -45,6 +45,7 @@ fieldcoding = _Kernels("fields", "fieldcoding")
 huffman = _Kernels("huffman", "huffman")
 pruning = _Kernels("prune", "pruning")
 quantize = _Kernels("quantize", "quantize")
+ranscoding = _Kernels("rans", "ranscoding")
 relindex = _Kernels("relindex", "relindex")
 
 
@@ -84,32 +85,47 @@ class StreamDraft:
         return bitpack.packed_size(len(self.symbols), self.width)
 
 
-def estimate_stream_bytes(draft: StreamDraft, header_cost: int = K.HUFFMAN_ZLIB_COST) -> int:
-    """Bytes the stream will take, coded the cheaper way (table text and, for Huffman, the `header_cost`
-    bytes its stream object adds to the header counted)."""
-    return estimate_coded_bytes(draft.counts, len(draft.symbols), draft.width, header_cost)
+def estimate_stream_bytes(draft: StreamDraft, header_cost: int = K.HUFFMAN_ZLIB_COST, *, rans: bool = False) -> int:
+    """Bytes the stream will take, coded the cheapest way (table text and, for Huffman and rANS, the
+    `header_cost` bytes its stream object adds to the header counted); rANS only if `rans`."""
+    return estimate_coded_bytes(draft.counts, len(draft.symbols), draft.width, header_cost, rans=rans)
 
 
-def estimate_coded_bytes(counts: np.ndarray, n: int, width: int, header_cost: int = K.HUFFMAN_ZLIB_COST) -> int:
+def estimate_coded_bytes(counts: np.ndarray, n: int, width: int, header_cost: int = K.HUFFMAN_ZLIB_COST, *,
+                         rans: bool = False) -> int:
     """`estimate_stream_bytes` of a stream known only by its symbol counts, length and fixed width."""
     best = bitpack.packed_size(n, width)
-    if n == 0 or np.count_nonzero(counts) > (1 << K.MAX_CODE_LENGTH):
+    if n == 0:
         return best
-    lengths = huffman.code_lengths(counts)
-    payload = -(-huffman.encoded_bits(counts, lengths) // 8)
-    return min(best, payload + len(huffman.lengths_to_hex(lengths)) + 8 + header_cost)
+    if np.count_nonzero(counts) <= (1 << K.MAX_CODE_LENGTH):
+        lengths = huffman.code_lengths(counts)
+        payload = -(-huffman.encoded_bits(counts, lengths) // 8)
+        best = min(best, payload + len(huffman.lengths_to_hex(lengths)) + 8 + header_cost)
+    if rans:
+        best = min(best, _rans_estimate(counts, n, K.DEFAULT_BLOCK_SIZE, header_cost))
+    return best
+
+
+def _rans_estimate(counts: np.ndarray, n: int, block_size: int, header_cost: int) -> int:
+    """Section, table text and header bytes of a rANS stream with these counts (a large number if none)."""
+    estimate = ranscoding.estimate_bytes(counts, n, block_size)
+    if estimate is None:
+        return 1 << 62
+    payload, freqs = estimate
+    return payload + 4 * freqs.size + 4 * -(-n // block_size) + header_cost
 
 
 def code_stream(draft: StreamDraft, mode: str, block_size: int, shared_lengths: np.ndarray | None = None,
-                header_cost: int = K.HUFFMAN_ZLIB_COST, table_cost: Callable[[str], int] = len
-                ) -> tuple[dict, bytes, str | None]:
+                header_cost: int = K.HUFFMAN_ZLIB_COST, table_cost: Callable[[str], int] = len, *,
+                rans: bool = False) -> tuple[dict, bytes, str | None]:
     """Code a stream: (stream object with "table" as hex text, payload, table text or None).
 
     Huffman is chosen only when its payload, table text, 4 bytes per block and `header_cost` (the
     header bytes a Huffman stream object adds over a fixed one: K.HUFFMAN_JSON_COST for a JSON
     header, K.HUFFMAN_ZLIB_COST for a compressed one) come to fewer bytes than fixed width.
     `table_cost(text)`: the bytes a new table is counted as (its length; the fields encoding may count
-    what zlib makes of it, `fields.zlib_table_cost`).
+    what zlib makes of it, `fields.zlib_table_cost`). With `rans`, rANS (§6.4, format 1.4) is offered
+    too, on the same terms; its table is text inside the stream object (the third item stays None).
     """
     fixed = bitpack.pack(draft.symbols, draft.width)
     best: tuple[dict, bytes, str | None] = ({"coding": K.FIXED, "section": None}, fixed, None)
@@ -134,7 +150,30 @@ def code_stream(draft: StreamDraft, mode: str, block_size: int, shared_lengths: 
         if size < best_size:
             obj = {"coding": K.HUFFMAN, "section": None, "table": text, "block_size": block_size, "block_bytes": block_bytes}
             best, best_size = (obj, payload, text), size
+    if rans:
+        best = _rans_candidate(draft, block_size, header_cost, table_cost, best, best_size)
     return best
+
+
+def _rans_candidate(draft: StreamDraft, block_size: int, header_cost: int, table_cost: Callable[[str], int],
+                    best: tuple[dict, bytes, str | None], best_size: int) -> tuple[dict, bytes, str | None]:
+    """`best`, or the stream rANS-coded if that is smaller all counted (payload, table text inside the
+    stream object, header bytes, 4 per block): coded only when its estimate says it may win."""
+    n = len(draft.symbols)
+    estimate = ranscoding.estimate_bytes(draft.counts, n, block_size)
+    if estimate is None:
+        return best
+    payload_estimate, freqs = estimate
+    text = ranscoding.frequencies_to_hex(freqs)
+    extra = table_cost(text) + header_cost
+    if payload_estimate + extra + 4 * -(-n // block_size) >= best_size:
+        return best
+    payload, block_bytes = ranscoding.encode(draft.symbols, freqs, block_size)
+    if len(payload) + extra + 4 * len(block_bytes) >= best_size:
+        return best
+    obj = {"coding": K.RANS, "section": None, "frequencies": text, "block_size": block_size,
+           "block_bytes": block_bytes}
+    return obj, payload, None
 
 
 def decode_stream(buf: Any, stream: Stream, tables: "TableCache", tensor: str, key: str) -> np.ndarray:
@@ -143,6 +182,9 @@ def decode_stream(buf: Any, stream: Stream, tables: "TableCache", tensor: str, k
     try:
         if stream.coding == K.FIXED:
             return bitpack.unpack(data, stream.count, stream.width, stream.alphabet)
+        if stream.coding == K.RANS:
+            return ranscoding.decode(data, stream.count, tables.frequencies(stream.frequencies),
+                               min(stream.block_size, max(1, stream.count)), list(stream.block_bytes))
         lengths = tables.get(stream.table)
         # A block_size beyond the count means one block (§6.3); clamping keeps a hostile 2**64 out of
         # the int64 arithmetic of the decoder without changing the meaning.
@@ -158,11 +200,18 @@ class TableCache:
     def __init__(self, tables: list[str]):
         self._text = tables
         self._parsed: dict[int, np.ndarray] = {}
+        self._frequencies: dict[str, np.ndarray] = {}
 
     def get(self, index: int) -> np.ndarray:
         if index not in self._parsed:
             self._parsed[index] = huffman.lengths_from_hex(self._text[index])
         return self._parsed[index]
+
+    def frequencies(self, text: str) -> np.ndarray:
+        """A rANS stream's table (§6.4), parsed once per distinct text."""
+        if text not in self._frequencies:
+            self._frequencies[text] = ranscoding.frequencies_from_hex(text)
+        return self._frequencies[text]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,11 +243,12 @@ class TensorDraft:
             quantize.apply_row_scales(flat, scales, self.streams["row_scales"].symbols)
         return flat.reshape(self.header["shape"])
 
-    def estimate(self) -> int:
+    def estimate(self, rans: bool = False) -> int:
+        """Bytes of the tensor's payloads and coded streams (rANS counted only with `rans`)."""
         if self.coded is not None:
             return self.coded_bytes
         raw = sum(memoryview(p).nbytes for p in self.payloads if p is not None)
-        return raw + sum(estimate_stream_bytes(s) for s in self.streams.values())
+        return raw + sum(estimate_stream_bytes(s, rans=rans) for s in self.streams.values())
 
 
 def _as_array(name: str, value: Any) -> np.ndarray:
@@ -244,7 +294,8 @@ def draft_tensor(name: str, value: Any, plan: TensorPlan, block_size: int = K.DE
         candidates.append(_exact_draft(base, x, plan))
         if has_zeros:
             candidates += _sparse_drafts(base, x, plan)
-    return _smallest(candidates, decoded, a, base)
+    mostly_zero = zeros >= SPARSE_SHARE_PREFERRED * x.size > 0
+    return _smallest(candidates, decoded, a, base, plan.rans, prefer_sparse=mostly_zero)
 
 
 # Bytes a section costs beyond its payload: on average half the 64-byte alignment, plus its JSON keys.
@@ -273,12 +324,28 @@ def _exact_draft(base: dict, a: np.ndarray, plan: TensorPlan) -> TensorDraft:
     return TensorDraft(base["name"], header, [], {}, coded=EncodedTensor(header, payloads), coded_bytes=size)
 
 
-def _smallest(candidates: list[TensorDraft], decoded: np.ndarray, original: np.ndarray, base: dict) -> TensorDraft:
-    """The smallest candidate; a vector or scalar stays raw (exact) when coding it would not save bytes."""
-    def cost(d: TensorDraft) -> int:
-        return d.estimate() + SECTION_OVERHEAD * (len(d.payloads) + len(d.streams))
+# A mostly-zero tensor (pruned, here or in training) keeps the paper's sparse form (CSR/CSC, relative
+# indices) unless the dense form is smaller by more than this share. With rANS, dense indices code
+# the zeros in a fraction of a bit each and come within a few percent of it (the bundled LeNet's
+# layers: 3-4%), but the sparse form decodes faster (2000x2000 at 90% zeros, 5 bits: 470 vs 460 KB,
+# 5.8 vs 8.8 ms) and `get_sparse` reads it without densifying.
+SPARSE_PREFERENCE = 0.05
+SPARSE_SHARE_PREFERRED = 0.5  # the share of zeros that makes a tensor "mostly zero"
 
-    best = min(candidates, key=lambda d: d.estimate())
+
+def _smallest(candidates: list[TensorDraft], decoded: np.ndarray, original: np.ndarray, base: dict,
+              rans: bool = False, *, prefer_sparse: bool = False) -> TensorDraft:
+    """The smallest candidate (with `prefer_sparse`, a sparse one within SPARSE_PREFERENCE of it); a
+    vector or scalar stays raw (exact) when coding it would not save bytes."""
+    def cost(d: TensorDraft) -> int:
+        return d.estimate(rans) + SECTION_OVERHEAD * (len(d.payloads) + len(d.streams))
+
+    best = min(candidates, key=lambda d: d.estimate(rans))
+    sparse = [d for d in candidates if d.header["encoding"] == K.SPARSE]
+    if prefer_sparse and sparse and best.header["encoding"] != K.SPARSE:
+        smallest_sparse = min(sparse, key=lambda d: d.estimate(rans))
+        if smallest_sparse.estimate(rans) <= (1 + SPARSE_PREFERENCE) * best.estimate(rans):
+            best = smallest_sparse
     if original.ndim <= 1:  # matrices take the form the plan asks for, even when raw would be as small
         raw = TensorDraft(base["name"], {**base, "encoding": K.RAW, "data": 0}, [original.reshape(-1).view(np.uint8)], {})
         if cost(raw) <= cost(best):
@@ -427,10 +494,12 @@ def _uniform_draft(base: dict, original: np.ndarray, x: np.ndarray, plan: Tensor
     bits = max(1, int(len(codebook) - 1).bit_length())
     candidates = [_shared_draft(base, codebook, indices, bits)]
     decoded = None  # the dense decoded tensor only where a sparse form needs it (TensorDraft.dense)
-    if x.size and codebook[0] == 0 and np.count_nonzero(indices == 0) >= SPARSE_MIN_ZERO_SHARE * x.size:
+    zeros = np.count_nonzero(indices == 0) if x.size and codebook[0] == 0 else 0
+    if zeros >= SPARSE_MIN_ZERO_SHARE * x.size > 0:
         decoded = codebook[indices].reshape(original.shape)
         candidates += _sparse_drafts(base, decoded, plan, codebook=codebook, indices=indices, bits=bits)
-    return _smallest(candidates, decoded, original, base)
+    mostly_zero = zeros >= SPARSE_SHARE_PREFERRED * x.size > 0
+    return _smallest(candidates, decoded, original, base, plan.rans, prefer_sparse=mostly_zero)
 
 
 def _shared_draft(base: dict, codebook: np.ndarray, indices: np.ndarray, bits: int,
@@ -472,13 +541,13 @@ def _sparse_drafts(base: dict, x: np.ndarray, plan: TensorPlan, *, codebook=None
             entries = len(positions) + fillers
             if entries > max(1, x.size):  # as encode_gaps's limit: fillers beyond the tensor's size
                 continue
-            size = fixed_bytes + estimate_coded_bytes(gap_counts, entries, b)
+            size = fixed_bytes + estimate_coded_bytes(gap_counts, entries, b, rans=plan.rans)
             if codebook is None:
                 size += entries * x.dtype.itemsize
             else:
                 counts = code_counts.copy()
                 counts[0] += fillers
-                size += estimate_coded_bytes(counts, entries, bits)  # trailing zero counts cost nothing
+                size += estimate_coded_bytes(counts, entries, bits, rans=plan.rans)  # trailing zeros cost nothing
             if best is None or size < best[0]:
                 best = (size, layout, b, positions)
     if best is None:
@@ -533,7 +602,8 @@ def stream_counts(drafts: list[TensorDraft]) -> dict[str, list[np.ndarray]]:
 
 
 def code_tensor(d: TensorDraft, mode: str = "auto", block_size: int = K.DEFAULT_BLOCK_SIZE,
-                shared: dict[str, np.ndarray] | None = None, header_cost: int = K.HUFFMAN_ZLIB_COST) -> EncodedTensor:
+                shared: dict[str, np.ndarray] | None = None, header_cost: int = K.HUFFMAN_ZLIB_COST, *,
+                rans: bool = False) -> EncodedTensor:
     """Code one draft's streams and lay out its payloads in file order (§5). A stream's "table" holds
     the table's text until `Tables.intern` numbers it; independent of other tensors (any thread)."""
     shared = shared or {}
@@ -546,7 +616,7 @@ def code_tensor(d: TensorDraft, mode: str = "auto", block_size: int = K.DEFAULT_
             continue
         if key in d.streams:
             obj, payload, text = code_stream(d.streams[key], "auto" if mode == "shared" else mode, block_size,
-                                             shared.get(key), header_cost)
+                                             shared.get(key), header_cost, rans=rans and mode != "off")
             if text is not None:
                 obj["table"] = text
             header[key] = obj
@@ -581,16 +651,17 @@ class Tables:
 
 def assemble(drafts: list[TensorDraft], mode: str = "auto", block_size: int = K.DEFAULT_BLOCK_SIZE,
              progress: Callable[[str], None] | None = None, *,
-             header_cost: int = K.HUFFMAN_ZLIB_COST) -> tuple[list[str], list[EncodedTensor]]:
+             header_cost: int = K.HUFFMAN_ZLIB_COST, rans: bool = False) -> tuple[list[str], list[EncodedTensor]]:
     """Code every stream and lay out each tensor's payloads in file order (§5): (tables, tensors).
 
-    `header_cost`: the header bytes a Huffman stream adds (see code_stream).
+    `header_cost`: the header bytes a Huffman stream adds (see code_stream); `rans`: offer rANS coding
+    to every stream (§6.4, format 1.4), kept where it is smaller.
     """
     shared = shared_lengths(stream_counts(drafts)) if mode == "shared" else {}
     tables = Tables()
     out = []
     for d in drafts:
-        out.append(tables.intern(code_tensor(d, mode, block_size, shared, header_cost)))
+        out.append(tables.intern(code_tensor(d, mode, block_size, shared, header_cost, rans=rans)))
         if progress is not None:
             progress(d.name)
     return tables.texts, out
@@ -781,9 +852,15 @@ class _StreamPieces:
         data = _checked(buf, stream.section, key, tensor, budget)
         self.count = stream.count
         self.fixed = stream.coding == K.FIXED
+        self.rans = stream.coding == K.RANS
         if self.fixed:
             self.width, self.alphabet = stream.width, stream.alphabet
             self.data = bitpack.check_length(data, stream.count, stream.width, stream.alphabet)
+        elif self.rans:
+            block_size = min(stream.block_size, max(1, stream.count))  # as decode_stream
+            self.blocks = ranscoding.prepare(data, stream.count, tables.frequencies(stream.frequencies),
+                                             block_size, list(stream.block_bytes))
+            self.unit = block_size
         else:
             block_size = min(stream.block_size, max(1, stream.count))  # as decode_stream
             self.blocks = huffman.prepare(data, stream.count, tables.get(stream.table), block_size,
@@ -794,6 +871,8 @@ class _StreamPieces:
         """Symbol bounds of at most `pieces` ranges that decode independently."""
         if self.fixed:
             return _cuts(self.count, pieces, 8)
+        if self.rans:
+            return [self.blocks.block_start(b) for b in _cuts(self.blocks.blocks, pieces)]
         units = _cuts(self.blocks.units, pieces)
         return [self.blocks.unit_start(u) for u in units]
 
@@ -801,12 +880,16 @@ class _StreamPieces:
         """Symbols s0..s1 (bounds from `cuts`) into out[s0:s1]; False if the data is malformed."""
         if self.fixed:
             return bitpack.unpack_range(self.data, self.count, self.width, self.alphabet, s0, s1, out)
+        if self.rans:
+            return ranscoding.decode_blocks(self.blocks, out, s0 // self.unit, -(-s1 // self.unit))
         return huffman.decode_units(self.blocks, out, s0 // self.unit, -(-s1 // self.unit))
 
     def gather(self, codebook: np.ndarray, out: np.ndarray, s0: int, s1: int) -> bool:
         """out[i] = codebook[symbol i] for symbols s0..s1; False if the data is malformed."""
         if self.fixed:
             return bitpack.gather_range(self.data, self.count, self.width, self.alphabet, s0, s1, codebook, out)
+        if self.rans:
+            return ranscoding.gather_blocks(self.blocks, s0 // self.unit, -(-s1 // self.unit), codebook, out)
         return huffman.gather_units(self.blocks, s0 // self.unit, -(-s1 // self.unit), codebook, out)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 # §2 File layout
 MAGIC = b"\x89DCF\r\n\x1a\n"
 VERSION_MAJOR = 1
-VERSION_MINOR = 3  # the newest minor version this implementation reads and writes (§2.3, §9)
+VERSION_MINOR = 4  # the newest minor version this implementation reads and writes (§2.3, §9)
 JSON_HEADER_MINOR = 0  # §2.3: files with a JSON header are written as 1.0, readable by every 1.x reader
 ZLIB_HEADER_MINOR = 1  # §2.2: a zlib-compressed header needs version 1.1 or later
 FIELDS_MINOR = 2  # §5.4, §3.2: the fields encoding and the float8 dtypes need version 1.2 or later
 ROW_SCALES_MINOR = 3  # §5.2: a shared tensor with row scales needs version 1.3 or later
+RANS_MINOR = 4  # §6.4: a stream coded with rANS needs version 1.4 or later
 PREAMBLE_SIZE = 32  # magic(8) + major(2) + minor(2) + header_crc32(4) + header_length(8) + file_length(8)
 PREAMBLE_FORMAT = "<8sHHIQQ"
 ALIGNMENT = 64  # §4: every section starts on a multiple of this
@@ -64,9 +65,15 @@ SECTION_KEYS_IN_ORDER = ("data", "codebook", "scales", "row_scales", "gaps", "in
 # §6 Streams
 FIXED = "fixed"
 HUFFMAN = "huffman"
-CODINGS = (FIXED, HUFFMAN)
+RANS = "rans"
+CODINGS = (FIXED, HUFFMAN, RANS)
 FIXED_STREAM_KEYS = frozenset({"coding", "section"})
 HUFFMAN_STREAM_KEYS = frozenset({"coding", "section", "table", "block_size", "block_bytes"})
+RANS_STREAM_KEYS = frozenset({"coding", "section", "frequencies", "block_size", "block_bytes"})
+RANS_PRECISION = 15  # §6.4: the frequencies of a rANS table add up to 2^15
+RANS_TOTAL = 1 << RANS_PRECISION
+RANS_STATE_BYTES = 8  # §6.4: a rANS block starts with its u64 state, then u32 words
+RANS_WORD_BYTES = 4
 MAX_CODE_LENGTH = 15  # §6.2
 MAX_ALPHABET = 1 << 16  # §6.2, §7
 DEFAULT_BLOCK_SIZE = 1 << 16  # symbols per Huffman block written by this implementation (§6.3)

@@ -7,11 +7,13 @@ imports numba: `dcformat inspect` stays instant.
 
 from __future__ import annotations
 
+import array
 import io
 import json
 import math
 import os
 import struct
+import sys
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from . import constants as K
 from .errors import (
     ChecksumError,
     FormatError,
+    FrequencyTableError,
     HeaderError,
     HuffmanTableError,
     LimitError,
@@ -91,6 +94,7 @@ class Stream:
     table: int | None = None
     block_size: int | None = None
     block_bytes: tuple[int, ...] = ()
+    frequencies: str | None = None  # rans: the table text, checked (§6.4)
 
 
 @dataclass(frozen=True)
@@ -491,10 +495,13 @@ def _section(value: Any, what: str, tensor: str) -> Section:
     )
 
 
-def _stream(value: Any, what: str, tensor: str, count: int, alphabet: int, width: int, tables: list[str]) -> Stream:
+def _stream(value: Any, what: str, tensor: str, count: int, alphabet: int, width: int, tables: list[str],
+            version: tuple[int, int] = (K.VERSION_MAJOR, K.VERSION_MINOR)) -> Stream:
     if not isinstance(value, dict):
         raise HeaderError(f"{what} must be a JSON object", tensor=tensor)
     coding = value.get("coding")
+    if coding == K.RANS:
+        return _rans_stream(value, what, tensor, count, alphabet, width, version)
     if coding == K.FIXED:
         obj = _require_object(value, what, K.FIXED_STREAM_KEYS, tensor=tensor)
         section = _section(obj["section"], f"{what}.section", tensor)
@@ -517,26 +524,8 @@ def _stream(value: Any, what: str, tensor: str, count: int, alphabet: int, width
                 f"{what}: table {table} has {table_size} symbols, more than the stream's alphabet of {alphabet}",
                 tensor=tensor,
             )
-        block_size = _require_int(obj["block_size"], f"{what}.block_size", 1, tensor=tensor)
-        block_bytes = obj["block_bytes"]
-        if not isinstance(block_bytes, list):
-            raise HeaderError(f"{what}.block_bytes must be a JSON array", tensor=tensor)
-        nblocks = -(-count // block_size)
-        if len(block_bytes) != nblocks:
-            raise FormatError(
-                f"{what}: {count} symbols in blocks of {block_size} make {nblocks} blocks, block_bytes lists {len(block_bytes)}",
-                tensor=tensor, offset=section.offset,
-            )
-        # (checked in bulk first: a large tensor lists thousands of blocks)
-        if not all(type(b) is int and b >= 0 for b in block_bytes):
-            for i, b in enumerate(block_bytes):
-                _require_int(b, f"{what}.block_bytes[{i}]", tensor=tensor)
-        sizes = tuple(block_bytes)
-        if sum(sizes) != section.length:
-            raise FormatError(
-                f"{what}: block_bytes add up to {sum(sizes)}, the section holds {section.length}",
-                tensor=tensor, offset=section.offset,
-            )
+        block_size, sizes = _block_sizes(obj, what, tensor, count, section)
+        nblocks = len(sizes)
         # Each symbol costs at least one bit (§6.2: minimum code length 1); every block but the last
         # holds block_size symbols.
         last = count - (nblocks - 1) * block_size
@@ -550,6 +539,72 @@ def _stream(value: Any, what: str, tensor: str, count: int, alphabet: int, width
                     )
         return Stream(K.HUFFMAN, section, count, alphabet, width, table, block_size, sizes)
     raise HeaderError(f"{what}.coding is {coding!r}, not one of {list(K.CODINGS)}", tensor=tensor)
+
+
+def _block_sizes(obj: dict, what: str, tensor: str, count: int, section: Section) -> tuple[int, tuple[int, ...]]:
+    """A coded stream's block_size and block_bytes, checked against its count and section (§6.3)."""
+    block_size = _require_int(obj["block_size"], f"{what}.block_size", 1, tensor=tensor)
+    block_bytes = obj["block_bytes"]
+    if not isinstance(block_bytes, list):
+        raise HeaderError(f"{what}.block_bytes must be a JSON array", tensor=tensor)
+    nblocks = -(-count // block_size)
+    if len(block_bytes) != nblocks:
+        raise FormatError(
+            f"{what}: {count} symbols in blocks of {block_size} make {nblocks} blocks, block_bytes lists {len(block_bytes)}",
+            tensor=tensor, offset=section.offset,
+        )
+    # (checked in bulk first: a large tensor lists thousands of blocks)
+    if not all(type(b) is int and b >= 0 for b in block_bytes):
+        for i, b in enumerate(block_bytes):
+            _require_int(b, f"{what}.block_bytes[{i}]", tensor=tensor)
+    sizes = tuple(block_bytes)
+    if sum(sizes) != section.length:
+        raise FormatError(
+            f"{what}: block_bytes add up to {sum(sizes)}, the section holds {section.length}",
+            tensor=tensor, offset=section.offset,
+        )
+    return block_size, sizes
+
+
+def _rans_stream(value: dict, what: str, tensor: str, count: int, alphabet: int, width: int,
+                 version: tuple[int, int]) -> Stream:
+    """A rans stream object (§6.4, format 1.4): its table parsed and checked, every block a state and
+    whole words."""
+    if version[1] < K.RANS_MINOR:
+        raise HeaderError(f"{what}.coding 'rans' needs format version 1.{K.RANS_MINOR} or later, the file is "
+                          f"{version[0]}.{version[1]} (§6.4)", tensor=tensor)
+    obj = _require_object(value, what, K.RANS_STREAM_KEYS, tensor=tensor)
+    section = _section(obj["section"], f"{what}.section", tensor)
+    text = _require_str(obj["frequencies"], f"{what}.frequencies", tensor=tensor)
+    symbols = validate_frequency_text(text, f"{what}.frequencies", tensor)
+    if symbols > alphabet:
+        raise FrequencyTableError(f"{what}: table has {symbols} symbols, more than the stream's alphabet "
+                                  f"of {alphabet}", tensor=tensor)
+    block_size, sizes = _block_sizes(obj, what, tensor, count, section)
+    for i, size in enumerate(sizes):
+        if size < K.RANS_STATE_BYTES or size % K.RANS_WORD_BYTES:
+            raise FormatError(f"{what}: rANS block {i} has {size} bytes, not an 8-byte state and whole 4-byte "
+                              "words (§6.4)", tensor=tensor, offset=section.offset)
+    return Stream(K.RANS, section, count, alphabet, width, None, block_size, sizes, text)
+
+
+def validate_frequency_text(text: str, what: str, tensor: str | None = None) -> int:
+    """Check a rANS table text against §6.4 in pure Python (no numba); return its number of symbols."""
+    if not 4 <= len(text) <= 4 * K.MAX_ALPHABET or len(text) % 4:
+        raise FrequencyTableError(f"rANS table {what}: {len(text)} digits, not a multiple of 4 in "
+                                  f"4..{4 * K.MAX_ALPHABET}", tensor=tensor)
+    bad = set(text) - set("0123456789abcdef")
+    if bad:
+        raise FrequencyTableError(f"rANS table {what}: character(s) {sorted(bad)} are not lowercase hex digits",
+                                  tensor=tensor)
+    freqs = array.array("H", bytes.fromhex(text))
+    if sys.byteorder == "little":
+        freqs.byteswap()  # the digits are big-endian groups
+    total = sum(freqs)
+    if total != K.RANS_TOTAL:
+        raise FrequencyTableError(f"rANS table {what}: frequencies add up to {total}, not "
+                                  f"2^{K.RANS_PRECISION} = {K.RANS_TOTAL}", tensor=tensor)
+    return len(freqs)
 
 
 def _validate_tables(tables: Any) -> list[str]:
@@ -713,7 +768,7 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
         return TensorInfo(**base, data=data)
 
     if encoding == K.FIELDS:
-        return _validate_fields(obj, base, numel, itemsize, tables)
+        return _validate_fields(obj, base, numel, itemsize, tables, version)
 
     if encoding == K.SHARED:
         if dtype == "bool":
@@ -725,14 +780,14 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
         codebook = _section(obj["codebook"], "codebook", name)
         k = _codebook_size(codebook, itemsize, bits, name)
         if not scaled:
-            indices = _stream(obj["indices"], "indices", name, numel, k, bits, tables)
+            indices = _stream(obj["indices"], "indices", name, numel, k, bits, tables, version)
             return TensorInfo(**base, codebook=codebook, indices=indices, bits=bits)
         scale_bits = _require_int(obj["scale_bits"], "scale_bits", K.MIN_BITS, K.MAX_BITS, tensor=name)
         scales = _section(obj["scales"], "scales", name)
         m = _scales_size(scales, itemsize, scale_bits, name)
         rows, _ = matrix_view(shape_t)
-        row_scales = _stream(obj["row_scales"], "row_scales", name, rows, m, scale_bits, tables)
-        indices = _stream(obj["indices"], "indices", name, numel, k, bits, tables)
+        row_scales = _stream(obj["row_scales"], "row_scales", name, rows, m, scale_bits, tables, version)
+        indices = _stream(obj["indices"], "indices", name, numel, k, bits, tables, version)
         return TensorInfo(**base, codebook=codebook, indices=indices, bits=bits, scale_bits=scale_bits,
                           scales=scales, row_scales=row_scales)
 
@@ -757,16 +812,17 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
         bits = _require_int(obj["bits"], "bits", K.MIN_BITS, K.MAX_BITS, tensor=name)
         codebook = _section(obj["codebook"], "codebook", name)
         k = _codebook_size(codebook, itemsize, bits, name)
-        gaps = _stream(obj["gaps"], "gaps", name, entries, 1 << index_bits, index_bits, tables)
-        indices = _stream(obj["indices"], "indices", name, entries, k, bits, tables)
+        gaps = _stream(obj["gaps"], "gaps", name, entries, 1 << index_bits, index_bits, tables, version)
+        indices = _stream(obj["indices"], "indices", name, entries, k, bits, tables, version)
         return TensorInfo(**base, **extra, bits=bits, codebook=codebook, gaps=gaps, indices=indices)
-    gaps = _stream(obj["gaps"], "gaps", name, entries, 1 << index_bits, index_bits, tables)
+    gaps = _stream(obj["gaps"], "gaps", name, entries, 1 << index_bits, index_bits, tables, version)
     values = _section(obj["values"], "values", name)
     _expect_length(values, entries * itemsize, "values", name)
     return TensorInfo(**base, **extra, gaps=gaps, values=values)
 
 
-def _validate_fields(obj: dict, base: dict, numel: int, itemsize: int, tables: list[str]) -> TensorInfo:
+def _validate_fields(obj: dict, base: dict, numel: int, itemsize: int, tables: list[str],
+                     version: tuple[int, int]) -> TensorInfo:
     """A fields tensor's keys (§5.4): widths, chunk size, then each chunk's streams."""
     name = base["name"]
     if base["dtype"] == "bool":
@@ -794,21 +850,32 @@ def _validate_fields(obj: dict, base: dict, numel: int, itemsize: int, tables: l
             raise FormatError(f"chunks[{c}] has {len(streams)} streams, the tensor has {len(widths_t)} fields",
                               tensor=name)
         count = min(chunk_size, numel - c * chunk_size)
-        out.append(tuple(_stream(s, f"chunks[{c}][{f}]", name, count, 1 << w, w, tables)
+        out.append(tuple(_stream(s, f"chunks[{c}][{f}]", name, count, 1 << w, w, tables, version)
                          for f, (s, w) in enumerate(zip(streams, widths_t))))
     return TensorInfo(**base, fields=widths_t, chunk_size=chunk_size, chunks=tuple(out))
 
 
 def content_minor(headers: Any) -> int:
-    """The lowest minor version a file's tensor objects need: 1.3 for row scales, 1.2 for fields or
-    float8, else 0 (§2.3)."""
+    """The lowest minor version a file's tensor objects need: 1.4 for a rans stream, 1.3 for row
+    scales, 1.2 for fields or float8, else 0 (§2.3)."""
     minor = K.JSON_HEADER_MINOR
     for h in headers:
+        if any(s.get("coding") == K.RANS for s in _stream_objects(h)):
+            return K.RANS_MINOR
         if "scales" in h:
-            return K.ROW_SCALES_MINOR
+            minor = max(minor, K.ROW_SCALES_MINOR)
         if h.get("encoding") == K.FIELDS or h.get("dtype") in K.FLOAT8_DTYPES:
-            minor = K.FIELDS_MINOR
+            minor = max(minor, K.FIELDS_MINOR)
     return minor
+
+
+def _stream_objects(h: dict) -> Iterator[dict]:
+    """The stream objects of a tensor object: its streams' keys, and each chunk's of a fields tensor."""
+    for key in ("row_scales", "gaps", "indices"):
+        if isinstance(h.get(key), dict):
+            yield h[key]
+    for chunk in h.get("chunks") or ():
+        yield from (s for s in chunk if isinstance(s, dict))
 
 
 def matrix_view(shape: tuple[int, ...]) -> tuple[int, int]:

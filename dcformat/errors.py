@@ -43,8 +43,16 @@ class ChecksumError(DCFError):
     """A CRC-32 does not match: the header or a named section is corrupted."""
 
 
-class HuffmanTableError(DCFError):
+class TableError(DCFError):
+    """An entropy coder's table is invalid (§6.2 Huffman code lengths, §6.4 rANS frequencies)."""
+
+
+class HuffmanTableError(TableError):
     """A Huffman table is not a valid canonical prefix code within the maximum length."""
+
+
+class FrequencyTableError(TableError):
+    """A rANS frequency table is not 1..65,536 groups of 4 hex digits adding up to 2^15 (§6.4)."""
 
 
 class CorruptDataError(DCFError):

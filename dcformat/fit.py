@@ -170,8 +170,9 @@ class _Curve:
     sse: np.ndarray
 
 
-def _curve(a: np.ndarray) -> _Curve:
-    """Estimated coded bytes and squared error of `a` at each candidate step (level-mean codebook)."""
+def _curve(a: np.ndarray, rans: bool = False) -> _Curve:
+    """Estimated coded bytes and squared error of `a` at each candidate step (level-mean codebook);
+    `rans`: the indices may be rANS-coded (Policy.coder "auto")."""
     from . import codec
 
     values = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
@@ -192,7 +193,8 @@ def _curve(a: np.ndarray) -> _Curve:
         zero = (np.flatnonzero(used) + lo) == 0
         err = float(np.sum(s2 - np.where(zero, 0.0, s * s / c)))  # level 0 decodes to exactly 0
         width = max(1, int(len(c) - 1).bit_length())
-        nbytes.append(codec.estimate_coded_bytes(np.sort(c)[::-1].copy(), values.size, width) + 4 * len(c))
+        nbytes.append(codec.estimate_coded_bytes(np.sort(c)[::-1].copy(), values.size, width, rans=rans)
+                      + 4 * len(c))
         steps.append(step)
         sse.append(max(err, 0.0))
     return _Curve(np.array(steps), np.array(nbytes, np.float64), np.array(sse))
@@ -224,7 +226,7 @@ class Family:
             floor = _MIN_SENSITIVITY * (float(np.median(positive)) if positive else 1.0)
             self.sens = {n: max(self.sens.get(n, 0.0), floor) for n in names}
             for i, n in enumerate(names):
-                self.curves[n] = _curve(arrays[n])
+                self.curves[n] = _curve(arrays[n], self.base.uses_rans)
                 if progress is not None:
                     progress(ProgressEvent("fit", i + 1, len(names), tensor=n, message=f"rate-distortion curve of {n}"))
         if method == "sensitivity":
@@ -289,7 +291,8 @@ class Family:
             width = max(1, int(len(counts) - 1).bit_length())
             classes = len(np.unique(multipliers))  # codebook, scales, row_scales (~2 bits a row), indices
             self._row_bytes[key] = float(4 * len(counts) + 4 * classes + self.arrays[name].shape[0] // 4
-                                         + codec.estimate_coded_bytes(counts, levels.size, width))
+                                         + codec.estimate_coded_bytes(counts, levels.size, width,
+                                                                      rans=self.base.uses_rans))
         return self._row_bytes[key]
 
     def policy(self, theta: float) -> Policy:

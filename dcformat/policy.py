@@ -13,6 +13,7 @@ from .errors import EncodeError
 
 AUTO = "auto"
 HUFFMAN_MODES = ("auto", "shared", "off")
+CODERS = ("auto", "huffman")  # Policy.coder: rANS offered beside Huffman, or Huffman only
 QUANTIZERS = ("kmeans", "optimal", "ecsq")  # dcformat.quantize.METHODS
 INITS = ("linear", "density", "random", "kmeans++")  # dcformat.quantize.INITS
 RULE_KEYS = ("prune", "threshold", "bits", "index_bits", "layout", "raw", "quantizer", "init", "lam", "max_error", "step")
@@ -37,6 +38,7 @@ class TensorPlan:
     step: float | None = None  # uniform quantization with this step instead of a 2^bits codebook
     zero_copy: bool = False  # values kept exact are stored raw (memory-mappable), never in fields (§5.4)
     compact_header: bool = True  # the header will be zlib-compressed: fields count tables as zlib makes them
+    rans: bool = False  # streams may be rANS-coded (§6.4, format 1.4): estimates count it too
     # a step per row (§5.2 row scales, format 1.3): one float64 multiplier per row of the matrix view
     row_scales: np.ndarray | None = field(default=None, compare=False, repr=False)
 
@@ -60,6 +62,11 @@ class Policy:
       {"fc8.*": {"bits": 4, "prune": 0.75}}; the first matching pattern wins.
     - `huffman`: "auto" (a table per stream, fixed width when smaller), "shared" (one table per
       stream kind for the whole model) or "off".
+    - `coder`: the entropy coder of the coded tensors' streams (codebook indices, gaps, row scales):
+      "auto" offers rANS (§6.4, format 1.4: within a few thousandths of a bit of the entropy, where
+      Huffman spends at least one bit per symbol) beside Huffman and fixed width and keeps the
+      smallest; "huffman" never uses rANS, so files stay readable by format 1.3 readers, as the
+      paper's Deep Compression codes them. The fields encoding (lossless) is Huffman-coded either way.
     - `lossless`: store every tensor exactly; contradicts any setting that changes values (prune,
       threshold, step, target_size, max_error, vector_bits, lossy rule settings), which is refused.
     - `quantizer`: how codebooks are chosen — "kmeans" (the paper's Lloyd, empty clusters re-seeded),
@@ -102,6 +109,7 @@ class Policy:
     threshold: float | None = None
     rules: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     huffman: str = "auto"
+    coder: str = "auto"
     lossless: bool = False
     block_size: int = K.DEFAULT_BLOCK_SIZE
     quantizer: str = "kmeans"
@@ -134,6 +142,8 @@ class Policy:
         _check_settings(self.prune, self.threshold, self.fc_bits, self.index_bits, self.layout, "policy")
         if self.huffman not in HUFFMAN_MODES:
             raise EncodeError(f"policy: huffman must be one of {HUFFMAN_MODES}, not {self.huffman!r}")
+        if self.coder not in CODERS:
+            raise EncodeError(f"policy: coder must be one of {CODERS}, not {self.coder!r}")
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise EncodeError(f"policy: block_size must be a positive integer, not {self.block_size!r}")
         _check_quantizer(self.quantizer, self.init, self.lam, "policy")
@@ -258,7 +268,13 @@ class Policy:
             index_bits=settings["index_bits"], layout=settings["layout"], quantizer=settings["quantizer"],
             init=settings["init"], lam=float(settings["lam"]), max_error=settings["max_error"],
             step=None if settings["step"] is None else float(settings["step"]), zero_copy=zero_copy,
+            rans=self.uses_rans,
         )
+
+    @property
+    def uses_rans(self) -> bool:
+        """Whether coded streams may be rANS-coded: coder "auto" and entropy coding on."""
+        return self.coder == "auto" and self.huffman != "off"
 
     def to_dict(self) -> dict[str, Any]:
         """The settings that differ from the defaults, JSON-safe (what a file records of its policy)."""

@@ -268,8 +268,8 @@ def _fmt_bits(a: float | None, b: float | None) -> str:
 
 PAPER_LEGEND = (
     "kept: share of the weights stored (the rest pruned). w bits / idx bits: bits per stored weight and per\n"
-    "relative index, as fixed-width codes (P+Q) and after Huffman coding (+H), the columns of the Deep\n"
-    "Compression paper's Table 4. fillers: zero entries added where a gap exceeds the index width.\n"
+    "relative index, as fixed-width codes (P+Q) and after entropy coding (+H: Huffman, or rANS where smaller),\n"
+    "the columns of the Deep Compression paper's Table 4. fillers: zero entries added where a gap exceeds the index width.\n"
     "rate: the tensor's bytes in the file as a share of its dense bytes."
 )
 

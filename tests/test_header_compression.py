@@ -128,9 +128,10 @@ def test_round_trip_with_either_header(model, compact, huffman):
     data = dcformat.save(model, policy=policy)
     _, major, minor, _, hlen, _ = preamble(data)
     zlibbed = data[32] == 0x78
-    with dcformat.open(data) as f:  # fields tensors and float8 dtypes need 1.2 (§2.3), a zlib header 1.1
+    with dcformat.open(data) as f:  # rans streams need 1.4, fields tensors and float8 dtypes 1.2 (§2.3), zlib 1.1
         newer = any(f.layout(n).encoding == "fields" or f.layout(n).dtype.startswith("float8") for n in f.keys())
-    assert (major, minor) == (1, 2 if newer else 1 if zlibbed else 0)
+        rans = any(s.coding == "rans" for n in f.keys() for s in (f.layout(n).indices, f.layout(n).gaps) if s)
+    assert (major, minor) == (1, 4 if rans else 2 if newer else 1 if zlibbed else 0)
     assert compact or not zlibbed
     loaded = dcformat.load(data)
     theirs = ref.decode(data)

@@ -1,0 +1,455 @@
+"""rANS coding of symbol streams (spec §6.4, format 1.4): static frequencies at 15-bit precision, a 64-bit
+state renormalised by 32-bit words, in independent blocks.
+
+Huffman spends at least one bit on every symbol and at most 15 on any; an index stream whose zero
+level holds 65% of the weights loses a fifth of its bytes to that. rANS codes each symbol in
+-log2(f/2^15) bits, within a few thousandths of a bit of the entropy.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from . import constants as K
+from .bitpack import as_byte_array, as_symbols
+from .errors import CorruptDataError, EncodeError, FrequencyTableError
+
+PRECISION = K.RANS_PRECISION  # M = 2^15: the frequencies of a table add up to exactly this power of two
+TOTAL = K.RANS_TOTAL
+LOWER = 1 << 31  # the state lies in [LOWER, 2^63) between symbols
+STATE_BYTES = K.RANS_STATE_BYTES  # a block starts with its final encoder state, a u64 little-endian
+WORD_BYTES = K.RANS_WORD_BYTES
+MAX_SYMBOLS = K.MAX_ALPHABET  # a table has at most 65,536 groups of 4 hex digits
+_HEX_TABLE = re.compile(r"[0-9a-f]*")
+
+_U15 = np.uint64(PRECISION)
+_MASK = np.uint64(TOTAL - 1)
+_LOWER = np.uint64(LOWER)
+_HIGH = np.uint64(1 << 63)
+_U32 = np.uint64(32)
+_WORD_MASK = np.uint64(0xFFFFFFFF)
+_RENORM_SHIFT = np.uint64(48)  # the encoder emits a word when x >= f * 2^48 = f * (LOWER / TOTAL) * 2^32
+
+# kernel status codes
+_OK, _BAD_STATE, _OUT_OF_WORDS, _LEFTOVER, _FINAL_STATE, _NO_SYMBOL = 0, 1, 2, 3, 4, 5
+
+
+# ---------------------------------------------------------------------------------------------------
+# Frequency tables (§6.4)
+# ---------------------------------------------------------------------------------------------------
+
+
+def usable(counts: np.ndarray) -> bool:
+    """Whether symbols with these counts can be given a table: at least one and at most 2^15 used."""
+    used = int(np.count_nonzero(counts))
+    return 1 <= used <= TOTAL and np.nonzero(counts)[0][-1] < MAX_SYMBOLS
+
+
+def normalize(counts: np.ndarray) -> np.ndarray:
+    """Frequencies (int64, adding up to 2^15, length = last used symbol + 1) for symbol counts.
+
+    Each used symbol gets max(1, round(c·M/n)); the excess or deficit then goes to or from the symbols
+    where it costs or saves the most bits (c·log2 of the ratio), ties to the lower symbol: a
+    deterministic rule, so files are reproducible. Any valid table decodes the same way (§6.4).
+    """
+    c = np.asarray(counts, dtype=np.int64)
+    if c.ndim != 1 or (c.size and int(c.min()) < 0) or not usable(c):
+        raise EncodeError(f"rANS: counts must be a 1-D array with 1..{TOTAL} used symbols")
+    c = c[: int(np.nonzero(c)[0][-1]) + 1]
+    used = np.nonzero(c)[0]
+    n = float(c.sum())
+    f = np.zeros(c.size, np.int64)
+    f[used] = np.maximum(1, np.rint(c[used] * (TOTAL / n))).astype(np.int64)
+    weight = c.astype(np.float64)
+    excess = int(f.sum()) - TOTAL
+    while excess:
+        if excess > 0:  # take one from each of the `excess` symbols where it costs least
+            cand = used[f[used] > 1]
+            cost = weight[cand] * np.log2(f[cand] / (f[cand] - 1.0))
+            pick = cand[np.argsort(cost, kind="stable")[:excess]]
+            f[pick] -= 1
+        else:  # give one to each of the `-excess` symbols where it saves most
+            gain = weight[used] * np.log2((f[used] + 1.0) / f[used])
+            pick = used[np.argsort(-gain, kind="stable")[:-excess]]
+            f[pick] += 1
+        excess = int(f.sum()) - TOTAL
+    return f
+
+
+def validate_frequencies(freqs: np.ndarray) -> None:
+    """Raise FrequencyTableError unless freqs is 1..65,536 non-negative integers adding up to 2^15."""
+    f = np.asarray(freqs)
+    if f.ndim != 1 or not 1 <= f.size <= MAX_SYMBOLS or f.dtype.kind not in "iu":
+        raise FrequencyTableError(f"rANS table: 1..{MAX_SYMBOLS} integer frequencies needed")
+    if int(f.min()) < 0 or int(f.sum(dtype=np.int64)) != TOTAL:
+        raise FrequencyTableError(f"rANS table: frequencies add up to {int(f.sum(dtype=np.int64))}, "
+                                  f"not 2^{PRECISION} = {TOTAL}")
+
+
+def frequencies_to_hex(freqs: np.ndarray) -> str:
+    """The table text (§6.4): 4 lowercase hex digits per symbol, most significant first."""
+    validate_frequencies(freqs)
+    return "".join(f"{int(v):04x}" for v in freqs)
+
+
+def frequencies_from_hex(text: str) -> np.ndarray:
+    """Parse and check a table text; raise FrequencyTableError if it is not a valid table."""
+    if not isinstance(text, str) or not 4 <= len(text) <= 4 * MAX_SYMBOLS or len(text) % 4:
+        size = len(text) if isinstance(text, str) else type(text).__name__
+        raise FrequencyTableError(f"rANS table: must be 4..{4 * MAX_SYMBOLS} hex digits, a multiple of 4; "
+                                  f"has {size}")
+    if not _HEX_TABLE.fullmatch(text):
+        bad = next(ch for ch in text if ch not in "0123456789abcdef")
+        raise FrequencyTableError(f"rANS table: {bad!r} is not a lowercase hex digit")
+    freqs = np.frombuffer(bytes.fromhex(text), dtype=">u2").astype(np.int64)
+    validate_frequencies(freqs)
+    return freqs
+
+
+def coded_bits(counts: np.ndarray, freqs: np.ndarray) -> float:
+    """The payload bits of symbols with these counts under a table, to well within a bit per block:
+    Σ c_s·(15 − log2 f_s). Infinite if a counted symbol has no frequency."""
+    c = np.asarray(counts, dtype=np.float64)
+    f = np.zeros(max(c.size, len(freqs)), np.float64)
+    f[: len(freqs)] = freqs
+    f = f[: c.size]
+    used = c > 0
+    if np.any(f[used] == 0):
+        return float("inf")
+    return float(np.sum(c[used] * (PRECISION - np.log2(f[used]))))
+
+
+def estimate_bytes(counts: np.ndarray, n: int, block_size: int) -> tuple[int, np.ndarray] | None:
+    """(section bytes, table) rANS would take for a stream with these symbol counts, or None if no table
+    can code it. Each block adds its 8-byte state and about half a word of rounding."""
+    if n == 0 or not usable(counts):
+        return None
+    freqs = normalize(counts)
+    nblocks = -(-n // block_size)
+    return int(coded_bits(counts, freqs) / 8) + (STATE_BYTES + 2) * nblocks, freqs
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------------------
+
+
+def _cumulative(freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    f = np.asarray(freqs, dtype=np.uint64)
+    cum = np.zeros(f.size, np.uint64)
+    np.cumsum(f[:-1], out=cum[1:])
+    return f, cum
+
+
+def encode(symbols: np.ndarray, freqs: np.ndarray, block_size: int) -> tuple[bytes, list[int]]:
+    """rANS-code `symbols` in blocks of `block_size` (§6.4); return the bytes and each block's size."""
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise EncodeError(f"rANS: block size {block_size!r} is not an integer >= 1")
+    validate_frequencies(freqs)
+    syms = as_symbols(symbols)
+    f, cum = _cumulative(freqs)
+    count = syms.size
+    block_size = min(int(block_size), max(1, count))
+    scratch = np.empty(block_size, dtype="<u4")
+    parts: list[bytes] = []
+    sizes: list[int] = []
+    for s0 in range(0, count, block_size):
+        s1 = min(count, s0 + block_size)
+        state, words, bad = _encode_block(syms, s0, s1, f, cum, scratch)
+        if bad >= 0:
+            s = int(syms[bad])
+            raise EncodeError(f"rANS: symbol {s} at index {bad} has no frequency in the table of {f.size} symbols")
+        block = int(state).to_bytes(STATE_BYTES, "little") + scratch[:words][::-1].tobytes()
+        parts.append(block)
+        sizes.append(len(block))
+    return b"".join(parts), sizes
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_block(syms, s0, s1, f, cum, words):  # pragma: no cover - compiled
+    """Encode syms[s0:s1] from the last symbol back: (final state, words pushed, index of a symbol
+    without frequency or -1). words[j] is the j-th word pushed; the block stores them last first."""
+    x = _LOWER
+    n = 0
+    for i in range(s1 - 1, s0 - 1, -1):
+        s = syms[i]
+        if s >= f.size or f[s] == 0:
+            return x, n, i
+        fs = f[s]
+        if x >= (fs << _RENORM_SHIFT):
+            words[n] = np.uint32(x & _WORD_MASK)
+            n += 1
+            x = x >> _U32
+        x = ((x // fs) << _U15) + (x % fs) + cum[s]
+    return x, n, -1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RansStream:
+    """A rANS stream whose table and block list passed every check from the header: ready to decode
+    block by block on any threads (§6.4: blocks are independent)."""
+
+    data: np.ndarray  # the section's bytes
+    words: np.ndarray  # the same bytes as little-endian u32 words (each block is whole words)
+    count: int
+    block_size: int
+    starts: np.ndarray  # each block's first byte
+    ends: np.ndarray
+    freqs: np.ndarray  # uint64
+    cum: np.ndarray  # uint64
+    slots: np.ndarray  # uint16: the symbol of each of the 2^15 slots
+    table: np.ndarray  # uint64 per slot: symbol << 32 | f << 16 | (slot - cum), all a decode step needs
+
+    @property
+    def blocks(self) -> int:
+        return self.starts.size
+
+    def block_start(self, b: int) -> int:
+        """Index of the first symbol of block b (count for b = blocks)."""
+        return min(b * self.block_size, self.count)
+
+
+def check_blocks(nbytes: int, count: int, block_size: int, block_bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Check a block list against the section (§6.4): the count of blocks, their sum, and each block at
+    least a state and a whole number of words. Return the blocks' byte ranges."""
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise CorruptDataError(f"rANS stream: block size {block_size!r} is not an integer >= 1")
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise CorruptDataError(f"rANS stream: symbol count {count!r} is not a non-negative integer")
+    nblocks = -(-int(count) // int(block_size))
+    sizes = list(block_bytes)
+    if len(sizes) != nblocks or not all(type(b) is int for b in sizes):
+        raise CorruptDataError(f"rANS stream: {count} symbols in blocks of {block_size} make {nblocks} blocks, "
+                               f"block_bytes lists {len(sizes)} integers")
+    for i, b in enumerate(sizes):
+        if b < STATE_BYTES or b % WORD_BYTES:
+            raise CorruptDataError(f"rANS block {i}: {b} bytes, not a state of {STATE_BYTES} bytes and "
+                                   f"whole {WORD_BYTES}-byte words")
+    ends = np.cumsum(np.asarray(sizes, dtype=np.int64)) if sizes else np.zeros(0, np.int64)
+    total = int(ends[-1]) if sizes else 0
+    if total != nbytes:
+        raise CorruptDataError(f"rANS stream: block sizes sum to {total} bytes, but the section holds {nbytes}")
+    return ends - np.asarray(sizes, dtype=np.int64), ends
+
+
+def prepare(buf, count: int, freqs: np.ndarray, block_size: int, block_bytes) -> RansStream:
+    """Check a rANS stream's table and blocks as `decode` does (same errors) and build its slot table."""
+    validate_frequencies(freqs)
+    data = as_byte_array(buf)
+    starts, ends = check_blocks(data.size, count, block_size, block_bytes)
+    block_size = min(int(block_size), max(1, int(count)))  # beyond the count: one block, same meaning
+    f, cum = _cumulative(freqs)
+    slots = np.repeat(np.arange(f.size, dtype=np.uint16), np.asarray(freqs, dtype=np.int64))
+    table = ((slots.astype(np.uint64) << _U32) | (f[slots] << np.uint64(16))
+             | (np.arange(TOTAL, dtype=np.uint64) - cum[slots]))
+    words = np.frombuffer(data, dtype="<u4") if data.ctypes.data % WORD_BYTES == 0 else \
+        np.frombuffer(data.tobytes(), dtype="<u4")
+    return RansStream(data, words, int(count), int(block_size), starts, ends, f, cum, slots, table)
+
+
+def decode(buf, count: int, freqs: np.ndarray, block_size: int, block_bytes) -> np.ndarray:
+    """Decode `count` rANS-coded symbols (uint16) from §6.4 blocks, rejecting every malformed stream."""
+    stream = prepare(buf, count, freqs, block_size, block_bytes)
+    out = np.empty(stream.count, dtype=np.uint16)
+    decode_blocks(stream, out, 0, stream.blocks, exact=True)
+    return out
+
+
+def decode_blocks(stream: RansStream, out: np.ndarray, b0: int, b1: int, *, exact: bool = False) -> bool:
+    """Decode blocks b0..b1 into out (uint16, all `count` symbols). True if they are valid; with
+    `exact`, a malformed block raises its CorruptDataError instead."""
+    if not (0 <= b0 <= b1 <= stream.blocks and out.dtype == np.uint16 and out.shape == (stream.count,)):
+        raise CorruptDataError(f"rANS stream: blocks {b0}..{b1} of {stream.blocks}, or a wrong output")
+    if _decode_fast(stream.words, stream.starts, stream.ends, stream.table, stream.block_size, stream.count,
+                    b0, b1, out, out, False):
+        return True
+    if not exact:
+        return False
+    # The fast decoder only knows that some block is bad; the exact one says which and why.
+    status = _decode_kernel(stream.data, stream.starts, stream.ends, stream.freqs, stream.cum, stream.slots,
+                            stream.block_size, stream.count, b0, b1, out, out, False)
+    return _result(status, stream, exact)
+
+
+def gather_blocks(stream: RansStream, b0: int, b1: int, codebook: np.ndarray, out: np.ndarray) -> bool:
+    """out[i] = codebook[symbol i] for the symbols of blocks b0..b1, without an array of the symbols;
+    True if the blocks are valid. The table must not be longer than the codebook."""
+    if not (0 <= b0 <= b1 <= stream.blocks and out.ndim == 1 and out.size == stream.count
+            and codebook.ndim == 1 and codebook.size >= stream.freqs.size and codebook.dtype == out.dtype):
+        raise CorruptDataError(f"rANS stream: blocks {b0}..{b1} of {stream.blocks}, or a wrong codebook or output")
+    return bool(_decode_fast(stream.words, stream.starts, stream.ends, stream.table, stream.block_size,
+                             stream.count, b0, b1, codebook, out, True))
+
+
+def raise_first_error(stream: RansStream, b0: int = 0, b1: int | None = None) -> None:
+    """Raise the CorruptDataError of the first malformed block among b0..b1 (all by default), if any."""
+    out = np.empty(stream.count, dtype=np.uint16)
+    b1 = stream.blocks if b1 is None else b1
+    status = _decode_kernel(stream.data, stream.starts, stream.ends, stream.freqs, stream.cum, stream.slots,
+                            stream.block_size, stream.count, b0, b1, out, out, False)
+    _result(status, stream, True)
+
+
+def _result(status: np.ndarray, stream: RansStream, exact: bool) -> bool:
+    code, block, symbol = (int(v) for v in status)
+    if code == _OK:
+        return True
+    if not exact:
+        return False
+    where = f"rANS block {block} (section bytes {int(stream.starts[block])}..{int(stream.ends[block])})"
+    if code == _BAD_STATE:
+        raise CorruptDataError(f"{where}: initial state is not in [2^31, 2^63)")
+    if code == _OUT_OF_WORDS:
+        raise CorruptDataError(f"{where}: ran out of words at symbol {symbol}")
+    if code == _LEFTOVER:
+        raise CorruptDataError(f"{where}: words left over after the last symbol")
+    raise CorruptDataError(f"{where}: final state is not 2^31 (the block does not decode to its symbols)")
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_kernel(data, starts, ends, f, cum, slots, block_size, count, b0, b1, codebook, out,
+                   gather):  # pragma: no cover - compiled
+    """Decode blocks b0..b1: out[i] = symbol i, or with `gather` codebook[symbol i]. Returns
+    [status, block, symbol]. Reads only bytes starts[b]..ends[b] of each block (checked)."""
+    status = np.zeros(3, np.int64)
+    for b in range(b0, b1):
+        p = starts[b]
+        end = ends[b]
+        x = np.uint64(0)
+        for j in range(STATE_BYTES - 1, -1, -1):
+            x = (x << np.uint64(8)) | np.uint64(data[p + j])
+        p += STATE_BYTES
+        if x < _LOWER or x >= _HIGH:
+            status[0], status[1] = _BAD_STATE, b
+            return status
+        i0 = b * block_size
+        i1 = min(i0 + block_size, count)
+        for i in range(i0, i1):
+            slot = x & _MASK
+            s = slots[slot]
+            if gather:
+                out[i] = codebook[s]
+            else:
+                out[i] = s
+            x = f[s] * (x >> _U15) + slot - cum[s]
+            if x < _LOWER:
+                if p + WORD_BYTES > end:
+                    status[0], status[1], status[2] = _OUT_OF_WORDS, b, i
+                    return status
+                w = (np.uint64(data[p]) | (np.uint64(data[p + 1]) << np.uint64(8))
+                     | (np.uint64(data[p + 2]) << np.uint64(16)) | (np.uint64(data[p + 3]) << np.uint64(24)))
+                x = (x << _U32) | w
+                p += WORD_BYTES
+        if p != end:
+            status[0], status[1] = _LEFTOVER, b
+            return status
+        if x != _LOWER:
+            status[0], status[1] = _FINAL_STATE, b
+            return status
+    return status
+
+
+_LANES = 4  # blocks decoded in lockstep: each step waits on a table load, four independent states hide it
+_LO16 = np.uint64(0xFFFF)
+_U16 = np.uint64(16)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _state(words, w):  # pragma: no cover - compiled
+    return np.uint64(words[w]) | (np.uint64(words[w + 1]) << _U32)
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_fast(words, starts, ends, table, block_size, count, b0, b1, codebook, out,
+                 gather):  # pragma: no cover - compiled
+    """Decode blocks b0..b1 as _decode_kernel does, four full blocks at a time; True if all are valid
+    (False says only that one is not). Every word read is checked to lie inside its block."""
+    b = b0
+    while b < b1:
+        lanes = _LANES if b + _LANES <= b1 and (b + _LANES) * block_size <= count else 1
+        w0 = starts[b] // WORD_BYTES
+        x0 = _state(words, w0)
+        x1, x2, x3 = x0, x0, x0
+        p0, e0 = w0 + 2, ends[b] // WORD_BYTES
+        p1 = p2 = p3 = e1 = e2 = e3 = 0
+        if lanes == _LANES:
+            p1, e1 = starts[b + 1] // WORD_BYTES, ends[b + 1] // WORD_BYTES
+            p2, e2 = starts[b + 2] // WORD_BYTES, ends[b + 2] // WORD_BYTES
+            p3, e3 = starts[b + 3] // WORD_BYTES, ends[b + 3] // WORD_BYTES
+            x1, x2, x3 = _state(words, p1), _state(words, p2), _state(words, p3)
+            p1, p2, p3 = p1 + 2, p2 + 2, p3 + 2
+        for x in (x0, x1, x2, x3):
+            if x < _LOWER or x >= _HIGH:
+                return False
+        o0 = b * block_size
+        n = min(block_size, count - o0)
+        if lanes == 1:
+            for k in range(n):
+                t0 = table[x0 & _MASK]
+                s0 = t0 >> _U32
+                if gather:
+                    out[o0 + k] = codebook[s0]
+                else:
+                    out[o0 + k] = s0
+                x0 = ((t0 >> _U16) & _LO16) * (x0 >> _U15) + (t0 & _LO16)
+                if x0 < _LOWER:
+                    if p0 >= e0:
+                        return False
+                    x0 = (x0 << _U32) | np.uint64(words[p0])
+                    p0 += 1
+            if p0 != e0 or x0 != _LOWER:
+                return False
+            b += 1
+            continue
+        o1, o2, o3 = o0 + block_size, o0 + 2 * block_size, o0 + 3 * block_size
+        for k in range(block_size):
+            t0, t1, t2, t3 = table[x0 & _MASK], table[x1 & _MASK], table[x2 & _MASK], table[x3 & _MASK]
+            if gather:
+                out[o0 + k] = codebook[t0 >> _U32]
+                out[o1 + k] = codebook[t1 >> _U32]
+                out[o2 + k] = codebook[t2 >> _U32]
+                out[o3 + k] = codebook[t3 >> _U32]
+            else:
+                out[o0 + k] = t0 >> _U32
+                out[o1 + k] = t1 >> _U32
+                out[o2 + k] = t2 >> _U32
+                out[o3 + k] = t3 >> _U32
+            x0 = ((t0 >> _U16) & _LO16) * (x0 >> _U15) + (t0 & _LO16)
+            x1 = ((t1 >> _U16) & _LO16) * (x1 >> _U15) + (t1 & _LO16)
+            x2 = ((t2 >> _U16) & _LO16) * (x2 >> _U15) + (t2 & _LO16)
+            x3 = ((t3 >> _U16) & _LO16) * (x3 >> _U15) + (t3 & _LO16)
+            if x0 < _LOWER:
+                if p0 >= e0:
+                    return False
+                x0 = (x0 << _U32) | np.uint64(words[p0])
+                p0 += 1
+            if x1 < _LOWER:
+                if p1 >= e1:
+                    return False
+                x1 = (x1 << _U32) | np.uint64(words[p1])
+                p1 += 1
+            if x2 < _LOWER:
+                if p2 >= e2:
+                    return False
+                x2 = (x2 << _U32) | np.uint64(words[p2])
+                p2 += 1
+            if x3 < _LOWER:
+                if p3 >= e3:
+                    return False
+                x3 = (x3 << _U32) | np.uint64(words[p3])
+                p3 += 1
+        if p0 != e0 or p1 != e1 or p2 != e2 or p3 != e3:
+            return False
+        if x0 != _LOWER or x1 != _LOWER or x2 != _LOWER or x3 != _LOWER:
+            return False
+        b += _LANES
+    return True
