@@ -36,9 +36,14 @@ from typing import Any, Callable
 import ml_dtypes
 import numpy as np
 
-from dcformat import codec, container
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:  # run as a script: the checkout's dcformat and tests (the reference rANS encoder)
+    sys.path.insert(0, ROOT)
+
+from dcformat import codec, container  # noqa: E402
+from tests.reference_decoder import frequencies_hex, rans_encode  # noqa: E402  # §6.4's encoder, not dcformat's
+
 DEFAULT_OUT = os.path.join(HERE, "vectors")
 BF16 = np.dtype(ml_dtypes.bfloat16)
 SECTION_ORDER = ("data", "codebook", "scales", "row_scales", "gaps", "indices", "values")
@@ -160,6 +165,7 @@ class Valid:
     expected: Callable[[], list[np.ndarray]] | None = None  # ... and the tensors it decodes to
     compact_header: bool = False  # format 1.1: the writer's compact_header (the header zlib-compressed)
     header_cost: int = 0  # codec.assemble's header_cost (0: as dcformat wrote the 1.0 vectors)
+    coder: str = "huffman"  # format 1.4: "auto" offers rANS (codec.assemble's rans=True); recorded only then
 
 
 def streams(doc: dict) -> list[dict]:
@@ -575,6 +581,129 @@ def _expected_fields_spec_example() -> list[np.ndarray]:
     return [np.array([1.0, 1.0, -2.0, 0.75], np.float16)]
 
 
+def expect_rans(*keys: str, blocks: int = 1) -> Callable[[dict, bytes], None]:
+    """The file is 1.4 and the named streams ("tensor.key") are rans-coded in at least `blocks` blocks."""
+    def check(doc: dict, data: bytes) -> None:
+        assert data[8:12] == b"\x01\x00\x04\x00"
+        by_name = {t["name"]: t for t in doc["tensors"]}
+        for key in keys:
+            name, stream = key.split(".")
+            s = by_name[name][stream]
+            assert s["coding"] == "rans" and len(s["block_bytes"]) >= blocks, (key, s)
+
+    return check
+
+
+def _rans_shared() -> list[T]:
+    """A 64 x 64 shared float32 layer whose 4 levels are used 70/15/10/5 %: Huffman needs 1.45 bits a
+    symbol (lengths 1, 2, 3, 3), rANS comes within a few thousandths of the entropy, 1.32."""
+    cb = levels(4, "float32")
+    rng = Lcg(3800)
+    return [T("fc", coded(cb, [pick(rng, [70, 15, 10, 5]) for _ in range(64 * 64)], (64, 64)), "shared", cb)]
+
+
+def _rans_blocks() -> list[T]:
+    """rANS streams cut into blocks of 700 symbols (the last partial): shared indices, and a sparse
+    tensor's gaps and indices (85 % of its elements non-zero, most of them level 1)."""
+    cb = levels(8, "float32")
+    rng = Lcg(3900)
+    idx = [pick(rng, [90, 4, 2, 1, 1, 1, 1]) for _ in range(40 * 50)]
+    cb2 = levels(8, "float32", zero_first=True)
+    sparse = [1 + pick(rng, [90, 4, 2, 1, 1, 1, 1]) if rng.chance(17, 20) else 0 for _ in range(60 * 50)]
+    return [
+        T("shared", coded(cb, idx, (40, 50)), "shared", cb),
+        T("sparse", coded(cb2, sparse, (60, 50)), "sparse", cb2, "csr", 2),
+    ]
+
+
+def _rans_one_symbol() -> list[T]:
+    """Streams of one symbol: a shared tensor whose 3,000 indices are all 1 (table "00008000", a 1-bit
+    fixed width or Huffman code would take 375 bytes) and a dense sparse tensor whose gaps are all 0:
+    each block is the 8-byte state 2^31."""
+    cb = np.array([0.0, 0.75], np.float32)
+    dense = (np.arange(1, 1 + 20 * 30, dtype=np.float32).reshape(20, 30) / 8).astype(np.float16)
+    return [T("ones", coded(cb, [1] * 3000, (60, 50)), "shared", cb), T("dense", dense, "sparse", None, "csr", 3)]
+
+
+def _expect_one_symbol_rans(doc: dict, data: bytes) -> None:
+    expect_rans("ones.indices", "dense.gaps")(doc, data)
+    for t in doc["tensors"]:
+        s = t["indices"] if "indices" in t else t["gaps"]
+        assert len(s["frequencies"]) // 4 - s["frequencies"].count("0000") == 1, s
+        assert all(b == 8 for b in s["block_bytes"]), s
+
+
+def _rans_sparse_gaps() -> list[T]:
+    """A sparse float16 tensor with raw values where 85 % of the elements are non-zero: its gaps
+    (b = 4) are mostly 0, and rANS codes them in well under a bit each."""
+    return [T("w", sparse_values(4200, (40, 40), (17, 20), "float16"), "sparse", None, "csr", 4)]
+
+
+def _rans_row_scales() -> list[T]:
+    """A 1500 x 2 float32 shared tensor with row scales (m = 4, scale 0 for 80 % of the rows): both its
+    row_scales and its indices streams rANS-coded."""
+    rng = Lcg(4300)
+    rows = [pick(rng, [80, 10, 6, 4]) for _ in range(1500)]
+    indices = [pick(rng, [75, 15, 6, 4]) for _ in range(3000)]
+    return [scaled("emb", "float32", (1500, 2), levels(4, "float32"), [1.0, 0.5, 2.0, 0.25], rows, indices)]
+
+
+def rans_stream(freqs: list[int], block_size: int, symbols: list[int]) -> tuple[dict, bytes]:
+    """A rans stream object (format 1.4, spec §6.4) and its payload, coded by the reference encoder."""
+    payload, sizes = rans_encode(symbols, freqs, block_size)
+    return {"coding": "rans", "section": sec(), "frequencies": frequencies_hex(freqs), "block_size": block_size,
+            "block_bytes": sizes}, payload
+
+
+RANS_EXAMPLE_CODEBOOK = np.array([0.0, 0.25, -0.5], np.float32)
+RANS_EXAMPLE_INDICES = [1, 0, 2, 0, 1]
+
+
+def _rans_spec_example() -> bytes:
+    """Spec §6.4's worked example: a shared float32 [5] whose indices 1 0 2 0 1 are rans-coded with the
+    table "7fe000100010" in one block of 12 bytes (an 8-byte state and one word)."""
+    stream, payload = rans_stream([32736, 16, 16], 5, RANS_EXAMPLE_INDICES)
+    assert stream["frequencies"] == "7fe000100010" and payload == bytes.fromhex("e67f800001000000" "70000206")
+    doc = {"metadata": {}, "tables": [], "tensors": [
+        {"name": "r", "dtype": "float32", "shape": [5], "encoding": "shared", "bits": 2, "codebook": sec(),
+         "indices": stream}]}
+    return assemble_file(doc, [RANS_EXAMPLE_CODEBOOK.tobytes(), payload], minor=4)
+
+
+def _expected_rans_spec_example() -> list[np.ndarray]:
+    return [RANS_EXAMPLE_CODEBOOK[RANS_EXAMPLE_INDICES]]
+
+
+LATITUDE_CODEBOOK = np.array([0.0, 1.0, -1.0, 0.5], np.float32)
+LATITUDE = {  # name -> (shape, codebook size, frequencies, block size, indices)
+    "trailing_zero_groups": ((6,), 4, [0x6000, 0x2000, 0, 0], 1000, [0, 1, 0, 0, 0, 1]),
+    "zero_frequency_inside": ((7,), 3, [0x4000, 0, 0x4000], 3, [0, 2, 2, 0, 2, 0, 0]),
+    "no_symbols": ((0,), 2, [0x8000], 1, []),
+    "one_symbol_blocks": ((3, 100), 2, [0, 0x8000], 100, [1] * 300),
+    "uniform_table_for_skewed_symbols": ((40,), 4, [0x2000] * 4, 16, [0] * 30 + [1, 2, 3, 1, 0, 0, 3, 0, 0, 0]),
+}
+
+
+def _rans_latitude() -> bytes:
+    """What a reader must accept in rans streams though dcformat never writes it: trailing zero groups, a
+    zero frequency inside the table, a 0-symbol stream, one-symbol blocks (8 bytes each, the state 2^31),
+    a table that does not follow the counts, a block larger than its stream, keys in another order."""
+    tensors, payloads = [], []
+    for name, (shape, k, freqs, block_size, indices) in LATITUDE.items():
+        stream, payload = rans_stream(freqs, block_size, indices)
+        if name == "zero_frequency_inside":
+            stream = dict(reversed(list(stream.items())))
+        tensors.append({"name": name, "dtype": "float32", "shape": list(shape), "encoding": "shared", "bits": 2,
+                        "codebook": sec(), "indices": stream})
+        payloads += [LATITUDE_CODEBOOK[:k].tobytes(), payload]
+    assert payloads[7] == bytes.fromhex("0000008000000000") * 3
+    return assemble_file({"metadata": {}, "tables": [], "tensors": tensors}, payloads, minor=4)
+
+
+def _expected_rans_latitude() -> list[np.ndarray]:
+    return [LATITUDE_CODEBOOK[np.array(ix, dtype=np.int64)].reshape(shape) for shape, _, _, _, ix in LATITUDE.values()]
+
+
 def _weights(seed: int, n: int, dtype: str, scale: float = 0.05) -> np.ndarray:
     """Weight-like values from the LCG (a sum of uniforms: roughly normal), in `dtype`."""
     rng = Lcg(seed)
@@ -841,6 +970,33 @@ VALID: list[Valid] = [
     Valid("37-row-scales-shapes", "Format 1.3: row scales of a 1-D tensor and a scalar (R = 1), a [0, 3] tensor "
           "(R = 0, an empty row_scales stream) and a [4, 0] tensor (R = 4 scale indices, no elements).",
           _row_scales_shapes()),
+    # format 1.4: rans streams (spec §6.4)
+    Valid("38-rans-spec-example", "Format 1.4: the worked example of spec §6.4, a float32 [5] shared tensor (codebook "
+          "[0, 0.25, -0.5]) whose indices 1 0 2 0 1 are rans-coded with the table \"7fe000100010\" in one 12-byte "
+          "block (the state 0x100807fe6 and one word); shown whole in spec Appendix A.4.", [],
+          build=_rans_spec_example, expected=_expected_rans_spec_example),
+    Valid("39-rans-shared", "Format 1.4: a 64x64 shared float32 layer whose 4 levels are used 70/15/10/5 %: its "
+          "indices rANS-coded by the writer (Policy(coder=\"auto\")), smaller than Huffman (1.45 bits a symbol) "
+          "and fixed width.", _rans_shared(), mode="auto", header_cost=45, coder="auto",
+          expect=expect_rans("fc.indices")),
+    Valid("40-rans-blocks", "Format 1.4: rANS streams in blocks of 700 symbols (the last partial): shared indices, "
+          "and a sparse tensor's gaps (b = 2) and indices.", _rans_blocks(), mode="auto", block_size=700,
+          header_cost=45, coder="auto", expect=expect_rans("shared.indices", "sparse.gaps", "sparse.indices", blocks=3)),
+    Valid("41-rans-one-symbol", "Format 1.4: one-symbol rans streams (tables \"00008000\" and \"8000\"): 3,000 "
+          "shared indices and the all-zero gaps of a dense sparse float16 tensor, every block the 8-byte state 2^31.",
+          _rans_one_symbol(), mode="auto", block_size=1000, header_cost=45, coder="auto",
+          expect=_expect_one_symbol_rans),
+    Valid("42-rans-sparse-gaps", "Format 1.4: the gaps of a sparse float16 tensor with raw values (85 % non-zero, "
+          "b = 4: mostly 0) rANS-coded.", _rans_sparse_gaps(), mode="auto", header_cost=45, coder="auto",
+          expect=expect_rans("w.gaps")),
+    Valid("43-rans-row-scales", "Format 1.4: a 1500x2 float32 shared tensor with row scales (m = 4, 80 % of the rows "
+          "scale 0): its row_scales and indices streams rANS-coded.", _rans_row_scales(), mode="auto",
+          header_cost=45, coder="auto", expect=expect_rans("emb.row_scales", "emb.indices")),
+    Valid("44-rans-reader-latitude", "Format 1.4: rans streams as dcformat never writes them: a table with "
+          "trailing zero groups (4 groups, 2 used), a zero frequency inside a table, a stream of 0 symbols (no "
+          "blocks), three one-symbol blocks of 8 bytes (the state 2^31), a uniform table for skewed symbols in "
+          "blocks of 16, a block larger than its stream, stream keys in reverse order.", [],
+          build=_rans_latitude, expected=_expected_rans_latitude),
 ]
 VALID_BY_NAME = {v.name: v for v in VALID}
 
@@ -901,8 +1057,9 @@ def build_valid(v: Valid) -> bytes:
 
 def write_valid(v: Valid, compact_header: bool) -> bytes:
     """The vector's tensors in the recorded form through dcformat's writer."""
+    rans = {"rans": True} if v.coder == "auto" else {}  # the 1.0-1.3 vectors are written as they always were
     tables, encoded = codec.assemble([draft(t, v.mode, v.header_cost) for t in v.tensors], v.mode, v.block_size,
-                                     header_cost=v.header_cost)
+                                     header_cost=v.header_cost, **rans)
     f = io.BytesIO()
     container.write_stream(f, v.metadata, tables, encoded, compact_header=compact_header)
     return f.getvalue()
@@ -1494,6 +1651,23 @@ def _short_block() -> bytes:
     return with_doc(V("17-huffman-blocks"), fix)
 
 
+def _rans_table(text: str) -> bytes:
+    """Vector 38 with its rans stream's frequency table replaced (its block and sections unchanged)."""
+    return with_parts(V("38-rans-spec-example"), lambda d, p: d["tensors"][0]["indices"].update(frequencies=text))
+
+
+def _rans_payload(data: bytes, tensor: int, edit: Callable[[bytes], bytes], block_bytes: list[int] | None = None) -> bytes:
+    """A rans vector with tensor `tensor`'s indices payload edited (CRC fixed) and, if given, its block_bytes."""
+    def change(doc: dict, payloads: list[bytes]) -> None:
+        stream = doc["tensors"][tensor]["indices"]
+        i = next(j for j, s in enumerate(section_objects(doc)) if s is stream["section"])
+        payloads[i] = edit(payloads[i])
+        if block_bytes is not None:
+            stream["block_bytes"] = block_bytes
+
+    return with_parts(data, change)
+
+
 INVALID: list[Invalid] = [
     Invalid("01-bad-magic", "FormatError", "§2", "Magic \\x89dCF... (one letter changed).", lambda: poke(_v01(), 1, b"d")),
     Invalid("02-version-2", "VersionError", "§2.3", "version_major = 2.", lambda: with_preamble(_v01(), major=2)),
@@ -1699,20 +1873,81 @@ INVALID: list[Invalid] = [
     Invalid("84-row-scales-bfloat16", "HeaderError", "§5.2", "Vector 33 with dtype bfloat16 (its sections "
             "unchanged): row scales are only for float32 and float64 tensors.",
             lambda: with_doc(V("33-row-scales-spec-example"), _set(["tensors", 0, "dtype"], "bfloat16"))),
-    Invalid("85-newer-minor-unknown-encoding", "VersionError", "§2.3", "Vector 75 labelled version 1.4 (vector "
-            "29 with its encoding renamed \"planes\"): content a 1.3 reader does not know, in a newer minor "
-            "version.", lambda: with_preamble(with_doc(V("29-fields-spec-example"),
+    Invalid("85-newer-minor-unknown-encoding", "HeaderError", "§2.3", "Vector 75 labelled version 1.4 (vector "
+            "29 with its encoding renamed \"planes\"): for a 1.3 reader content it does not know in a newer minor "
+            "version (VersionError, as this vector listed before format 1.4); for a 1.4 reader an unknown encoding "
+            "in its own version (HeaderError, §3.4). Vector 107 is the same file labelled 1.5.", lambda: with_preamble(with_doc(V("29-fields-spec-example"),
                                                        _set(["tensors", 0, "encoding"], "planes")), minor=4)),
     Invalid("86-row-scales-in-version-1.2", "HeaderError", "§2.3", "Vector 33 labelled version 1.2: row scales "
             "need 1.3 (to a 1.2 reader, unknown keys).",
             lambda: with_preamble(V("33-row-scales-spec-example"), minor=2)),
-    Invalid("87-newer-minor-unknown-key", "VersionError", "§2.3", "Vector 33 labelled version 1.4 with a tensor "
-            "key \"row_offsets\" this version does not have: unknown content in a newer minor version.",
+    Invalid("87-newer-minor-unknown-key", "HeaderError", "§2.3", "Vector 33 labelled version 1.4 with a tensor "
+            "key \"row_offsets\": for a 1.3 reader unknown content in a newer minor version (VersionError, as this "
+            "vector listed before format 1.4); for a 1.4 reader an unknown key in its own version (HeaderError, "
+            "§3.4). Vector 108 is the same file labelled 1.5.",
             lambda: with_preamble(with_doc(V("33-row-scales-spec-example"),
                                            _set(["tensors", 0, "row_offsets"], 0)), minor=4)),
     Invalid("88-row-scales-fixed-length", "FormatError", "§6.1", "Vector 33's fixed-width row_scales section "
             "one byte longer than 3 symbols x 2 bits need.",
             lambda: with_parts(V("33-row-scales-spec-example"), lambda d, p: p.__setitem__(2, p[2] + b"\x00"))),
+    # format 1.4: rans streams (spec §6.4)
+    Invalid("89-rans-sum", "FrequencyTableError", "§6.4", "Vector 38's table \"7fe000100011\": the frequencies "
+            "add up to 32769.", lambda: _rans_table("7fe000100011")),
+    Invalid("90-rans-digits-not-multiple-of-4", "FrequencyTableError", "§6.4", "Vector 38's table with a 0 digit "
+            "appended: 13 digits, not whole groups of 4.", lambda: _rans_table("7fe0001000100")),
+    Invalid("91-rans-uppercase", "FrequencyTableError", "§6.4", "Vector 38's table in uppercase hex: "
+            "\"7FE000100010\".", lambda: _rans_table("7FE000100010")),
+    Invalid("92-rans-non-hex", "FrequencyTableError", "§6.4", "Vector 38's table with its last digit 'g': "
+            "\"7fe00010001g\".", lambda: _rans_table("7fe00010001g")),
+    Invalid("93-rans-empty-table", "FrequencyTableError", "§6.4", "Vector 38's table empty (0 digits).",
+            lambda: _rans_table("")),
+    Invalid("94-rans-table-past-alphabet", "FrequencyTableError", "§6.4", "Vector 38's table with a zero group "
+            "appended: 4 groups (adding up to 2^15) for an indices stream whose codebook holds 3 values.",
+            lambda: _rans_table("7fe0001000100000")),
+    Invalid("95-rans-block-not-words", "FormatError", "§6.4", "Vector 38's block with a zero byte appended "
+            "(block_bytes [13], the section 13 bytes): not a state and whole 4-byte words.",
+            lambda: _rans_payload(V("38-rans-spec-example"), 0, lambda p: p + b"\x00", [13])),
+    Invalid("96-rans-block-under-8-bytes", "FormatError", "§6.4", "Vector 44's one-symbol stream listed as "
+            "blocks of 4, 12 and 8 bytes (the sum unchanged): a block is at least its 8-byte state.",
+            lambda: _rans_payload(V("44-rans-reader-latitude"), 3, lambda p: p, [4, 12, 8])),
+    Invalid("97-rans-block-count", "FormatError", "§6.4", "Vector 44's one-symbol stream (300 symbols in blocks "
+            "of 100) listing 2 blocks of 16 and 8 bytes, not 3.",
+            lambda: _rans_payload(V("44-rans-reader-latitude"), 3, lambda p: p, [16, 8])),
+    Invalid("98-rans-block-sum", "FormatError", "§6.4", "Vector 38's section with a zero word appended, "
+            "block_bytes still [12]: the blocks do not add up to the section.",
+            lambda: _rans_payload(V("38-rans-spec-example"), 0, lambda p: p + bytes(4), [12])),
+    Invalid("99-rans-state-below-2-31", "CorruptDataError", "§6.4", "Vector 38's initial state 0x7fffffff: below "
+            "2^31.", lambda: _rans_payload(V("38-rans-spec-example"), 0,
+                                           lambda p: (2**31 - 1).to_bytes(8, "little") + p[8:])),
+    Invalid("100-rans-state-2-63", "CorruptDataError", "§6.4", "Vector 38's initial state with bit 63 set "
+            "(0x80000001_00807fe6): not below 2^63.", lambda: _rans_payload(V("38-rans-spec-example"), 0,
+                                                                            set_bits(0x80, 7))),
+    Invalid("101-rans-out-of-words", "CorruptDataError", "§6.4", "Vector 38's block without its word (8 bytes, "
+            "block_bytes and the section shortened): the first symbol needs a word the block does not have.",
+            lambda: _rans_payload(V("38-rans-spec-example"), 0, lambda p: p[:8], [8])),
+    Invalid("102-rans-words-left-over", "CorruptDataError", "§6.4", "Vector 38's block with a zero word appended "
+            "(16 bytes, block_bytes and the section lengthened): a word is left after the last symbol.",
+            lambda: _rans_payload(V("38-rans-spec-example"), 0, lambda p: p + bytes(4), [16])),
+    Invalid("103-rans-final-state", "CorruptDataError", "§6.4", "Vector 38's word 0x06020070 -> 0x06020071: the "
+            "block still decodes to 1 0 2 0 1 with every word read, but ends in the state 2^31 + 1.",
+            lambda: _rans_payload(V("38-rans-spec-example"), 0, set_bits(0x01, 8))),
+    Invalid("104-rans-missing-frequencies", "HeaderError", "§6.4", "Vector 38's rans stream without its "
+            "\"frequencies\" key.", lambda: with_parts(V("38-rans-spec-example"),
+                                                        lambda d, p: d["tensors"][0]["indices"].pop("frequencies"))),
+    Invalid("105-rans-table-key", "HeaderError", "§6.4", "Vector 38's rans stream with a Huffman stream's "
+            "\"table\": 0 key besides its own.", lambda: with_parts(V("38-rans-spec-example"),
+                                                                     lambda d, p: d["tensors"][0]["indices"].update(table=0))),
+    Invalid("106-rans-in-version-1.3", "HeaderError", "§2.3", "Vector 38 labelled version 1.3: the rans coding "
+            "needs 1.4 (to a 1.3 reader, an unknown coding).",
+            lambda: with_preamble(V("38-rans-spec-example"), minor=3)),
+    Invalid("107-newer-minor-unknown-encoding", "VersionError", "§2.3", "Vector 85 labelled version 1.5 (vector 29 "
+            "with its encoding renamed \"planes\"): content a 1.4 reader does not know, in a newer minor version.",
+            lambda: with_preamble(with_doc(V("29-fields-spec-example"),
+                                           _set(["tensors", 0, "encoding"], "planes")), minor=5)),
+    Invalid("108-newer-minor-unknown-key", "VersionError", "§2.3", "Vector 87 labelled version 1.5 (vector 33 with a "
+            "tensor key \"row_offsets\"): unknown content in a newer minor version.",
+            lambda: with_preamble(with_doc(V("33-row-scales-spec-example"),
+                                           _set(["tensors", 0, "row_offsets"], 0)), minor=5)),
 ]
 
 
@@ -1736,6 +1971,11 @@ def stored_summary(t: dict, tables: list[str]) -> str:
         s = t[key]
         if s["coding"] == "fixed":
             return f"{key} fixed"
+        if s["coding"] == "rans":
+            table = s["frequencies"] if len(s["frequencies"]) <= 48 else f"{len(s['frequencies']) // 4} groups"
+            return (f"{key} rans \"{table}\", {len(s['block_bytes'])} block(s) of {s['block_size']}"
+                    + (f" ({', '.join(map(str, s['block_bytes'][:4]))}{', ...' if len(s['block_bytes']) > 4 else ''} bytes)"
+                       if s["block_bytes"] else ""))
         return (f"{key} huffman table {s['table']} \"{tables[s['table']]}\", {len(s['block_bytes'])} block(s) "
                 f"of {s['block_size']}")
 
@@ -1787,6 +2027,8 @@ def generate() -> tuple[dict[str, bytes], dict]:
             entry["settings"] = {"huffman": v.mode, "block_size": v.block_size}
             if v.compact_header or v.header_cost:  # format 1.1 vectors (the 1.0 entries stay as they were)
                 entry["settings"].update(compact_header=v.compact_header, huffman_header_cost=v.header_cost)
+            if v.coder != "huffman":  # format 1.4 vectors only
+                entry["settings"]["coder"] = v.coder
             if v.compact_header:
                 entry["writer_header"] = writer_header(v)
         tensors = []
@@ -1817,7 +2059,7 @@ def generate() -> tuple[dict[str, bytes], dict]:
         e = {"name": inv.name, "file": f"invalid/{inv.name}.dcf", "error": inv.error, "rule": inv.rule,
              "description": inv.description}
         invalid.append(e)
-    index = {"format_version": "1.3", "valid": valid, "invalid": invalid}
+    index = {"format_version": "1.4", "valid": valid, "invalid": invalid}
     return files, index
 
 
@@ -1828,7 +2070,7 @@ def esc(text: str) -> str:
 
 def index_markdown(index: dict) -> str:
     """spec/vectors/index.md: the index as tables."""
-    lines = ["# dcformat test vectors (format 1.3)", "",
+    lines = ["# dcformat test vectors (format 1.4)", "",
              "Generated by `spec/make_vectors.py` from `index.json`, which is the machine-readable form of this",
              "page. Valid vectors decode to `NN-name.K.npy` (tensor K in file order; bfloat16 as its uint16 bit",
              "pattern). Vectors marked *re-encode* are reproduced byte for byte by dcformat's writer from the",
@@ -1922,6 +2164,10 @@ RECLASSIFIED = {
     # a "1.3" file with an unknown encoding: newer than a 1.2 reader (VersionError), a 1.3 reader's own
     # version with an unknown value (HeaderError, §3.4); vector 85 is the same in a 1.4 file
     "75-newer-minor-unknown-encoding": ("VersionError", "HeaderError"),
+    # "1.4" files with an unknown encoding and an unknown tensor key: the same for a 1.4 reader (format
+    # 1.4); vectors 107 and 108 are the same files labelled 1.5
+    "85-newer-minor-unknown-encoding": ("VersionError", "HeaderError"),
+    "87-newer-minor-unknown-key": ("VersionError", "HeaderError"),
 }
 
 

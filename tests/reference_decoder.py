@@ -27,6 +27,7 @@ from dcformat.errors import (
     ChecksumError,
     CorruptDataError,
     FormatError,
+    FrequencyTableError,
     HeaderError,
     HuffmanTableError,
     LimitError,
@@ -39,7 +40,7 @@ MAGIC = b"\x89DCF\r\n\x1a\n"
 PREAMBLE = struct.Struct("<8sHHIQQ")  # magic, version_major, version_minor, header_crc32, header_length, file_length
 ALIGNMENT = 64
 VERSION_MAJOR = 1
-VERSION_MINOR = 3  # the newest minor version this reader knows (§2.3): unknown content in a newer one is a VersionError
+VERSION_MINOR = 4  # the newest minor version this reader knows (§2.3): unknown content in a newer one is a VersionError
 
 # §3.2 Dtypes: name -> (bytes per element, numpy dtype used only to build the result)
 DTYPES = {
@@ -64,6 +65,8 @@ ENCODING_KEYS = {
 }
 FIXED_KEYS = {"coding", "section"}
 HUFFMAN_KEYS = {"coding", "section", "table", "block_size", "block_bytes"}
+RANS_KEYS = {"coding", "section", "frequencies", "block_size", "block_bytes"}  # §6.4, since 1.4
+RANS_MINOR = 4  # §2.3: a rans stream needs version 1.4
 ROW_SCALE_KEYS = {"scale_bits", "scales", "row_scales"}  # §5.2, since 1.3: a shared tensor has all or none
 SECTION_ORDER = ("data", "codebook", "scales", "row_scales", "gaps", "indices", "values")  # §4, §5 file order
 STREAM_KEYS = ("row_scales", "gaps", "indices")  # the keys that hold a stream (the others a section)
@@ -72,6 +75,10 @@ MAX_NAME_BYTES = 65_535  # §3.1
 MAX_BITS = 16  # §5.2, §5.3
 MAX_CODE_LENGTH = 15  # §6.2
 MAX_ALPHABET = 1 << 16  # §6.2
+RANS_PRECISION = 15  # §6.4: the frequencies add up to M = 2^15
+RANS_TOTAL = 1 << RANS_PRECISION
+RANS_LOWER = 1 << 31  # §6.4: L, the lower end of the state interval [L, 2^63); also the final state
+RANS_STATE_BYTES, RANS_WORD_BYTES = 8, 4
 
 
 @dataclass(frozen=True)
@@ -437,7 +444,7 @@ def check_tensor(t: Any, tables: list[list[int]], limits: Limits, budget: int,
                 raise FormatError("a chunk does not have one stream per field")
             count = min(chunk_size, numel - c * chunk_size)
             for s, w in zip(chunk, widths):
-                check_stream(s, count, 1 << w, w, tables)
+                check_stream(s, count, 1 << w, w, tables, version)
         return
     if scaled and t["dtype"] not in ("float32", "float64"):  # §5.2
         raise HeaderError("row scales are only for float32 and float64 tensors")
@@ -458,8 +465,8 @@ def check_tensor(t: Any, tables: list[list[int]], limits: Limits, budget: int,
             if rest or not 1 <= m <= 1 << scale_bits:
                 raise FormatError("scales length is not 1..2^scale_bits values")
             t["_m"] = m
-            check_stream(t["row_scales"], matrix_view(shape)[0], m, scale_bits, tables)
-        check_stream(t["indices"], numel, t["_k"], t["bits"], tables)
+            check_stream(t["row_scales"], matrix_view(shape)[0], m, scale_bits, tables, version)
+        check_stream(t["indices"], numel, t["_k"], t["bits"], tables, version)
         return
     if not isinstance(t["layout"], str) or t["layout"] not in ("csr", "csc"):
         raise HeaderError(f"unknown layout {t['layout']!r}")
@@ -471,9 +478,9 @@ def check_tensor(t: Any, tables: list[list[int]], limits: Limits, budget: int,
     if n > numel:
         raise FormatError(f"{n} entries in a tensor of {numel} elements")
     need_int(t["fillers"], "fillers", 0, n)
-    check_stream(t["gaps"], n, 1 << b, b, tables)
+    check_stream(t["gaps"], n, 1 << b, b, tables, version)
     if "codebook" in t:
-        check_stream(t["indices"], n, t["_k"], t["bits"], tables)
+        check_stream(t["indices"], n, t["_k"], t["bits"], tables, version)
     else:
         check_section(t["values"])
         if t["values"]["length"] != n * itemsize:
@@ -488,8 +495,9 @@ def check_section(s: Any) -> None:
     need_int(s["crc32"], "crc32", 0, 0xFFFFFFFF)
 
 
-def check_stream(s: Any, count: int, alphabet: int, width: int, tables: list[list[int]]) -> None:
-    """§6 stream object, and its section length against what its coding implies (§6.1, §6.3)."""
+def check_stream(s: Any, count: int, alphabet: int, width: int, tables: list[list[int]],
+                 version: tuple[int, int] = (1, VERSION_MINOR)) -> None:
+    """§6 stream object, and its section length against what its coding implies (§6.1, §6.3, §6.4)."""
     if not isinstance(s, dict):
         raise HeaderError("a stream is not an object")
     coding = s.get("coding")
@@ -498,6 +506,11 @@ def check_stream(s: Any, count: int, alphabet: int, width: int, tables: list[lis
         check_section(s["section"])
         if s["section"]["length"] != ceil_div(count * width, 8):
             raise FormatError("fixed-width section length is not ceil(count x width / 8)")
+        return
+    if coding == "rans":
+        if version[1] < RANS_MINOR:  # §2.3: to an older reader an unknown coding value
+            raise HeaderError(f"the rans coding needs version 1.{RANS_MINOR}, the file is {version[0]}.{version[1]}")
+        check_rans_stream(s, count, alphabet)
         return
     if coding != "huffman":
         raise HeaderError(f"unknown coding {coding!r}")
@@ -520,6 +533,30 @@ def check_stream(s: Any, count: int, alphabet: int, width: int, tables: list[lis
     for i, size in enumerate(sizes):
         if min(block_size, count - i * block_size) > 8 * size:  # every codeword has at least one bit
             raise FormatError(f"block {i} is too short for its symbols")
+
+
+def check_rans_stream(s: dict, count: int, alphabet: int) -> None:
+    """§6.4 from the header: the keys, the frequency table, then the block list (count, sum, each block a
+    state and whole words). Keeps the parsed table as `_freqs`."""
+    need_keys(s, RANS_KEYS, "stream")
+    check_section(s["section"])
+    if not isinstance(s["frequencies"], str):
+        raise HeaderError("frequencies is not a string")
+    freqs = parse_frequencies(s["frequencies"])
+    if len(freqs) > alphabet:
+        raise FrequencyTableError(f"the frequency table has {len(freqs)} symbols, the stream's alphabet {alphabet}")
+    block_size = need_int(s["block_size"], "block_size", 1)
+    if not isinstance(s["block_bytes"], list):
+        raise HeaderError("block_bytes is not an array")
+    if len(s["block_bytes"]) != ceil_div(count, block_size):
+        raise FormatError("block_bytes does not list one length per block")
+    sizes = [need_int(b, "a block length") for b in s["block_bytes"]]
+    if sum(sizes) != s["section"]["length"]:
+        raise FormatError("block lengths do not add up to the section length")
+    for i, size in enumerate(sizes):
+        if size < RANS_STATE_BYTES or size % RANS_WORD_BYTES:
+            raise FormatError(f"rans block {i} is {size} bytes: not at least 8 and a multiple of 4")
+    s["_freqs"] = freqs
 
 
 def check_padding(data: bytes, doc: dict, data_start: int) -> None:
@@ -552,6 +589,22 @@ def parse_table(text: str) -> list[int]:
     if kraft != 1 << MAX_CODE_LENGTH:
         raise HuffmanTableError("the Kraft sum is not 1")
     return lengths
+
+
+# ------------------------------------------------------------------------------------------------
+# §6.4 rANS frequency tables
+
+
+def parse_frequencies(text: str) -> list[int]:
+    """A frequency table string -> the frequencies f_s, checked against §6.4."""
+    if not 4 <= len(text) <= 4 * MAX_ALPHABET or len(text) % 4:
+        raise FrequencyTableError("a frequency table must be 4..262144 hex digits, a multiple of 4")
+    if any(ch not in "0123456789abcdef" for ch in text):
+        raise FrequencyTableError("a frequency table must be lowercase hex digits")
+    freqs = [int(text[i : i + 4], 16) for i in range(0, len(text), 4)]
+    if sum(freqs) != RANS_TOTAL:
+        raise FrequencyTableError(f"the frequencies add up to {sum(freqs)}, not 2^15")
+    return freqs
 
 
 def canonical_codes(lengths: list[int]) -> dict[tuple[int, int], int]:
@@ -618,6 +671,8 @@ def read_stream(data: bytes, s: dict, count: int, alphabet: int, width: int, tab
         symbols = [r.value(width) for _ in range(count)]
         if not r.rest_is_padding():
             raise CorruptDataError(f"{what}: non-zero padding bits")
+    elif s["coding"] == "rans":
+        symbols = read_rans(raw, count, s["_freqs"], s["block_size"], s["block_bytes"], what)
     else:
         symbols = read_huffman(raw, count, tables[s["table"]], s["block_size"], s["block_bytes"], what)
     for j, v in enumerate(symbols):
@@ -648,6 +703,80 @@ def read_huffman(raw: bytes, count: int, lengths: list[int], block_size: int, bl
         if not r.rest_is_padding():
             raise CorruptDataError(f"{what}: block {i} has 8 or more bits left over, or non-zero padding")
     return symbols
+
+
+def read_rans(raw: bytes, count: int, freqs: list[int], block_size: int, block_bytes: list[int], what: str) -> list[int]:
+    """Decode rANS blocks (§6.4), exactly the spec's loop, on Python integers."""
+    cum = [0]
+    for f in freqs:
+        cum.append(cum[-1] + f)
+    symbol_of = [s for s, f in enumerate(freqs) for _ in range(f)]  # slot -> s: cum_s <= slot < cum_s + f_s
+    symbols: list[int] = []
+    start = 0
+    for i, size in enumerate(block_bytes):
+        block = raw[start : start + size]
+        start += size
+        x = int.from_bytes(block[:RANS_STATE_BYTES], "little")
+        pos = RANS_STATE_BYTES
+        if not RANS_LOWER <= x < 1 << 63:
+            raise CorruptDataError(f"{what}: rans block {i}: initial state out of range")
+        for _ in range(min(block_size, count - i * block_size)):
+            slot = x % RANS_TOTAL
+            s = symbol_of[slot]
+            symbols.append(s)
+            x = freqs[s] * (x >> RANS_PRECISION) + slot - cum[s]
+            if x < RANS_LOWER:
+                if pos == size:
+                    raise CorruptDataError(f"{what}: rans block {i} ran out of words")
+                x = (x << 32) | int.from_bytes(block[pos : pos + RANS_WORD_BYTES], "little")
+                pos += RANS_WORD_BYTES
+        if pos != size:
+            raise CorruptDataError(f"{what}: rans block {i} has words left over")
+        if x != RANS_LOWER:
+            raise CorruptDataError(f"{what}: rans block {i}: final state is not 2^31")
+    return symbols
+
+
+def rans_encode(symbols: list[int], freqs: list[int], block_size: int) -> tuple[bytes, list[int]]:
+    """The informative encoder of §6.4 (for hand-made streams and vectors in the tests): the blocks'
+    bytes and their lengths. Every symbol must have a frequency."""
+    cum = [0]
+    for f in freqs:
+        cum.append(cum[-1] + f)
+    out, sizes = b"", []
+    for b0 in range(0, len(symbols), block_size):
+        x, words = RANS_LOWER, []
+        for s in reversed(symbols[b0 : b0 + block_size]):
+            f = freqs[s]
+            if f == 0:
+                raise ValueError(f"symbol {s} has no frequency")
+            if x >= f << 48:
+                words.append(x % (1 << 32))
+                x >>= 32
+            x = (x // f << RANS_PRECISION) + x % f + cum[s]
+        block = x.to_bytes(RANS_STATE_BYTES, "little") + b"".join(w.to_bytes(4, "little") for w in reversed(words))
+        out += block
+        sizes.append(len(block))
+    return out, sizes
+
+
+def rans_frequencies(counts: list[int]) -> list[int]:
+    """A valid table for symbol counts (any valid one decodes; this is not dcformat's rule): each used
+    symbol max(1, floor(c·M/n)), the rest of M to the most frequent symbol, trailing zeros dropped.
+    Needs 1..2^15 used symbols, the most frequent able to give what the floors of 1 take."""
+    n = sum(counts)
+    freqs = [max(1, c * RANS_TOTAL // n) if c else 0 for c in counts]
+    top = max(range(len(counts)), key=lambda s: (counts[s], -s))
+    freqs[top] += RANS_TOTAL - sum(freqs)
+    assert freqs[top] >= 1
+    while freqs[-1] == 0:
+        freqs.pop()
+    return freqs
+
+
+def frequencies_hex(freqs: list[int]) -> str:
+    """A table's text (§6.4): 4 lowercase hex digits per symbol."""
+    return "".join(f"{f:04x}" for f in freqs)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dcformat
-from dcformat import bitpack, codec, container, huffman
+from dcformat import bitpack, codec, container, huffman, rans
 
 from . import reference_decoder as ref
 from .strategies import assert_same as assert_same_bits
@@ -91,6 +91,161 @@ def test_table_rules_of_spec_6_2(table, ok):
     else:
         with pytest.raises(dcformat.HuffmanTableError):
             ref.parse_table(table)
+
+
+def test_rans_example_of_spec_6_4():
+    """§6.4's worked example: the table, the block's 12 bytes from the reference encoder, and back."""
+    freqs = ref.parse_frequencies("7fe000100010")
+    assert freqs == [32736, 16, 16]
+    block = bytes.fromhex("e67f800001000000" "70000206")
+    assert ref.rans_encode([1, 0, 2, 0, 1], freqs, 5) == (block, [12])
+    assert ref.read_rans(block, 5, freqs, 5, [12], "x") == [1, 0, 2, 0, 1]
+    assert int.from_bytes(block[:8], "little") == 0x100807FE6
+    # a one-symbol table codes any count in the 8 bytes of the state 2^31, which no step changes
+    assert ref.rans_encode([0] * 1000, [32768], 1000) == ((1 << 31).to_bytes(8, "little"), [8])
+    assert ref.read_rans((1 << 31).to_bytes(8, "little"), 1000, [32768], 1000, [8], "x") == [0] * 1000
+
+
+@pytest.mark.parametrize("table, ok", [
+    ("8000", True), ("00008000", True), ("7fe000100010", True), ("0001" * 32768, True),
+    pytest.param("8000" + "0000" * 65535, True, id="65536-groups"),
+    pytest.param("8000" + "0000" * 65536, False, id="65537-groups"),
+    ("", False), ("800", False), ("80000", False), ("8001", False), ("7fff", False), ("0000", False),
+    ("ffff", False), ("7FE000100010", False), ("7fe00010001g", False), (" 8000", False), ("8000 ", False),
+    ("4000" "c000", False),  # 0xc000 = 49152: the sum 65536 is 2^16, not 2^15
+])
+def test_frequency_table_rules_of_spec_6_4(table, ok):
+    if ok:
+        assert sum(ref.parse_frequencies(table)) == 1 << 15
+    else:
+        with pytest.raises(dcformat.errors.FrequencyTableError):
+            ref.parse_frequencies(table)
+
+
+def test_frequency_table_error_is_a_table_error():
+    assert issubclass(dcformat.errors.FrequencyTableError, dcformat.errors.TableError)
+    assert issubclass(dcformat.errors.HuffmanTableError, dcformat.errors.TableError)
+    assert issubclass(dcformat.errors.TableError, dcformat.DCFError)
+
+
+@st.composite
+def rans_cases(draw) -> tuple[list[int], list[int], int]:
+    """(symbols, frequencies, block size): skewed, uniform, one-symbol and tiny-frequency tables."""
+    kind = draw(st.sampled_from(["counts", "one", "tiny", "uniform"]))
+    n = draw(st.integers(0, 400))
+    if kind == "one":
+        s = draw(st.integers(0, 5))
+        freqs = [0] * s + [1 << 15] + [0] * draw(st.integers(0, 2))
+        symbols = [s] * n
+    elif kind == "tiny":  # frequencies of 1: 15 bits a symbol, a word every two or three symbols
+        k = draw(st.integers(1, 40))
+        freqs = [1] * k
+        freqs[draw(st.integers(0, k - 1))] += (1 << 15) - k
+        symbols = draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n))
+    elif kind == "uniform":
+        k = draw(st.sampled_from([1, 2, 4, 8, 256, 4096]))
+        freqs = [(1 << 15) // k] * k
+        symbols = draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n))
+    else:
+        symbols = draw(st.lists(st.integers(0, 30), min_size=max(1, n), max_size=max(1, n)))
+        symbols = [x >> draw(st.integers(0, 4)) for x in symbols]
+        freqs = ref.rans_frequencies(np.bincount(symbols).tolist())
+    return symbols, freqs, draw(st.sampled_from([1, 2, 3, 7, 64, 1000, 1 << 20]))
+
+
+def _state_bound_decode(raw: bytes, count: int, freqs: list[int], block_size: int, sizes: list[int]) -> int:
+    """The largest state the decoding loop of §6.4 reaches (it must stay below 2^63)."""
+    cum = np.concatenate([[0], np.cumsum(freqs)]).tolist()
+    high, start = 0, 0
+    for i, size in enumerate(sizes):
+        x, pos = int.from_bytes(raw[start : start + 8], "little"), 8
+        high = max(high, x)
+        for _ in range(min(block_size, count - i * block_size)):
+            slot = x % (1 << 15)
+            s = next(t for t in range(len(freqs)) if cum[t] <= slot < cum[t + 1])
+            x = freqs[s] * (x >> 15) + slot - cum[s]
+            assert x < 1 << 63 and x >= 1 << 16
+            if x < 1 << 31:
+                x = (x << 32) | int.from_bytes(raw[start + pos : start + pos + 4], "little")
+                pos += 4
+            high = max(high, x)
+        start += size
+    return high
+
+
+@FAST
+@given(rans_cases())
+def test_rans_round_trips_through_the_reference_encoder(case):
+    symbols, freqs, block_size = case
+    raw, sizes = ref.rans_encode(symbols, freqs, block_size)
+    assert len(sizes) == -(-len(symbols) // block_size) and sum(sizes) == len(raw)
+    assert all(b >= 8 and b % 4 == 0 for b in sizes)
+    assert ref.read_rans(raw, len(symbols), freqs, block_size, sizes, "s") == symbols
+    assert _state_bound_decode(raw, len(symbols), freqs, block_size, sizes) < 1 << 63
+
+
+@FAST
+@given(rans_cases())
+def test_dcformat_rans_writes_the_reference_encoders_bytes(case):
+    """dcformat's numba encoder and decoder against the spec's loop: the same bytes, the same symbols."""
+    symbols, freqs, block_size = case
+    raw, sizes = ref.rans_encode(symbols, freqs, block_size)
+    f = np.array(freqs, dtype=np.int64)
+    assert rans.encode(np.array(symbols, dtype=np.uint16), f, block_size) == (raw, sizes)
+    assert rans.decode(raw, len(symbols), f, block_size, sizes).tolist() == symbols
+    assert rans.frequencies_to_hex(f) == ref.frequencies_hex(freqs)
+    assert rans.frequencies_from_hex(ref.frequencies_hex(freqs)).tolist() == freqs
+
+
+@FAST
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=500).map(np.bincount))
+def test_dcformat_normalized_tables_are_valid_for_the_reference(counts):
+    freqs = rans.normalize(counts)
+    assert ref.parse_frequencies(rans.frequencies_to_hex(freqs)) == freqs.tolist()
+    assert len(freqs) == np.nonzero(counts)[0][-1] + 1
+    assert all((freqs > 0) == (counts[: len(freqs)] > 0))
+
+
+def _rans_verdict(decode, *args) -> str:
+    try:
+        return str(list(decode(*args)))
+    except dcformat.DCFError as e:
+        return type(e).__name__
+
+
+@FAST
+@given(rans_cases(), st.data())
+def test_same_verdict_on_damaged_rans_blocks(case, data):
+    """Damage a block's state or words (the table stays valid): the reference and dcformat decode the
+    same symbols or both raise CorruptDataError."""
+    symbols, freqs, block_size = case
+    raw, sizes = ref.rans_encode(symbols, freqs, block_size)
+    if not raw:
+        return
+    body = bytearray(raw)
+    for at in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=3)):
+        body[at] = data.draw(st.sampled_from([0x00, 0x80, 0xFF, body[at] ^ 1, body[at] ^ 0x80]))
+    count = len(symbols)
+    expected = _rans_verdict(ref.read_rans, bytes(body), count, freqs, block_size, sizes, "s")
+    got = _rans_verdict(lambda *a: rans.decode(*a).tolist(), bytes(body), count, np.array(freqs), block_size, sizes)
+    assert expected == got and (expected == "CorruptDataError" or expected.startswith("["))
+
+
+def test_rans_rejections_of_spec_6_4():
+    """Each rejection of the decoding loop, from the worked example's block."""
+    freqs, block = [32736, 16, 16], bytes.fromhex("e67f800001000000" "70000206")
+    cases = {
+        "initial state out of range": ((2**31 - 1).to_bytes(8, "little") + block[8:], [12]),
+        "initial state of 2^63": (block[:7] + b"\x80" + block[8:], [12]),
+        "ran out of words": (block[:8], [8]),
+        "words left over": (block + bytes(4), [16]),
+        "final state": (block[:8] + b"\x71" + block[9:], [12]),
+    }
+    for what, (raw, sizes) in cases.items():
+        with pytest.raises(dcformat.CorruptDataError):
+            ref.read_rans(raw, 5, freqs, 5, sizes, what)
+        with pytest.raises(dcformat.CorruptDataError):
+            rans.decode(raw, 5, np.array(freqs), 5, sizes)
 
 
 def test_matrix_view_rules_of_spec_5_3():
@@ -240,7 +395,8 @@ def _decode_reference(data: bytes):
 _VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 _BASES = [(_VECTORS / f"{name}.dcf").read_bytes() for name in (
     "01-spec-example", "06-scalars", "07-empty-tensors", "11-filler-boundaries", "13-sparse-values-special",
-    "17-huffman-blocks", "20-huffman-spec-table", "24-extra-fillers", "25-odd-streams")]
+    "17-huffman-blocks", "20-huffman-spec-table", "24-extra-fillers", "25-odd-streams", "38-rans-spec-example",
+    "40-rans-blocks", "41-rans-one-symbol", "44-rans-reader-latitude")]
 
 
 def _rebuilt(data: bytes, doc: dict) -> bytes:
@@ -269,7 +425,8 @@ def _leaves(v, path=()):
 _REPLACEMENTS = st.one_of(
     st.sampled_from([0, 1, 2, 3, 7, 8, 15, 16, 17, 64, 2**16, 2**32, 2**64, -1, 1.5, True, None, "x", [], {}, [1]]),
     st.sampled_from(["raw", "shared", "sparse", "csr", "csc", "fixed", "huffman", "bool", "int8", "float16",
-                     "uint64", "sparse+codebook", "1", "11", "0", "1332", "ffedcba987654321"]),
+                     "uint64", "sparse+codebook", "1", "11", "0", "1332", "ffedcba987654321", "rans", "8000",
+                     "00008000", "7fe000100010", "7FE000100010", "800"]),
 )
 
 

@@ -63,7 +63,8 @@ def test_the_index_covers_what_the_brief_asks():
         assert f"bits={bits}" in stored
     assert {e["error"] for e in INVALID} == {
         "FormatError", "VersionError", "TruncatedError", "HeaderError", "ChecksumError", "HuffmanTableError",
-        "CorruptDataError", "LimitError"}
+        "FrequencyTableError", "CorruptDataError", "LimitError"}
+    assert "rans" in stored and "indices rans" in stored and "gaps rans" in stored and "row_scales rans" in stored
 
 
 def test_the_index_lists_every_file_and_nothing_else():
@@ -133,11 +134,13 @@ REENCODE = [v for v in VALID if v["reencode"]]
 
 def _reencode(v: dict) -> bytes:
     """The vector's expected tensors through dcformat's writer with the recorded settings (1.0 vectors
-    predate compact_header and huffman_header_cost: they were written with False and 0)."""
+    predate compact_header and huffman_header_cost: they were written with False and 0; vectors before
+    1.4 predate coder: they were written without rANS)."""
     settings = v["settings"]
     drafts = [_draft(t, _expected(t), settings) for t in v["tensors"]]
     tables, encoded = codec.assemble(drafts, settings["huffman"], settings["block_size"],
-                                     header_cost=settings.get("huffman_header_cost", 0))
+                                     header_cost=settings.get("huffman_header_cost", 0),
+                                     rans=settings.get("coder", "huffman") == "auto")
     out = io.BytesIO()
     container.write_stream(out, v["metadata"], tables, encoded, compact_header=settings.get("compact_header", False))
     return out.getvalue()
@@ -183,6 +186,8 @@ def test_the_one_zero_vectors_stay_one_zero():
         minor = int.from_bytes(data[10:12], "little")
         if data[32] == 0x78:
             assert minor >= 1, v["name"]
+        elif int(v["name"][:2]) >= 38:  # format 1.4 vectors: rans streams
+            assert minor == 4, v["name"]
         elif int(v["name"][:2]) >= 33:  # format 1.3 vectors: row scales
             assert minor == 3, v["name"]
         elif int(v["name"][:2]) >= 29:  # format 1.2 vectors: the fields encoding or float8
@@ -278,7 +283,7 @@ def _spec_text() -> str:
 
 
 @pytest.mark.parametrize("vector", ["01-spec-example.dcf", "26-zlib-spec-example.dcf",
-                                    "33-row-scales-spec-example.dcf"])
+                                    "33-row-scales-spec-example.dcf", "38-rans-spec-example.dcf"])
 def test_spec_hex_dump_is_the_vector(vector):
     """Appendix A's hex dumps (hexdump -C style, '*' for repeated lines) are the committed vectors 01 and 26."""
     text = _spec_text()
@@ -389,3 +394,44 @@ def test_spec_row_scales_example_is_vector_33s():
     expected = np.array([[1.5, 6], [-0.25, 0.125], [1, 1]], np.float32)
     assert np.array_equal(dcformat.load(data)["w"], expected)
     assert "[[1.5, 6], [-0.25, 0.125], [1, 1]]" in section
+
+
+def test_spec_rans_example_is_vector_38s():
+    """§6.4's worked example: its table, block bytes, states and tensor object are vector 38's, and the
+    table of decoding steps is what the spec's loop computes."""
+    text = _spec_text()
+    section = text[text.index("### §6.4"):text.index("## §7 Limits")]
+    block = section[section.index("<!-- rans-tensor: 38-rans-spec-example.dcf -->"):]
+    block = block[block.index("```json") + 7:]
+    obj = json.loads(block[: block.index("```")])
+    data = _read("38-rans-spec-example.dcf")
+    header = container.parse_header(data)
+    doc = json.loads(data[32 : header.data_start].rstrip(b" "))
+    assert doc["tensors"] == [obj] and len(data) == 460 and data[8:12] == b"\x01\x00\x04\x00"
+    s = obj["indices"]["section"]
+    payload = data[s["offset"] : s["offset"] + s["length"]]
+    assert payload == bytes.fromhex("e67f800001000000" "70000206")
+    assert "e6 7f 80 00 01 00 00 00   70 00 02 06" in section and '`"7fe000100010"`' in section
+    assert "`0x100807fe6`" in section and "`0x06020070`" in section
+    freqs = ref.parse_frequencies(obj["indices"]["frequencies"])
+    cum = [0, freqs[0], freqs[0] + freqs[1]]
+    x, pos = int.from_bytes(payload[:8], "little"), 8
+    for i in range(5):  # each row of the spec's table, recomputed
+        slot = x % 32768
+        s_ = max(t for t in range(3) if cum[t] <= slot)
+        y = freqs[s_] * (x >> 15) + slot - cum[s_]
+        row = f"| {i} | `{x:#x}` | {slot} | {s_} | `{freqs[s_]} × {x >> 15:#x} + {slot - cum[s_]} = {y:#x}` |"
+        assert row in section, row
+        if y < 1 << 31:
+            y = (y << 32) | int.from_bytes(payload[pos : pos + 4], "little")
+            pos += 4
+        x = y
+    assert (x, pos) == (1 << 31, 12)
+    assert np.array_equal(dcformat.load(data)["r"], np.array([0.25, 0, -0.5, 0, 0.25], np.float32))
+
+
+def test_only_the_format_1_4_vectors_record_a_coder():
+    """The coder setting (rANS offered) is recorded on the writer-made 1.4 vectors only: replaying the
+    older vectors' settings never turns rANS on."""
+    for v in REENCODE:
+        assert ("coder" in v["settings"]) == (int(v["name"][:2]) >= 38), v["name"]
