@@ -68,15 +68,70 @@ def seed_files() -> dict[str, bytes]:
     rng = np.random.default_rng(20261129)
     out: dict[str, bytes] = {}
 
-    def build(drafts, mode="auto", block_size=K.DEFAULT_BLOCK_SIZE, metadata=None, compact=False) -> bytes:
-        """A file from dcformat's writer; with a JSON header unless `compact` (zlib when it pays)."""
+    def build(drafts, mode="auto", block_size=K.DEFAULT_BLOCK_SIZE, metadata=None, compact=False, rans=False) -> bytes:
+        """A file from dcformat's writer; with a JSON header unless `compact` (zlib when it pays); with
+        `rans`, rANS offered where it pays (format 1.4)."""
         import io
 
         # header_cost 0: Huffman wherever its payload and table pay, so that these tiny files have some
-        tables, encoded = codec.assemble(drafts, mode, block_size, header_cost=0)
+        kwargs = {"rans": True} if rans else {}  # the 1.0-1.3 seeds call assemble as they always did
+        tables, encoded = codec.assemble(drafts, mode, block_size, header_cost=0, **kwargs)
         buf = io.BytesIO()
         write_stream(buf, metadata or {}, tables, encoded, compact_header=compact)
         return buf.getvalue()
+
+    def build_rans(drafts, block_size=K.DEFAULT_BLOCK_SIZE) -> bytes:
+        """Every non-empty stream rANS-coded (§6.4) with dcformat's table of its counts, whatever it saves."""
+        import io
+
+        from dcformat import rans
+        from dcformat.container import EncodedTensor
+
+        encoded = []
+        for d in drafts:
+            header, payloads, i = dict(d.header), [], 0
+            for key in TENSOR_SECTION_ORDER:
+                if key not in header:
+                    continue
+                stream = d.streams.get(key)
+                if stream is None:
+                    header[key] = i
+                    payloads.append(d.payloads[d.header[key]])
+                elif len(stream.symbols) == 0:
+                    header[key] = {"coding": "fixed", "section": i}
+                    payloads.append(b"")
+                else:
+                    freqs = rans.normalize(stream.counts)
+                    payload, block_bytes = rans.encode(stream.symbols, freqs, block_size)
+                    header[key] = {"coding": "rans", "section": i, "frequencies": rans.frequencies_to_hex(freqs),
+                                   "block_size": block_size, "block_bytes": block_bytes}
+                    payloads.append(payload)
+                i += 1
+            encoded.append(EncodedTensor(header, payloads))
+        buf = io.BytesIO()
+        write_stream(buf, {}, [], encoded, compact_header=False)
+        return buf.getvalue()
+
+    def fields_as_rans(data: bytes, block_size: int = 100) -> bytes:
+        """A file whose fields tensors' fixed-width streams are recoded as rans streams (§5.4, §6.4)."""
+        from dcformat import bitpack, rans
+
+        doc, sections = parse(data)
+        payloads = []
+        for path, payload in sections:
+            t = get_path(doc, path[:2])
+            if t.get("encoding") == "fields":
+                c, f = path[3], path[4]
+                stream, width = t["chunks"][c][f], t["fields"][f]
+                numel = int(np.prod(t["shape"], dtype=np.int64))
+                count = min(t["chunk_size"], numel - c * t["chunk_size"])
+                symbols = bitpack.unpack(payload, count, width, 1 << width)
+                freqs = rans.normalize(np.bincount(symbols))
+                payload, block_bytes = rans.encode(symbols, freqs, block_size)
+                stream.update(coding="rans", frequencies=rans.frequencies_to_hex(freqs), block_size=block_size,
+                              block_bytes=block_bytes)
+            payloads.append(payload)
+        return serialize(doc, payloads)
 
     def build_huffman(drafts, block_size=K.DEFAULT_BLOCK_SIZE, share=False) -> bytes:
         """Like build, but every non-empty stream Huffman-coded (assemble only does it when it pays)."""
@@ -266,6 +321,40 @@ def seed_files() -> dict[str, bytes]:
         rows_draft("z", (4, 0), m=2), rows_draft("c", (3, 2, 2), "float64", m=3)])
     out["fields-huffman-16"] = build([codec.draft_explicit("h", weights("bfloat16", (50, 40)), "fields", fields=(16,),
                                                            chunk_size=1000, header_cost=0)])
+    # rANS streams (§6.4, format 1.4): every stream rans-coded (one-symbol tables of 8-byte blocks, blocks of
+    # one symbol, row scales), and the writer's own choice where rANS pays (skewed indices, fields streams)
+    out["shared-rans"] = build_rans([codec.draft_explicit("h", np.zeros((20, 30), np.float32), "shared", codebook=cb,
+                                                          indices=skewed(16, (20, 30)))])
+    out["shared-rans-multiblock"] = build_rans(
+        [codec.draft_explicit("h", np.zeros((16, 40), np.float32), "shared", codebook=cb, indices=skewed(16, (16, 40)))],
+        block_size=37)
+    out["shared-rans-block1"] = build_rans(
+        [codec.draft_explicit("h", np.zeros((3, 5), np.float32), "shared", codebook=cb, indices=skewed(16, (3, 5)))],
+        block_size=1)
+    out["shared-rans-one-symbol"] = build_rans(
+        [codec.draft_explicit("o", np.zeros((8, 8), np.float32), "shared", codebook=cb[:2],
+                              indices=np.zeros(64, np.int64))], block_size=20)
+    for layout, b in (("csr", 3), ("csc", 8)):
+        out[f"sparse-rans-{layout}-b{b}"] = build_rans(
+            [codec.draft_explicit("w", np.zeros((12, 10), np.float32), "sparse", codebook=sparse_cb,
+                                  indices=skewed(8, (12, 10), zero_share=0.8), layout=layout, index_bits=b)], block_size=30)
+    out["sparse-values-rans"] = build_rans(
+        [codec.draft_explicit("v", bits("float16", (9, 7), 0.3), "sparse", layout="csc", index_bits=4)])
+    out["shared-rows-rans"] = build_rans([rows_draft("r", (64, 8), m=5), rows_draft("s", (0, 3), m=2)], block_size=50)
+    out["rans-writer-model"] = build([
+        codec.draft_explicit("fc", np.zeros((40, 50), np.float32), "shared", codebook=cb,
+                             indices=skewed(16, (40, 50), zero_share=0.85)),
+        codec.draft_explicit("sp", np.zeros((30, 40), np.float32), "sparse", codebook=sparse_cb,
+                             indices=skewed(8, (30, 40), 0.7), index_bits=3),
+        codec.draft_explicit("bias", bits("float32", (6,)), "raw"),
+    ], block_size=500, rans=True)
+    out["fields-rans"] = fields_as_rans(build([
+        codec.draft_explicit("f", weights("float16", (30, 20)), "fields", fields=(6, 10), chunk_size=256, huffman="off"),
+        codec.draft_explicit("same", np.full((9,), 1.5, np.float32), "fields", fields=(16, 16), huffman="off")],
+        mode="off"))
+    for name in ("shared-rans-multiblock", "shared-rows-rans"):
+        doc, sections = parse(out[name])
+        out["zlib-" + name] = serialize(doc, [b for _, b in sections], compress=True)
     for name in ("empty", "metadata-only", "model-mixed", "sparse-cb-huffman-csr-b3", "huffman-shared-tables",
                  "shared-huffman-multiblock", "sparse-empty", "raw-mixed", "sparse-values-csc-bool", "fields-odd",
                  "shared-rows-huffman", "shared-rows-shapes"):
@@ -417,7 +506,7 @@ def serialize(doc: Any, payloads: list[bytes], *, keep_lengths: bool = False, co
         off = sec["offset"]
         body += b"\0" * (off - pos) + payload
         pos = off + len(payload)
-    minor = 3 if needs_1_3(doc) else 2 if needs_1_2(doc) else int(compress)
+    minor = 4 if needs_1_4(doc) else 3 if needs_1_3(doc) else 2 if needs_1_2(doc) else int(compress)
     return PREAMBLE.pack(MAGIC, 1, minor, zlib.crc32(header), len(header), start + len(body)) + header + bytes(body)
 
 
@@ -432,6 +521,15 @@ def needs_1_3(doc: Any) -> bool:
     """Whether a document has a tensor with row scales (§5.2, format 1.3): its file says 1.3."""
     tensors = doc.get("tensors") if isinstance(doc, dict) else None
     return any(isinstance(t, dict) and "scales" in t for t in (tensors if isinstance(tensors, list) else []))
+
+
+def needs_1_4(doc: Any) -> bool:
+    """Whether a document has a rans stream (§6.4, format 1.4): its file says 1.4."""
+    for path, _ in section_slots(doc):
+        stream = get_path(doc, path[:-1]) if path[-1] == "section" else None
+        if isinstance(stream, dict) and stream.get("coding") == "rans":
+            return True
+    return False
 
 
 def _dump(doc: Any) -> bytes:
@@ -505,7 +603,7 @@ VOCABULARY = [
     "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool", "float8", "complex64",
     "float8_e4m3fn", "float8_e5m2", "fields", "chunk_size", "chunks", "scale_bits", "scales", "row_scales",
     "data", "codebook", "gaps", "indices", "values", "section", "offset", "length", "crc32", "table",
-    "block_size", "block_bytes", "name", "dtype", "shape", "encoding", "layout", "bits", "index_bits",
+    "block_size", "block_bytes", "rans", "frequencies", "8000", "00008000", "7fe000100010", "name", "dtype", "shape", "encoding", "layout", "bits", "index_bits",
     "entries", "fillers", "metadata", "tables", "tensors", "1", "2", "f", "0", "11", "12", "1221", "fff",
     "x" * 300, "é", "\ud800", "\u0000", "t", "w",
 ]
@@ -531,6 +629,38 @@ def random_table(r: random.Random) -> str:
     for _ in range(zeros):
         lengths.insert(r.randrange(len(lengths) + 1), 0)
     return "".join("0123456789abcdef"[x] for x in lengths)
+
+
+def random_frequencies(r: random.Random, n: int | None = None) -> str:
+    """A valid §6.4 frequency table of n groups (random n if None): one symbol, uniform, skewed, or
+    frequencies of 1 (15-bit symbols, a word every two), zero groups anywhere."""
+    n = n or r.choice([1, 2, 3, 4, 5, 8, 16, 17, 256])
+    shape = r.randrange(4)
+    if shape == 0 or n == 1:
+        f = [0] * n
+        f[r.randrange(n)] = 1 << 15
+    elif shape == 1:
+        f = [(1 << 15) // n] * n
+        f[0] += (1 << 15) - sum(f)
+    elif shape == 2:
+        f = [max(1, (1 << 15) >> min(15, 1 + i)) if r.random() < 0.8 else 0 for i in range(n)]
+        f[0] += (1 << 15) - sum(f)
+    else:
+        f = [1] * n
+        f[r.randrange(n)] += (1 << 15) - n
+    if f[0] <= 0:  # the skewed shape gave more than 2^15 away: one symbol instead
+        f = [1 << 15] + [0] * (n - 1)
+    return "".join(f"{x:04x}" for x in f)
+
+
+def _rans_streams(doc: Any) -> list[tuple[tuple, dict]]:
+    """(section path, stream object) of every rans stream of a document."""
+    out = []
+    for path, _ in section_slots(doc):
+        stream = get_path(doc, path[:-1]) if path[-1] == "section" else None
+        if isinstance(stream, dict) and stream.get("coding") == "rans":
+            out.append((path, stream))
+    return out
 
 
 def _leaves(obj: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
@@ -568,6 +698,7 @@ class Mutator:
             ("consistent_sparse", self.consistent_sparse, 4),
             ("consistent_fields", self.consistent_fields, 3),  # format 1.2: any split, sizes that match
             ("consistent_row_scales", self.consistent_row_scales, 3),  # format 1.3: row scales, sizes that match
+            ("rans_blocks", self.rans_blocks, 4),  # format 1.4: valid tables and block lists, damaged states and words
             ("reshape", self.reshape, 3),
             ("recode", self.recode, 2),
             ("swap_sections", self.swap_sections, 2),
@@ -864,6 +995,20 @@ class Mutator:
             return self.bit_flip(data, seed)
         doc, payloads = d
         r = self.rng
+        streams = _rans_streams(doc)
+        if streams and r.random() < 0.5:  # a rans frequency table (§6.4): another valid one, or a broken one
+            _, stream = r.choice(streams)
+            old = stream["frequencies"] if isinstance(stream.get("frequencies"), str) else "8000"
+            x = r.random()
+            if x < 0.5:
+                stream["frequencies"] = random_frequencies(r, max(1, len(old) // 4))
+            elif x < 0.75 and old:
+                j = r.randrange(len(old))
+                stream["frequencies"] = old[:j] + r.choice("0123456789abcdefgA ") + old[j + 1 :]
+            else:
+                stream["frequencies"] = r.choice(["", "800", "80000", "8001", "7fff", "0000", "FFFF", old + "0000",
+                                                  old + "0", "8000" + "0000" * 65536, old.upper()])
+            return self._finish(doc, payloads, data)
         tables = doc.get("tables") if isinstance(doc, dict) else None
         if not isinstance(tables, list):
             return self.json_structure(data, seed)
@@ -1044,6 +1189,64 @@ class Mutator:
         new_payloads = [mine.get(path, before.get(path, b"")) for path, _ in section_slots(doc)]
         return serialize(doc, new_payloads, keep_lengths=False)
 
+    def rans_blocks(self, data: bytes, seed: str) -> bytes:
+        """Damage a rans stream (§6.4) where only the decoding loop can tell: its table stays valid (or
+        becomes another valid one), its block list stays consistent (one size per block, each at least 8
+        and a multiple of 4, adding up to the section), while initial states go to the bounds of
+        [2^31, 2^63), words are flipped, dropped or added, and blocks are re-cut."""
+        d = self._doc(data)
+        if d is None:
+            return self.bit_flip(data, seed)
+        doc, payloads = d
+        r = self.rng
+        slots = [path for path, _ in section_slots(doc)]
+        streams = [(slots.index(path), stream) for path, stream in _rans_streams(doc)
+                   if isinstance(stream.get("block_bytes"), list)
+                   and all(type(b) is int and b >= 8 and b % 4 == 0 for b in stream["block_bytes"])]
+        if not streams:
+            return self.recode(data, seed)
+        k, stream = r.choice(streams)
+        sizes = list(stream["block_bytes"])
+        p = payloads[k]
+        if not sizes or sum(sizes) != len(p):
+            return self.payload(data, seed)
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        blocks = [bytearray(p[a : a + n]) for a, n in zip(starts, sizes)]
+        b = r.randrange(len(blocks))
+        block = blocks[b]
+        words = (len(block) - 8) // 4
+        how = r.randrange(6)
+        if how == 0:  # the initial state at or past a bound
+            x = int.from_bytes(block[:8], "little")
+            x = r.choice([2**31 - 1, 2**31, 2**31 + 1, 2**48, 2**63 - 1, 2**63, 2**64 - 1, 0,
+                          x ^ (1 << r.randrange(64)), x + r.choice([-1, 1]), r.randrange(2**31, 2**63)]) % 2**64
+            block[:8] = x.to_bytes(8, "little")
+        elif how == 1 and words:  # bits of a word flipped, or a word set to a boundary
+            j = 8 + 4 * r.randrange(words)
+            if r.random() < 0.5:
+                block[j + r.randrange(4)] ^= 1 << r.randrange(8)
+            else:
+                block[j : j + 4] = r.choice([0, 1, 2**31, 2**32 - 1, r.getrandbits(32)]).to_bytes(4, "little")
+        elif how == 2 and words:  # a word dropped: the block runs out, or ends elsewhere
+            j = 8 + 4 * r.randrange(words)
+            del block[j : j + 4]
+        elif how == 3:  # a word added
+            j = 8 + 4 * r.randrange(words + 1)
+            block[j:j] = r.getrandbits(32).to_bytes(4, "little") if r.random() < 0.5 else bytes(4)
+        elif how == 4 and len(blocks) > 1:  # re-cut two neighbours (same bytes, other boundary)
+            c = b + 1 if b + 1 < len(blocks) else b - 1
+            first, second = sorted((b, c))
+            joined = blocks[first] + blocks[second]
+            cut = 8 + 4 * r.randrange((len(joined) - 16) // 4 + 1)
+            blocks[first], blocks[second] = joined[:cut], joined[cut:]
+        else:  # another valid table (no longer than this one, so it fits the alphabet): wrong for the data
+            old = stream.get("frequencies")
+            n = len(old) // 4 if isinstance(old, str) and len(old) % 4 == 0 and old else 1
+            stream["frequencies"] = random_frequencies(r, r.randint(1, n))
+        stream["block_bytes"] = [len(x) for x in blocks]
+        payloads[k] = b"".join(bytes(x) for x in blocks)
+        return serialize(doc, payloads, keep_lengths=False)
+
     def _fill(self, n: int, how: str) -> bytes:
         n = min(n, 1 << 20)
         if how == "zero":
@@ -1095,7 +1298,12 @@ class Mutator:
         if not streams:
             return self.payload(data, seed)
         path, s = r.choice(streams)
-        if s.get("coding") == "fixed":
+        if s.get("coding") == "fixed" and r.random() < 0.3:  # rans (§6.4): a valid table, plausible blocks
+            length = s["section"].get("length", 0) if isinstance(s.get("section"), dict) else 0
+            length = length if isinstance(length, int) and length >= 0 else 0
+            s.update(coding="rans", frequencies=random_frequencies(r, r.choice([1, 2, 3, 4])),
+                     block_size=r.choice([1, 7, 64, 65536, 2**63 - 1]), block_bytes=[max(8, length // 4 * 4)])
+        elif s.get("coding") == "fixed":
             tables = doc.setdefault("tables", [])
             if not tables or r.random() < 0.5:
                 tables.append(random_table(r))
@@ -1103,7 +1311,7 @@ class Mutator:
                      block_bytes=[s["section"].get("length", 0)])
         else:
             s["coding"] = "fixed"
-            for k in ("table", "block_size", "block_bytes"):
+            for k in ("table", "frequencies", "block_size", "block_bytes"):
                 if r.random() < 0.9:
                     s.pop(k, None)
         return self._finish(doc, payloads, data)

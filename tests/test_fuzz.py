@@ -145,6 +145,38 @@ def test_zlib_mutations_reach_the_stream_checks(seeds):
     assert any("needs format version 1.1" in x for x in messages), sorted(messages)
 
 
+def test_rans_mutations_reach_every_state_check(seeds):
+    """rans_blocks keeps every table and block list valid (§6.4), so each case either decodes or fails one
+    of the decoding loop's checks, and all four of them come up."""
+    m = fuzz.Mutator(seeds, random.Random(6))
+    names = [n for n in m.names if "rans" in n]
+    assert len(names) >= 8
+    outcomes, messages = {}, set()
+    for i in range(400):
+        data = m._apply("rans_blocks", seeds[names[i % len(names)]], "")
+        assert fuzz.needs_1_4(fuzz.parse(data)[0]) and data[8:12] == b"\x01\x00\x04\x00"
+        try:
+            dcformat.load(data)
+            outcome = "ok"
+        except dcformat.DCFError as e:
+            outcome = type(e).__name__
+            messages.add(str(e))
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert set(outcomes) == {"ok", "CorruptDataError"} and outcomes["CorruptDataError"] > 200, outcomes
+    for needle in ("initial state", "ran out of words", "left over", "final state"):
+        assert any(needle in x for x in messages), (needle, sorted(messages)[:20])
+    assert m.mutator_errors == 0
+
+
+def test_random_frequency_tables_are_valid():
+    from dcformat import rans
+
+    r = random.Random(7)
+    for n in [None] * 300 + list(range(1, 40)):
+        text = fuzz.random_frequencies(r, n)
+        assert rans.frequencies_from_hex(text).sum() == 1 << 15 and (n is None or len(text) == 4 * n)
+
+
 def test_random_tables_are_valid_prefix_codes():
     from dcformat.container import validate_table_text
 
