@@ -712,6 +712,7 @@ class Mutator:
             ("zlib_bytes", self.zlib_bytes, 3),    # the zlib stream itself damaged, CRC repaired
         ]
         self._zlib = False  # whether the file _doc last took apart had a zlib header
+        self.rans_seeds = [n for n in self.names if (p := parse(self.seeds[n])) is not None and _rans_streams(p[0])]
         self.total_weight = sum(w for _, _, w in self.kinds)
         self.mutator_errors = 0
 
@@ -1193,12 +1194,15 @@ class Mutator:
         """Damage a rans stream (§6.4) where only the decoding loop can tell: its table stays valid (or
         becomes another valid one), its block list stays consistent (one size per block, each at least 8
         and a multiple of 4, adding up to the section), while initial states go to the bounds of
-        [2^31, 2^63), words are flipped, dropped or added, and blocks are re-cut."""
+        [2^31, 2^63), words are flipped, dropped or added, and blocks are re-cut. A file without a rans
+        stream is swapped for a seed with one (most seeds have none)."""
+        r = self.rng
         d = self._doc(data)
+        if (d is None or not _rans_streams(d[0])) and self.rans_seeds:
+            d = self._doc(self.seeds[r.choice(self.rans_seeds)])
         if d is None:
             return self.bit_flip(data, seed)
         doc, payloads = d
-        r = self.rng
         slots = [path for path, _ in section_slots(doc)]
         streams = [(slots.index(path), stream) for path, stream in _rans_streams(doc)
                    if isinstance(stream.get("block_bytes"), list)
