@@ -42,7 +42,7 @@ if ROOT not in sys.path:  # run as a script: the checkout's dcformat and tests (
     sys.path.insert(0, ROOT)
 
 from dcformat import codec, container  # noqa: E402
-from tests.reference_decoder import frequencies_hex, rans_encode  # noqa: E402  # §6.4's encoder, not dcformat's
+from tests.reference_decoder import frequencies_hex, rans_encode, rans_frequencies  # noqa: E402  # §6.4, not dcformat's
 
 DEFAULT_OUT = os.path.join(HERE, "vectors")
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -704,6 +704,30 @@ def _expected_rans_latitude() -> list[np.ndarray]:
     return [LATITUDE_CODEBOOK[np.array(ix, dtype=np.int64)].reshape(shape) for shape, _, _, _, ix in LATITUDE.values()]
 
 
+RANS_FIELDS = np.array([1, 1, -2, 1 + 2**-10, 0.5, 1, 1, 1, -0.0, 1 + 2**-9], np.float16)
+
+
+def _rans_fields() -> bytes:
+    """A float16 tensor in fields [10, 6] in chunks of 6 (2 chunks, the last partial), every field stream
+    rans-coded in blocks of 4 with a table of its chunk's counts (dcformat codes fields streams fixed
+    width or Huffman)."""
+    bits = RANS_FIELDS.view("<u2").tolist()
+    chunks, payloads = [], []
+    for c0 in range(0, len(bits), 6):
+        streams = []
+        for shift, width in ((0, 10), (10, 6)):
+            symbols = [(b >> shift) & ((1 << width) - 1) for b in bits[c0 : c0 + 6]]
+            counts = [symbols.count(v) for v in range(max(symbols) + 1)]
+            stream, payload = rans_stream(rans_frequencies(counts), 4, symbols)
+            streams.append(stream)
+            payloads.append(payload)
+        chunks.append(streams)
+    doc = {"metadata": {}, "tables": [], "tensors": [
+        {"name": "h", "dtype": "float16", "shape": [10], "encoding": "fields", "fields": [10, 6], "chunk_size": 6,
+         "chunks": chunks}]}
+    return assemble_file(doc, payloads, minor=4)
+
+
 def _weights(seed: int, n: int, dtype: str, scale: float = 0.05) -> np.ndarray:
     """Weight-like values from the LCG (a sum of uniforms: roughly normal), in `dtype`."""
     rng = Lcg(seed)
@@ -997,6 +1021,9 @@ VALID: list[Valid] = [
           "blocks), three one-symbol blocks of 8 bytes (the state 2^31), a uniform table for skewed symbols in "
           "blocks of 16, a block larger than its stream, stream keys in reverse order.", [],
           build=_rans_latitude, expected=_expected_rans_latitude),
+    Valid("45-rans-fields", "Format 1.4: a float16 [10] tensor in fields [10, 6] with chunks of 6 (the last "
+          "partial) whose four streams are all rans-coded in blocks of 4 (dcformat codes fields streams fixed or "
+          "Huffman).", [], build=_rans_fields, expected=lambda: [RANS_FIELDS]),
 ]
 VALID_BY_NAME = {v.name: v for v in VALID}
 

@@ -396,7 +396,7 @@ _VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 _BASES = [(_VECTORS / f"{name}.dcf").read_bytes() for name in (
     "01-spec-example", "06-scalars", "07-empty-tensors", "11-filler-boundaries", "13-sparse-values-special",
     "17-huffman-blocks", "20-huffman-spec-table", "24-extra-fillers", "25-odd-streams", "38-rans-spec-example",
-    "40-rans-blocks", "41-rans-one-symbol", "44-rans-reader-latitude")]
+    "40-rans-blocks", "41-rans-one-symbol", "44-rans-reader-latitude", "45-rans-fields")]
 
 
 def _rebuilt(data: bytes, doc: dict) -> bytes:
