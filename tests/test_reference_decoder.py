@@ -337,6 +337,26 @@ def test_reference_and_dcformat_agree_on_huffman_coded_layers(a, bits, prune, in
     _assert_agree(dcformat.save({"a": a, "b": b}, policy=policy))
 
 
+@FAST
+@given(layers(), st.sampled_from([2, 3, 4]), st.sampled_from([0.0, 0.5, 0.9]), st.sampled_from([2, 3, 4]),
+       st.sampled_from([1, 64, 200, 1 << 16]), st.sampled_from(["auto", "shared"]))
+def test_reference_and_dcformat_agree_on_rans_coded_layers(a, bits, prune, index_bits, block_size, mode):
+    """Layers written with rANS offered (coder "auto"), in blocks of every size."""
+    policy = dcformat.Policy(bits=bits, prune=prune, index_bits=index_bits, huffman=mode, block_size=block_size,
+                             coder="auto")
+    _assert_agree(dcformat.save({"a": a}, policy=policy))
+
+
+def test_a_skewed_layer_is_rans_coded_and_both_readers_agree():
+    rng = np.random.default_rng(14)
+    a = rng.laplace(0, 0.05, (64, 96)).astype(np.float32)
+    for coder in ("auto", "huffman"):  # level 0 (|w| < 0.075) holds 78 % of the weights
+        data = dcformat.save({"w": a}, policy=dcformat.Policy(step=0.15, coder=coder, block_size=1000))
+        codings = {s.coding for t in container.parse_header(data).tensors for s in (t.indices, t.gaps) if s}
+        assert ("rans" in codings) == (coder == "auto") == (data[10] == 4), (coder, codings, data[10])
+        _assert_agree(data)
+
+
 # ------------------------------------------------------------------------------------------------
 # Streams: dcformat's encoders against the reference's readers
 
