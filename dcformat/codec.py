@@ -106,6 +106,21 @@ def estimate_coded_bytes(counts: np.ndarray, n: int, width: int, header_cost: in
     return best
 
 
+def estimate_class_tables_bytes(symbols: np.ndarray, classes: np.ndarray, m: int,
+                                header_cost: int = K.HUFFMAN_ZLIB_COST) -> int:
+    """Bytes of a row-scaled tensor's indices rANS-coded with one table per class (§6.4): `symbols`
+    flat (C order), `classes` one per row. Each class's own table counted as its text."""
+    rows = np.asarray(classes).reshape(-1)
+    cols = len(symbols) // max(1, rows.size)
+    counts = ranscoding.row_class_counts(np.asarray(symbols, np.int64).astype(np.uint16), rows, cols, m)
+    total = header_cost + (ranscoding.STATE_BYTES + 6) * -(-len(symbols) // K.DEFAULT_BLOCK_SIZE)
+    for c in counts:
+        if c.any():
+            freqs = ranscoding.normalize(c)
+            total += ranscoding.coded_bits(c, freqs) / 8 + 4 * freqs.size
+    return int(total)
+
+
 def _rans_estimate(counts: np.ndarray, n: int, block_size: int, header_cost: int) -> int:
     """Section, table text and header bytes of a rANS stream with these counts (a large number if none)."""
     estimate = ranscoding.estimate_bytes(counts, n, block_size)
@@ -117,7 +132,7 @@ def _rans_estimate(counts: np.ndarray, n: int, block_size: int, header_cost: int
 
 def code_stream(draft: StreamDraft, mode: str, block_size: int, shared_lengths: np.ndarray | None = None,
                 header_cost: int = K.HUFFMAN_ZLIB_COST, table_cost: Callable[[str], int] = len, *,
-                rans: bool = False) -> tuple[dict, bytes, str | None]:
+                rans: bool = False, rows: tuple[np.ndarray, int, int] | None = None) -> tuple[dict, bytes, str | None]:
     """Code a stream: (stream object with "table" as hex text, payload, table text or None).
 
     Huffman is chosen only when its payload, table text, 4 bytes per block and `header_cost` (the
@@ -126,6 +141,8 @@ def code_stream(draft: StreamDraft, mode: str, block_size: int, shared_lengths: 
     `table_cost(text)`: the bytes a new table is counted as (its length; the fields encoding may count
     what zlib makes of it, `fields.zlib_table_cost`). With `rans`, rANS (§6.4, format 1.4) is offered
     too, on the same terms; its table is text inside the stream object (the third item stays None).
+    `rows` = (class of each row, symbols per row, number of classes), for the indices of a shared
+    tensor with row scales: rANS may then use one table per class (§6.4).
     """
     fixed = bitpack.pack(draft.symbols, draft.width)
     best: tuple[dict, bytes, str | None] = ({"coding": K.FIXED, "section": None}, fixed, None)
@@ -151,40 +168,88 @@ def code_stream(draft: StreamDraft, mode: str, block_size: int, shared_lengths: 
             obj = {"coding": K.HUFFMAN, "section": None, "table": text, "block_size": block_size, "block_bytes": block_bytes}
             best, best_size = (obj, payload, text), size
     if rans:
-        best = _rans_candidate(draft, block_size, header_cost, table_cost, best, best_size)
+        best, best_size = _rans_candidate(draft, block_size, header_cost, table_cost, best, best_size)
+        if rows is not None:
+            best, best_size = _rans_classes_candidate(draft, block_size, header_cost, table_cost, best, best_size,
+                                                      rows)
     return best
 
 
+def _rans_classes_candidate(draft: StreamDraft, block_size: int, header_cost: int,
+                            table_cost: Callable[[str], int], best: tuple[dict, bytes, str | None], best_size: int,
+                            rows: tuple[np.ndarray, int, int]) -> tuple[tuple[dict, bytes, str | None], int]:
+    """`best`, or the stream rANS-coded with one table per row class (§6.4) if that is smaller.
+
+    A class takes its own table where that saves more than the table's text costs, else the table of
+    all rows (whose copies a compressed header stores as back-references: counted 8 bytes each)."""
+    classes, cols, m = rows
+    n = len(draft.symbols)
+    if n == 0 or m < 2 or not ranscoding.usable(draft.counts):
+        return best, best_size
+    counts = ranscoding.row_class_counts(draft.symbols, classes, cols, m)
+    overall = ranscoding.normalize(draft.counts)
+    overall_text = ranscoding.frequencies_to_hex(overall)
+    copy_cost = 8 if header_cost <= K.HUFFMAN_ZLIB_COST else len(overall_text)
+    tables, texts, table_bytes, bits = [], [], table_cost(overall_text), 0.0
+    for j in range(m):
+        c = counts[j]
+        shared_bits = ranscoding.coded_bits(c, overall)
+        own = ranscoding.normalize(c) if c.any() else None
+        own_text = ranscoding.frequencies_to_hex(own) if own is not None else ""
+        own_bits = ranscoding.coded_bits(c, own) if own is not None else float("inf")
+        if own is not None and own_bits / 8 + table_cost(own_text) < shared_bits / 8 + copy_cost:
+            tables.append(own), texts.append(own_text)
+            table_bytes, bits = table_bytes + table_cost(own_text), bits + own_bits
+        else:
+            tables.append(overall), texts.append(overall_text)
+            table_bytes, bits = table_bytes + copy_cost, bits + shared_bits
+    nblocks = -(-n // block_size)
+    if bits / 8 + (ranscoding.STATE_BYTES + 6) * nblocks + table_bytes + header_cost >= best_size:
+        return best, best_size
+    payload, block_bytes = ranscoding.encode(draft.symbols, tables, block_size, rows=(classes, cols))
+    size = len(payload) + 4 * len(block_bytes) + header_cost + table_bytes
+    if size >= best_size:
+        return best, best_size
+    obj = {"coding": K.RANS, "section": None, "frequencies": texts, "block_size": block_size,
+           "block_bytes": block_bytes}
+    return (obj, payload, None), size
+
+
 def _rans_candidate(draft: StreamDraft, block_size: int, header_cost: int, table_cost: Callable[[str], int],
-                    best: tuple[dict, bytes, str | None], best_size: int) -> tuple[dict, bytes, str | None]:
+                    best: tuple[dict, bytes, str | None], best_size: int
+                    ) -> tuple[tuple[dict, bytes, str | None], int]:
     """`best`, or the stream rANS-coded if that is smaller all counted (payload, table text inside the
     stream object, header bytes, 4 per block): coded only when its estimate says it may win."""
     n = len(draft.symbols)
     estimate = ranscoding.estimate_bytes(draft.counts, n, block_size)
     if estimate is None:
-        return best
+        return best, best_size
     payload_estimate, freqs = estimate
     text = ranscoding.frequencies_to_hex(freqs)
     extra = table_cost(text) + header_cost
     if payload_estimate + extra + 4 * -(-n // block_size) >= best_size:
-        return best
+        return best, best_size
     payload, block_bytes = ranscoding.encode(draft.symbols, freqs, block_size)
-    if len(payload) + extra + 4 * len(block_bytes) >= best_size:
-        return best
+    size = len(payload) + extra + 4 * len(block_bytes)
+    if size >= best_size:
+        return best, best_size
     obj = {"coding": K.RANS, "section": None, "frequencies": text, "block_size": block_size,
            "block_bytes": block_bytes}
-    return obj, payload, None
+    return (obj, payload, None), size
 
 
-def decode_stream(buf: Any, stream: Stream, tables: "TableCache", tensor: str, key: str) -> np.ndarray:
-    """Decode a stream's symbols (uint16), checking its CRC first."""
+def decode_stream(buf: Any, stream: Stream, tables: "TableCache", tensor: str, key: str,
+                  rows: tuple[np.ndarray, int] | None = None) -> np.ndarray:
+    """Decode a stream's symbols (uint16), checking its CRC first. `rows` = (class of each row, symbols
+    per row): the row classes a rANS stream with one table per class (§6.4) needs."""
     data = check_section(buf, stream.section, key, tensor)
     try:
         if stream.coding == K.FIXED:
             return bitpack.unpack(data, stream.count, stream.width, stream.alphabet)
         if stream.coding == K.RANS:
-            return ranscoding.decode(data, stream.count, tables.frequencies(stream.frequencies),
-                               min(stream.block_size, max(1, stream.count)), list(stream.block_bytes))
+            freqs, rows = _rans_tables(stream, tables, rows)
+            return ranscoding.decode(data, stream.count, freqs, min(stream.block_size, max(1, stream.count)),
+                                     list(stream.block_bytes), rows=rows)
         lengths = tables.get(stream.table)
         # A block_size beyond the count means one block (§6.3); clamping keeps a hostile 2**64 out of
         # the int64 arithmetic of the decoder without changing the meaning.
@@ -192,6 +257,15 @@ def decode_stream(buf: Any, stream: Stream, tables: "TableCache", tensor: str, k
         return huffman.decode(data, stream.count, lengths, block_size, list(stream.block_bytes))
     except DCFError as e:
         raise CorruptDataError(f"stream {key!r}: {e}", tensor=tensor, offset=stream.section.offset) from None
+
+
+def _rans_tables(stream: Stream, tables: "TableCache", rows: tuple[np.ndarray, int] | None):
+    """(table or tables, rows) of a rANS stream: rows only for a stream with one table per class."""
+    if isinstance(stream.frequencies, str):
+        return tables.frequencies(stream.frequencies), None
+    if rows is None:  # pragma: no cover - the container allows class tables only where rows exist
+        raise CorruptDataError("a rANS stream with one table per row class needs its rows' classes")
+    return [tables.frequencies(t) for t in stream.frequencies], rows
 
 
 class TableCache:
@@ -615,8 +689,13 @@ def code_tensor(d: TensorDraft, mode: str = "auto", block_size: int = K.DEFAULT_
         if key not in header:
             continue
         if key in d.streams:
+            rows = None  # the indices of a shared tensor with row scales may take a rANS table per class
+            if key == "indices" and "row_scales" in d.streams:
+                classes = d.streams["row_scales"].symbols
+                scales = memoryview(d.payloads[d.header["scales"]]).nbytes // K.DTYPE_SIZES[d.header["dtype"]]
+                rows = (classes, len(d.streams[key].symbols) // max(1, classes.size), scales)
             obj, payload, text = code_stream(d.streams[key], "auto" if mode == "shared" else mode, block_size,
-                                             shared.get(key), header_cost, rans=rans and mode != "off")
+                                             shared.get(key), header_cost, rans=rans and mode != "off", rows=rows)
             if text is not None:
                 obj["table"] = text
             header[key] = obj
@@ -848,7 +927,7 @@ class _StreamPieces:
     Huffman streams in whole units (pairs of blocks, §6.3), fixed-width ones in multiples of 8 symbols."""
 
     def __init__(self, buf: Any, stream: Stream, tables: TableCache, key: str, tensor: str,
-                 budget: pool.Budget):
+                 budget: pool.Budget, rows: tuple[np.ndarray, int] | None = None):
         data = _checked(buf, stream.section, key, tensor, budget)
         self.count = stream.count
         self.fixed = stream.coding == K.FIXED
@@ -858,8 +937,9 @@ class _StreamPieces:
             self.data = bitpack.check_length(data, stream.count, stream.width, stream.alphabet)
         elif self.rans:
             block_size = min(stream.block_size, max(1, stream.count))  # as decode_stream
-            self.blocks = ranscoding.prepare(data, stream.count, tables.frequencies(stream.frequencies),
-                                             block_size, list(stream.block_bytes))
+            freqs, rows = _rans_tables(stream, tables, rows)
+            self.blocks = ranscoding.prepare(data, stream.count, freqs, block_size, list(stream.block_bytes),
+                                             rows=rows)
             self.unit = block_size
         else:
             block_size = min(stream.block_size, max(1, stream.count))  # as decode_stream
@@ -946,7 +1026,8 @@ def _decode_shared(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dty
     factors = None
     if info.scales is not None:
         factors = _row_factors(buf, info, tables, codebook)
-    indices = _StreamPieces(buf, info.indices, tables, "indices", info.name, budget)
+    rows = None if factors is None else (factors[1], info.numel // max(1, factors[1].size))
+    indices = _StreamPieces(buf, info.indices, tables, "indices", info.name, budget, rows)
     out = np.empty(info.numel, dtype=dtype) if target is None else target
     cuts = indices.cuts(_pieces(out.nbytes, budget))
     bits = _bits_view(out)
@@ -1059,7 +1140,8 @@ def _decode_exact(buf: Any, info: TensorInfo, tables: TableCache, dtype: np.dtyp
     if info.encoding == K.SHARED:
         codebook = np.frombuffer(check_section(buf, info.codebook, "codebook", info.name), dtype=dtype)
         factors = None if info.scales is None else _row_factors(buf, info, tables, codebook)
-        indices = decode_stream(buf, info.indices, tables, info.name, "indices")
+        rows = None if factors is None else (factors[1], info.numel // max(1, factors[1].size))
+        indices = decode_stream(buf, info.indices, tables, info.name, "indices", rows)
         flat = np.take(codebook, indices)
         if factors is not None:
             quantize.apply_row_scales(flat.view(factors[0].dtype), *factors)

@@ -94,7 +94,7 @@ class Stream:
     table: int | None = None
     block_size: int | None = None
     block_bytes: tuple[int, ...] = ()
-    frequencies: str | None = None  # rans: the table text, checked (§6.4)
+    frequencies: str | tuple[str, ...] | None = None  # rans: the table text, or one per scale class (§6.4)
 
 
 @dataclass(frozen=True)
@@ -496,12 +496,12 @@ def _section(value: Any, what: str, tensor: str) -> Section:
 
 
 def _stream(value: Any, what: str, tensor: str, count: int, alphabet: int, width: int, tables: list[str],
-            version: tuple[int, int] = (K.VERSION_MAJOR, K.VERSION_MINOR)) -> Stream:
+            version: tuple[int, int] = (K.VERSION_MAJOR, K.VERSION_MINOR), classes: int | None = None) -> Stream:
     if not isinstance(value, dict):
         raise HeaderError(f"{what} must be a JSON object", tensor=tensor)
     coding = value.get("coding")
     if coding == K.RANS:
-        return _rans_stream(value, what, tensor, count, alphabet, width, version)
+        return _rans_stream(value, what, tensor, count, alphabet, width, version, classes)
     if coding == K.FIXED:
         obj = _require_object(value, what, K.FIXED_STREAM_KEYS, tensor=tensor)
         section = _section(obj["section"], f"{what}.section", tensor)
@@ -567,25 +567,40 @@ def _block_sizes(obj: dict, what: str, tensor: str, count: int, section: Section
 
 
 def _rans_stream(value: dict, what: str, tensor: str, count: int, alphabet: int, width: int,
-                 version: tuple[int, int]) -> Stream:
+                 version: tuple[int, int], classes: int | None = None) -> Stream:
     """A rans stream object (§6.4, format 1.4): its table parsed and checked, every block a state and
-    whole words."""
+    whole words. `classes`: m, for the indices of a shared tensor with row scales, which may carry an
+    array of m tables (one per scale class) instead of one."""
     if version[1] < K.RANS_MINOR:
         raise HeaderError(f"{what}.coding 'rans' needs format version 1.{K.RANS_MINOR} or later, the file is "
                           f"{version[0]}.{version[1]} (§6.4)", tensor=tensor)
     obj = _require_object(value, what, K.RANS_STREAM_KEYS, tensor=tensor)
     section = _section(obj["section"], f"{what}.section", tensor)
-    text = _require_str(obj["frequencies"], f"{what}.frequencies", tensor=tensor)
-    symbols = validate_frequency_text(text, f"{what}.frequencies", tensor)
-    if symbols > alphabet:
-        raise FrequencyTableError(f"{what}: table has {symbols} symbols, more than the stream's alphabet "
-                                  f"of {alphabet}", tensor=tensor)
+    text = obj["frequencies"]
+    if isinstance(text, list):
+        if classes is None:
+            raise HeaderError(f"{what}.frequencies: an array of tables (one per scale class) is only for the "
+                              "indices of a shared tensor with row scales; this stream needs a string (§6.4)",
+                              tensor=tensor)
+        if len(text) != classes:
+            raise HeaderError(f"{what}.frequencies lists {len(text)} tables, the tensor has {classes} row scales "
+                              "(§6.4)", tensor=tensor)
+        texts = tuple(_require_str(t, f"{what}.frequencies[{j}]", tensor=tensor) for j, t in enumerate(text))
+    else:
+        texts = (_require_str(text, f"{what}.frequencies", tensor=tensor),)
+    for j, t in enumerate(texts):
+        where = f"{what}.frequencies" + (f"[{j}]" if isinstance(text, list) else "")
+        symbols = validate_frequency_text(t, where, tensor)
+        if symbols > alphabet:
+            raise FrequencyTableError(f"{where}: table has {symbols} symbols, more than the stream's alphabet "
+                                      f"of {alphabet}", tensor=tensor)
     block_size, sizes = _block_sizes(obj, what, tensor, count, section)
     for i, size in enumerate(sizes):
         if size < K.RANS_STATE_BYTES or size % K.RANS_WORD_BYTES:
             raise FormatError(f"{what}: rANS block {i} has {size} bytes, not an 8-byte state and whole 4-byte "
                               "words (§6.4)", tensor=tensor, offset=section.offset)
-    return Stream(K.RANS, section, count, alphabet, width, None, block_size, sizes, text)
+    return Stream(K.RANS, section, count, alphabet, width, None, block_size, sizes,
+                  texts if isinstance(text, list) else texts[0])
 
 
 def validate_frequency_text(text: str, what: str, tensor: str | None = None) -> int:
@@ -787,7 +802,7 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
         m = _scales_size(scales, itemsize, scale_bits, name)
         rows, _ = matrix_view(shape_t)
         row_scales = _stream(obj["row_scales"], "row_scales", name, rows, m, scale_bits, tables, version)
-        indices = _stream(obj["indices"], "indices", name, numel, k, bits, tables, version)
+        indices = _stream(obj["indices"], "indices", name, numel, k, bits, tables, version, classes=m)
         return TensorInfo(**base, codebook=codebook, indices=indices, bits=bits, scale_bits=scale_bits,
                           scales=scales, row_scales=row_scales)
 

@@ -286,13 +286,18 @@ class Family:
         if key not in self._row_bytes:
             multipliers = self.multipliers[name]
             levels = np.floor(self.arrays[name] / (step * multipliers[:, None]) + 0.5).astype(np.int64).reshape(-1)
-            counts = np.bincount(levels - levels.min())
-            counts = np.sort(counts[counts > 0])[::-1].copy()
-            width = max(1, int(len(counts) - 1).bit_length())
-            classes = len(np.unique(multipliers))  # codebook, scales, row_scales (~2 bits a row), indices
-            self._row_bytes[key] = float(4 * len(counts) + 4 * classes + self.arrays[name].shape[0] // 4
-                                         + codec.estimate_coded_bytes(counts, levels.size, width,
-                                                                      rans=self.base.uses_rans))
+            symbols = levels - levels.min()
+            counts = np.bincount(symbols)
+            used = int(np.count_nonzero(counts))
+            width = max(1, int(used - 1).bit_length())
+            values, classes = np.unique(multipliers, return_inverse=True)
+            indices = codec.estimate_coded_bytes(np.sort(counts[counts > 0])[::-1].copy(), levels.size, width,
+                                                 rans=self.base.uses_rans)
+            if self.base.uses_rans and len(values) > 1 and used <= 1 << 16 and symbols.max() < 1 << 16:
+                # rANS may give each scale class its own table
+                indices = min(indices, codec.estimate_class_tables_bytes(symbols, classes, len(values)))
+            # codebook, scales, row_scales (~2 bits a row), indices
+            self._row_bytes[key] = float(4 * used + 4 * len(values) + self.arrays[name].shape[0] // 4 + indices)
         return self._row_bytes[key]
 
     def policy(self, theta: float) -> Policy:

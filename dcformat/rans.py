@@ -133,6 +133,25 @@ def estimate_bytes(counts: np.ndarray, n: int, block_size: int) -> tuple[int, np
     return int(coded_bits(counts, freqs) / 8) + (STATE_BYTES + 2) * nblocks, freqs
 
 
+def row_class_counts(symbols: np.ndarray, row_tables: np.ndarray, cols: int, m: int) -> np.ndarray:
+    """(m, alphabet) symbol counts of the rows of each class: what one table per class is made from."""
+    syms = as_symbols(symbols)
+    width = int(syms.max()) + 1 if syms.size else 1
+    rows = np.asarray(row_tables).astype(np.int64, copy=False).reshape(-1)
+    if rows.size * cols != syms.size or (rows.size and (int(rows.min()) < 0 or int(rows.max()) >= m)):
+        raise EncodeError(f"rANS: {rows.size} rows of {cols} symbols, classes below {m}, do not fit "
+                          f"{syms.size} symbols")
+    counts = np.zeros((m, width), np.int64)
+    _count_rows(syms, rows, max(1, cols), counts)
+    return counts
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_rows(syms, rows, cols, counts):  # pragma: no cover - compiled
+    for i in range(syms.size):
+        counts[rows[i // cols], syms[i]] += 1
+
+
 # ---------------------------------------------------------------------------------------------------
 # Encoding
 # ---------------------------------------------------------------------------------------------------
@@ -145,24 +164,70 @@ def _cumulative(freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f, cum
 
 
-def encode(symbols: np.ndarray, freqs: np.ndarray, block_size: int) -> tuple[bytes, list[int]]:
-    """rANS-code `symbols` in blocks of `block_size` (§6.4); return the bytes and each block's size."""
+@dataclass(frozen=True)
+class Tables:
+    """The tables a stream is coded with and which one each symbol uses: one table for all, or (§6.4,
+    a shared tensor's rows by scale class) table `row_tables[i // cols]` for symbol i."""
+
+    freqs: np.ndarray  # (m, L) uint64, zero-padded
+    cum: np.ndarray  # (m, L) uint64
+    row_tables: np.ndarray  # int64 table index per row ([0] for one table)
+    cols: int  # symbols per row (for one table: the whole stream is one row)
+
+    @property
+    def count(self) -> int:
+        return len(self.freqs)
+
+
+def tables_for(freqs, count: int, rows: tuple[np.ndarray, int] | None = None, error: type = EncodeError) -> Tables:
+    """Check `freqs` (one table, or with `rows` = (table per row, symbols per row) a list of tables)
+    against a stream of `count` symbols; raise `error` if they do not fit."""
+    if rows is None:
+        validate_frequencies(freqs)
+        tables, row_tables, cols = [np.asarray(freqs)], np.zeros(1, np.int64), max(1, int(count))
+    else:
+        tables = [np.asarray(t) for t in freqs]
+        for t in tables:
+            validate_frequencies(t)
+        row_tables = np.asarray(rows[0]).astype(np.int64, copy=False).reshape(-1)
+        cols = int(rows[1])
+        if not tables or (count and (cols < 1 or row_tables.size * cols != count)):
+            raise error(f"rANS: {len(tables)} tables for {row_tables.size} rows of {cols} symbols do not "
+                        f"cover a stream of {count} symbols")
+        if row_tables.size and (int(row_tables.min()) < 0 or int(row_tables.max()) >= len(tables)):
+            raise error(f"rANS: a row's table index is not below the {len(tables)} tables")
+        cols = max(1, cols)  # (no symbols: nothing is looked up)
+    width = max(t.size for t in tables)
+    f = np.zeros((len(tables), width), np.uint64)
+    cum = np.zeros((len(tables), width), np.uint64)
+    for j, t in enumerate(tables):
+        f[j, : t.size], cum[j, : t.size] = _cumulative(t)
+    return Tables(f, cum, row_tables, cols)
+
+
+def encode(symbols: np.ndarray, freqs, block_size: int, *,
+           rows: tuple[np.ndarray, int] | None = None) -> tuple[bytes, list[int]]:
+    """rANS-code `symbols` in blocks of `block_size` (§6.4); return the bytes and each block's size.
+
+    `freqs` is one table, or with `rows` = (table index per row, symbols per row) one table per
+    index: symbol i is coded with table rows[0][i // rows[1]] (a shared tensor's scale classes)."""
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise EncodeError(f"rANS: block size {block_size!r} is not an integer >= 1")
-    validate_frequencies(freqs)
     syms = as_symbols(symbols)
-    f, cum = _cumulative(freqs)
     count = syms.size
+    t = tables_for(freqs, count, rows)
     block_size = min(int(block_size), max(1, count))
     scratch = np.empty(block_size, dtype="<u4")
     parts: list[bytes] = []
     sizes: list[int] = []
     for s0 in range(0, count, block_size):
         s1 = min(count, s0 + block_size)
-        state, words, bad = _encode_block(syms, s0, s1, f, cum, scratch)
+        state, words, bad = _encode_block(syms, s0, s1, t.freqs, t.cum, t.row_tables, t.cols, scratch)
         if bad >= 0:
             s = int(syms[bad])
-            raise EncodeError(f"rANS: symbol {s} at index {bad} has no frequency in the table of {f.size} symbols")
+            table = int(t.row_tables[bad // t.cols])
+            raise EncodeError(f"rANS: symbol {s} at index {bad} has no frequency in table {table} of "
+                              f"{t.freqs.shape[1]} symbols")
         block = int(state).to_bytes(STATE_BYTES, "little") + scratch[:words][::-1].tobytes()
         parts.append(block)
         sizes.append(len(block))
@@ -170,21 +235,23 @@ def encode(symbols: np.ndarray, freqs: np.ndarray, block_size: int) -> tuple[byt
 
 
 @numba.njit(cache=True, nogil=True)
-def _encode_block(syms, s0, s1, f, cum, words):  # pragma: no cover - compiled
+def _encode_block(syms, s0, s1, f, cum, row_tables, cols, words):  # pragma: no cover - compiled
     """Encode syms[s0:s1] from the last symbol back: (final state, words pushed, index of a symbol
     without frequency or -1). words[j] is the j-th word pushed; the block stores them last first."""
     x = _LOWER
     n = 0
+    width = f.shape[1]
     for i in range(s1 - 1, s0 - 1, -1):
         s = syms[i]
-        if s >= f.size or f[s] == 0:
+        t = row_tables[i // cols]
+        if s >= width or f[t, s] == 0:
             return x, n, i
-        fs = f[s]
+        fs = f[t, s]
         if x >= (fs << _RENORM_SHIFT):
             words[n] = np.uint32(x & _WORD_MASK)
             n += 1
             x = x >> _U32
-        x = ((x // fs) << _U15) + (x % fs) + cum[s]
+        x = ((x // fs) << _U15) + (x % fs) + cum[t, s]
     return x, n, -1
 
 
@@ -195,7 +262,7 @@ def _encode_block(syms, s0, s1, f, cum, words):  # pragma: no cover - compiled
 
 @dataclass(frozen=True)
 class RansStream:
-    """A rANS stream whose table and block list passed every check from the header: ready to decode
+    """A rANS stream whose tables and block list passed every check from the header: ready to decode
     block by block on any threads (§6.4: blocks are independent)."""
 
     data: np.ndarray  # the section's bytes
@@ -204,10 +271,9 @@ class RansStream:
     block_size: int
     starts: np.ndarray  # each block's first byte
     ends: np.ndarray
-    freqs: np.ndarray  # uint64
-    cum: np.ndarray  # uint64
-    slots: np.ndarray  # uint16: the symbol of each of the 2^15 slots
-    table: np.ndarray  # uint64 per slot: symbol << 32 | f << 16 | (slot - cum), all a decode step needs
+    tables: Tables
+    slots: np.ndarray  # (m, 2^15) uint16: the symbol of each slot of each table
+    table: np.ndarray  # m·2^15 uint64: symbol << 32 | f << 16 | (slot - cum), all a decode step needs
 
     @property
     def blocks(self) -> int:
@@ -241,24 +307,31 @@ def check_blocks(nbytes: int, count: int, block_size: int, block_bytes) -> tuple
     return ends - np.asarray(sizes, dtype=np.int64), ends
 
 
-def prepare(buf, count: int, freqs: np.ndarray, block_size: int, block_bytes) -> RansStream:
-    """Check a rANS stream's table and blocks as `decode` does (same errors) and build its slot table."""
-    validate_frequencies(freqs)
+def prepare(buf, count: int, freqs, block_size: int, block_bytes, *,
+            rows: tuple[np.ndarray, int] | None = None) -> RansStream:
+    """Check a rANS stream's tables and blocks as `decode` does (same errors) and build its slot tables."""
+    t = tables_for(freqs, count, rows, CorruptDataError)
     data = as_byte_array(buf)
     starts, ends = check_blocks(data.size, count, block_size, block_bytes)
     block_size = min(int(block_size), max(1, int(count)))  # beyond the count: one block, same meaning
-    f, cum = _cumulative(freqs)
-    slots = np.repeat(np.arange(f.size, dtype=np.uint16), np.asarray(freqs, dtype=np.int64))
-    table = ((slots.astype(np.uint64) << _U32) | (f[slots] << np.uint64(16))
-             | (np.arange(TOTAL, dtype=np.uint64) - cum[slots]))
+    m = t.count
+    slots = np.empty((m, TOTAL), np.uint16)
+    table = np.empty(m * TOTAL, np.uint64)
+    for j in range(m):
+        f = t.freqs[j].astype(np.int64)
+        slots[j] = np.repeat(np.arange(f.size, dtype=np.uint16), f)
+        table[j * TOTAL: (j + 1) * TOTAL] = ((slots[j].astype(np.uint64) << _U32) | (t.freqs[j][slots[j]] << np.uint64(16))
+                                             | (np.arange(TOTAL, dtype=np.uint64) - t.cum[j][slots[j]]))
     words = np.frombuffer(data, dtype="<u4") if data.ctypes.data % WORD_BYTES == 0 else \
         np.frombuffer(data.tobytes(), dtype="<u4")
-    return RansStream(data, words, int(count), int(block_size), starts, ends, f, cum, slots, table)
+    return RansStream(data, words, int(count), int(block_size), starts, ends, t, slots, table)
 
 
-def decode(buf, count: int, freqs: np.ndarray, block_size: int, block_bytes) -> np.ndarray:
-    """Decode `count` rANS-coded symbols (uint16) from §6.4 blocks, rejecting every malformed stream."""
-    stream = prepare(buf, count, freqs, block_size, block_bytes)
+def decode(buf, count: int, freqs, block_size: int, block_bytes, *,
+           rows: tuple[np.ndarray, int] | None = None) -> np.ndarray:
+    """Decode `count` rANS-coded symbols (uint16) from §6.4 blocks, rejecting every malformed stream
+    (`freqs`, `rows`: as `encode`)."""
+    stream = prepare(buf, count, freqs, block_size, block_bytes, rows=rows)
     out = np.empty(stream.count, dtype=np.uint16)
     decode_blocks(stream, out, 0, stream.blocks, exact=True)
     return out
@@ -269,14 +342,15 @@ def decode_blocks(stream: RansStream, out: np.ndarray, b0: int, b1: int, *, exac
     `exact`, a malformed block raises its CorruptDataError instead."""
     if not (0 <= b0 <= b1 <= stream.blocks and out.dtype == np.uint16 and out.shape == (stream.count,)):
         raise CorruptDataError(f"rANS stream: blocks {b0}..{b1} of {stream.blocks}, or a wrong output")
-    if _decode_fast(stream.words, stream.starts, stream.ends, stream.table, stream.block_size, stream.count,
-                    b0, b1, out, out, False):
+    t = stream.tables
+    if _decode_fast(stream.words, stream.starts, stream.ends, stream.table, t.row_tables, t.cols,
+                    stream.block_size, stream.count, b0, b1, out, out, False):
         return True
     if not exact:
         return False
     # The fast decoder only knows that some block is bad; the exact one says which and why.
-    status = _decode_kernel(stream.data, stream.starts, stream.ends, stream.freqs, stream.cum, stream.slots,
-                            stream.block_size, stream.count, b0, b1, out, out, False)
+    status = _decode_kernel(stream.data, stream.starts, stream.ends, t.freqs, t.cum, t.row_tables, t.cols,
+                            stream.slots, stream.block_size, stream.count, b0, b1, out, out, False)
     return _result(status, stream, exact)
 
 
@@ -284,18 +358,20 @@ def gather_blocks(stream: RansStream, b0: int, b1: int, codebook: np.ndarray, ou
     """out[i] = codebook[symbol i] for the symbols of blocks b0..b1, without an array of the symbols;
     True if the blocks are valid. The table must not be longer than the codebook."""
     if not (0 <= b0 <= b1 <= stream.blocks and out.ndim == 1 and out.size == stream.count
-            and codebook.ndim == 1 and codebook.size >= stream.freqs.size and codebook.dtype == out.dtype):
+            and codebook.ndim == 1 and codebook.size >= stream.tables.freqs.shape[1] and codebook.dtype == out.dtype):
         raise CorruptDataError(f"rANS stream: blocks {b0}..{b1} of {stream.blocks}, or a wrong codebook or output")
-    return bool(_decode_fast(stream.words, stream.starts, stream.ends, stream.table, stream.block_size,
-                             stream.count, b0, b1, codebook, out, True))
+    t = stream.tables
+    return bool(_decode_fast(stream.words, stream.starts, stream.ends, stream.table, t.row_tables, t.cols,
+                             stream.block_size, stream.count, b0, b1, codebook, out, True))
 
 
 def raise_first_error(stream: RansStream, b0: int = 0, b1: int | None = None) -> None:
     """Raise the CorruptDataError of the first malformed block among b0..b1 (all by default), if any."""
     out = np.empty(stream.count, dtype=np.uint16)
     b1 = stream.blocks if b1 is None else b1
-    status = _decode_kernel(stream.data, stream.starts, stream.ends, stream.freqs, stream.cum, stream.slots,
-                            stream.block_size, stream.count, b0, b1, out, out, False)
+    t = stream.tables
+    status = _decode_kernel(stream.data, stream.starts, stream.ends, t.freqs, t.cum, t.row_tables, t.cols,
+                            stream.slots, stream.block_size, stream.count, b0, b1, out, out, False)
     _result(status, stream, True)
 
 
@@ -316,10 +392,10 @@ def _result(status: np.ndarray, stream: RansStream, exact: bool) -> bool:
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_kernel(data, starts, ends, f, cum, slots, block_size, count, b0, b1, codebook, out,
+def _decode_kernel(data, starts, ends, f, cum, row_tables, cols, slots, block_size, count, b0, b1, codebook, out,
                    gather):  # pragma: no cover - compiled
-    """Decode blocks b0..b1: out[i] = symbol i, or with `gather` codebook[symbol i]. Returns
-    [status, block, symbol]. Reads only bytes starts[b]..ends[b] of each block (checked)."""
+    """Decode blocks b0..b1 one symbol at a time: out[i] = symbol i, or with `gather` codebook[symbol i].
+    Returns [status, block, symbol]. Reads only bytes starts[b]..ends[b] of each block (checked)."""
     status = np.zeros(3, np.int64)
     for b in range(b0, b1):
         p = starts[b]
@@ -334,13 +410,14 @@ def _decode_kernel(data, starts, ends, f, cum, slots, block_size, count, b0, b1,
         i0 = b * block_size
         i1 = min(i0 + block_size, count)
         for i in range(i0, i1):
+            t = row_tables[i // cols]
             slot = x & _MASK
-            s = slots[slot]
+            s = slots[t, slot]
             if gather:
                 out[i] = codebook[s]
             else:
                 out[i] = s
-            x = f[s] * (x >> _U15) + slot - cum[s]
+            x = f[t, s] * (x >> _U15) + slot - cum[t, s]
             if x < _LOWER:
                 if p + WORD_BYTES > end:
                     status[0], status[1], status[2] = _OUT_OF_WORDS, b, i
@@ -368,11 +445,27 @@ def _state(words, w):  # pragma: no cover - compiled
     return np.uint64(words[w]) | (np.uint64(words[w + 1]) << _U32)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _row_start(i, row_tables, cols):  # pragma: no cover - compiled
+    """(row, symbols left in it, offset of its table in the flat decode table) at symbol i."""
+    row = i // cols
+    return row, cols - (i - row * cols), row_tables[row] * TOTAL
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _next_row(row, row_tables, cols):  # pragma: no cover - compiled
+    """The same for the first symbol of the row after `row` (its table only if it exists)."""
+    row += 1
+    base = row_tables[row] * TOTAL if row < row_tables.size else 0
+    return row, cols, base
+
+
 @numba.njit(cache=True, nogil=True)
-def _decode_fast(words, starts, ends, table, block_size, count, b0, b1, codebook, out,
+def _decode_fast(words, starts, ends, table, row_tables, cols, block_size, count, b0, b1, codebook, out,
                  gather):  # pragma: no cover - compiled
     """Decode blocks b0..b1 as _decode_kernel does, four full blocks at a time; True if all are valid
-    (False says only that one is not). Every word read is checked to lie inside its block."""
+    (False says only that one is not). Every word read is checked to lie inside its block; each lane
+    follows its rows to use their tables."""
     b = b0
     while b < b1:
         lanes = _LANES if b + _LANES <= b1 and (b + _LANES) * block_size <= count else 1
@@ -391,62 +484,83 @@ def _decode_fast(words, starts, ends, table, block_size, count, b0, b1, codebook
             if x < _LOWER or x >= _HIGH:
                 return False
         o0 = b * block_size
-        n = min(block_size, count - o0)
+        r0, left0, base0 = _row_start(o0, row_tables, cols)
         if lanes == 1:
-            for k in range(n):
-                t0 = table[x0 & _MASK]
-                s0 = t0 >> _U32
+            for k in range(min(block_size, count - o0)):
+                t0 = table[base0 + (x0 & _MASK)]
                 if gather:
-                    out[o0 + k] = codebook[s0]
+                    out[o0 + k] = codebook[t0 >> _U32]
                 else:
-                    out[o0 + k] = s0
+                    out[o0 + k] = t0 >> _U32
                 x0 = ((t0 >> _U16) & _LO16) * (x0 >> _U15) + (t0 & _LO16)
                 if x0 < _LOWER:
                     if p0 >= e0:
                         return False
                     x0 = (x0 << _U32) | np.uint64(words[p0])
                     p0 += 1
+                left0 -= 1
+                if left0 == 0:
+                    r0, left0, base0 = _next_row(r0, row_tables, cols)
             if p0 != e0 or x0 != _LOWER:
                 return False
             b += 1
             continue
         o1, o2, o3 = o0 + block_size, o0 + 2 * block_size, o0 + 3 * block_size
-        for k in range(block_size):
-            t0, t1, t2, t3 = table[x0 & _MASK], table[x1 & _MASK], table[x2 & _MASK], table[x3 & _MASK]
-            if gather:
-                out[o0 + k] = codebook[t0 >> _U32]
-                out[o1 + k] = codebook[t1 >> _U32]
-                out[o2 + k] = codebook[t2 >> _U32]
-                out[o3 + k] = codebook[t3 >> _U32]
-            else:
-                out[o0 + k] = t0 >> _U32
-                out[o1 + k] = t1 >> _U32
-                out[o2 + k] = t2 >> _U32
-                out[o3 + k] = t3 >> _U32
-            x0 = ((t0 >> _U16) & _LO16) * (x0 >> _U15) + (t0 & _LO16)
-            x1 = ((t1 >> _U16) & _LO16) * (x1 >> _U15) + (t1 & _LO16)
-            x2 = ((t2 >> _U16) & _LO16) * (x2 >> _U15) + (t2 & _LO16)
-            x3 = ((t3 >> _U16) & _LO16) * (x3 >> _U15) + (t3 & _LO16)
-            if x0 < _LOWER:
-                if p0 >= e0:
-                    return False
-                x0 = (x0 << _U32) | np.uint64(words[p0])
-                p0 += 1
-            if x1 < _LOWER:
-                if p1 >= e1:
-                    return False
-                x1 = (x1 << _U32) | np.uint64(words[p1])
-                p1 += 1
-            if x2 < _LOWER:
-                if p2 >= e2:
-                    return False
-                x2 = (x2 << _U32) | np.uint64(words[p2])
-                p2 += 1
-            if x3 < _LOWER:
-                if p3 >= e3:
-                    return False
-                x3 = (x3 << _U32) | np.uint64(words[p3])
-                p3 += 1
+        r1, left1, base1 = _row_start(o1, row_tables, cols)
+        r2, left2, base2 = _row_start(o2, row_tables, cols)
+        r3, left3, base3 = _row_start(o3, row_tables, cols)
+        k = 0
+        while k < block_size:
+            run = min(left0, left1, left2, left3, block_size - k)  # symbols before any lane changes row
+            for k in range(k, k + run):
+                t0 = table[base0 + (x0 & _MASK)]
+                t1 = table[base1 + (x1 & _MASK)]
+                t2 = table[base2 + (x2 & _MASK)]
+                t3 = table[base3 + (x3 & _MASK)]
+                if gather:
+                    out[o0 + k] = codebook[t0 >> _U32]
+                    out[o1 + k] = codebook[t1 >> _U32]
+                    out[o2 + k] = codebook[t2 >> _U32]
+                    out[o3 + k] = codebook[t3 >> _U32]
+                else:
+                    out[o0 + k] = t0 >> _U32
+                    out[o1 + k] = t1 >> _U32
+                    out[o2 + k] = t2 >> _U32
+                    out[o3 + k] = t3 >> _U32
+                x0 = ((t0 >> _U16) & _LO16) * (x0 >> _U15) + (t0 & _LO16)
+                x1 = ((t1 >> _U16) & _LO16) * (x1 >> _U15) + (t1 & _LO16)
+                x2 = ((t2 >> _U16) & _LO16) * (x2 >> _U15) + (t2 & _LO16)
+                x3 = ((t3 >> _U16) & _LO16) * (x3 >> _U15) + (t3 & _LO16)
+                if x0 < _LOWER:
+                    if p0 >= e0:
+                        return False
+                    x0 = (x0 << _U32) | np.uint64(words[p0])
+                    p0 += 1
+                if x1 < _LOWER:
+                    if p1 >= e1:
+                        return False
+                    x1 = (x1 << _U32) | np.uint64(words[p1])
+                    p1 += 1
+                if x2 < _LOWER:
+                    if p2 >= e2:
+                        return False
+                    x2 = (x2 << _U32) | np.uint64(words[p2])
+                    p2 += 1
+                if x3 < _LOWER:
+                    if p3 >= e3:
+                        return False
+                    x3 = (x3 << _U32) | np.uint64(words[p3])
+                    p3 += 1
+            k += 1
+            left0, left1, left2, left3 = left0 - run, left1 - run, left2 - run, left3 - run
+            if left0 == 0:
+                r0, left0, base0 = _next_row(r0, row_tables, cols)
+            if left1 == 0:
+                r1, left1, base1 = _next_row(r1, row_tables, cols)
+            if left2 == 0:
+                r2, left2, base2 = _next_row(r2, row_tables, cols)
+            if left3 == 0:
+                r3, left3, base3 = _next_row(r3, row_tables, cols)
         if p0 != e0 or p1 != e1 or p2 != e2 or p3 != e3:
             return False
         if x0 != _LOWER or x1 != _LOWER or x2 != _LOWER or x3 != _LOWER:

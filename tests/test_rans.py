@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -285,3 +287,107 @@ def test_policy_and_cli_refuse_an_unknown_coder():
     assert Policy(huffman="off").uses_rans is False and Policy().uses_rans is True
     assert codec.estimate_coded_bytes(np.bincount(_skewed(10**5, 50, 0.7)), 10**5, 6, rans=True) < \
         codec.estimate_coded_bytes(np.bincount(_skewed(10**5, 50, 0.7)), 10**5, 6)
+
+
+# ---------------------------------------------------------------------------------------------------
+# One table per row class (the indices of a shared tensor with row scales)
+
+
+@given(st.integers(0, 60), st.integers(1, 40), st.integers(1, 6), st.sampled_from([1, 5, 64, 1000, 1 << 16]),
+       st.integers(0, 2**32 - 1))
+@settings(max_examples=200, deadline=None)
+def test_round_trip_with_one_table_per_row_class(rows, cols, m, block, seed):
+    rng = np.random.default_rng(seed)
+    classes = rng.integers(0, m, rows).astype(np.uint16)
+    # each class its own distribution: class j uses symbols j..j+3 mostly, so the tables differ
+    symbols = (np.repeat(classes, cols) + rng.integers(0, 4, rows * cols)).astype(np.uint16)
+    counts = rans.row_class_counts(symbols, classes, cols, m)
+    assert counts.sum() == symbols.size
+    tables = [rans.normalize(c) if c.any() else np.array([TOTAL]) for c in counts]
+    data, sizes = rans.encode(symbols, tables, block, rows=(classes, cols))
+    assert np.array_equal(rans.decode(data, symbols.size, tables, block, sizes, rows=(classes, cols)), symbols)
+    stream = rans.prepare(data, symbols.size, tables, block, sizes, rows=(classes, cols))
+    out = np.zeros(symbols.size, np.uint16)
+    assert rans.decode_blocks(stream, out, 0, stream.blocks) and np.array_equal(out, symbols)
+
+
+def test_class_tables_must_cover_the_rows():
+    with pytest.raises(CorruptDataError, match="do not cover"):
+        rans.prepare(b"\0" * 8, 10, [np.array([TOTAL])] * 2, 10, [8], rows=(np.zeros(3, np.uint16), 4))
+    with pytest.raises(CorruptDataError, match="not below the 2 tables"):
+        rans.prepare(b"\0" * 8, 12, [np.array([TOTAL])] * 2, 12, [8], rows=(np.array([0, 2, 1], np.uint16), 4))
+    with pytest.raises(EncodeError, match="no frequency in table 1"):
+        rans.encode(np.array([0, 0, 1, 1], np.uint16), [np.array([TOTAL // 2] * 2), np.array([TOTAL])], 8,
+                    rows=(np.array([0, 1], np.uint16), 2))
+
+
+def _scaled_file(coder: str = "auto") -> bytes:
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((3000, 64)) * 0.02).astype(np.float32)
+    w[:1000] *= 5  # two populations of rows: one table each beats one table for all
+    rows = np.where(np.arange(3000) < 1000, 4.0, 0.5) * np.exp2(np.round(rng.uniform(-1, 1, 3000)))
+    return dcformat.save({"w": w}, policy=Policy(step=0.02, row_scales={"w": rows}, coder=coder))
+
+
+def test_row_scaled_indices_take_a_table_per_class_and_decode_as_huffman_does():
+    data, plain = _scaled_file(), _scaled_file("huffman")
+    f = dcformat.open(data)
+    info = f.layout("w")
+    assert info.indices.coding == "rans" and isinstance(info.indices.frequencies, tuple)
+    assert len(info.indices.frequencies) == info.scales_count > 2
+    assert len(data) < 0.95 * len(plain)
+    expected = dcformat.load(plain)["w"]
+    for threads in (1, 2):
+        assert np.array_equal(f.get_tensor("w", threads=threads).view(np.uint32), expected.view(np.uint32))
+
+
+def _edit_header(data: bytes, edit) -> bytes:
+    """The file with its tensor object changed by `edit`, as JSON text, the sections moved after it."""
+    header = dcformat.open(data).header
+    doc = json.loads(container.header_json_bytes(data[32: 32 + header.header_length], header.version)[0])
+    edit(doc["tensors"][0])
+    body = data[header.data_start:]
+    sections = list(_sections(doc))
+    for _ in range(4):  # the offsets' digits change the text's length: settle the data start
+        text = json.dumps(doc, separators=(",", ":")).encode()
+        region = text + b" " * ((-(32 + len(text))) % 64)
+        delta = 32 + len(region) - min(s["offset"] for s in sections)
+        if delta == 0:
+            break
+        for s in sections:
+            s["offset"] += delta
+    pre = struct.pack("<8sHHIQQ", data[:8], 1, 4, zlib.crc32(region), len(region), 32 + len(region) + len(body))
+    return pre + region + body
+
+
+def _sections(obj):
+    if isinstance(obj, dict):
+        if set(obj) == {"offset", "length", "crc32"}:
+            yield obj
+        for v in obj.values():
+            yield from _sections(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _sections(v)
+
+
+def test_class_tables_are_checked_from_the_header():
+    data = _scaled_file()
+
+    def drop_one(t):
+        t["indices"]["frequencies"] = t["indices"]["frequencies"][:-1]
+
+    def bad_table(t):
+        t["indices"]["frequencies"][1] = "4000"
+
+    def on_row_scales(t):
+        t["row_scales"] = {"coding": "rans", "section": t["row_scales"]["section"], "frequencies": ["8000"],
+                           "block_size": 1, "block_bytes": []}
+
+    with pytest.raises(HeaderError, match="lists .* tables, the tensor has .* row scales"):
+        dcformat.load(_edit_header(data, drop_one))
+    with pytest.raises(FrequencyTableError, match=r"frequencies\[1\].*add up to 16384"):
+        dcformat.load(_edit_header(data, bad_table))
+    with pytest.raises(HeaderError, match="only for the indices of a shared tensor with row scales"):
+        dcformat.load(_edit_header(data, on_row_scales))
+    assert np.array_equal(dcformat.load(_edit_header(data, lambda t: None))["w"], dcformat.load(data)["w"])
