@@ -481,6 +481,7 @@ def test_same_verdict_on_section_bit_flips(base, data):
     doc = json.loads(original[32 : 32 + n])
     sections = [s for t in doc["tensors"] for k in ("data", "codebook", "gaps", "indices", "values") if k in t
                 for s in [t[k]["section"] if k in ("gaps", "indices") else t[k]] if s["length"]]
+    sections += [s["section"] for t in doc["tensors"] for c in t.get("chunks", []) for s in c if s["section"]["length"]]
     s = data.draw(st.sampled_from(sections))
     body = bytearray(original)
     for bit in data.draw(st.lists(st.integers(0, 8 * s["length"] - 1), min_size=1, max_size=4)):
