@@ -4,7 +4,9 @@ Plain Python: `struct`, `json` and `zlib` (CRC-32, and the compressed header of 
 do the work, numpy only wraps the decoded bytes into arrays at the very end. It reads one bit at a time and is meant for tests, not for speed. It makes
 every check the spec asks of a reader (§8), raising the error kinds of §8.1 (dcformat's error classes,
 the only thing imported from dcformat), and with `strict=True` also checks what the spec asks of a
-writer but leaves optional for readers (the `fillers` count, §5.3).
+writer but leaves optional for readers (the `fillers` count, §5.3). rANS streams (§6.4, format 1.4) are
+decoded by the spec's loop on Python integers; `rans_encode` is the spec's informative encoder, for tests
+and spec/make_vectors.py (it is not dcformat's).
 
     tensors = decode(data)                    # name -> numpy array
     f = read_file(data)                       # File(version, metadata, tables, tensors=[Tensor(...)])
