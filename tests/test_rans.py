@@ -284,7 +284,8 @@ def test_a_rans_stream_in_a_1_3_file_is_a_header_error():
 def test_policy_and_cli_refuse_an_unknown_coder():
     with pytest.raises(EncodeError, match="coder must be one of"):
         Policy(coder="arithmetic")
-    assert Policy(huffman="off").uses_rans is False and Policy().uses_rans is True
+    assert Policy(huffman="off").rans_gain is None and Policy(coder="huffman").rans_gain is None
+    assert Policy().rans_gain == 0.02 and Policy(coder="rans").rans_gain == 0.0
     assert codec.estimate_coded_bytes(np.bincount(_skewed(10**5, 50, 0.7)), 10**5, 6, rans=True) < \
         codec.estimate_coded_bytes(np.bincount(_skewed(10**5, 50, 0.7)), 10**5, 6)
 
