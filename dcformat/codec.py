@@ -281,7 +281,17 @@ def _rans_tables(stream: Stream, tables: "TableCache", rows: tuple[np.ndarray, i
         return tables.frequencies(stream.frequencies), None
     if rows is None:  # pragma: no cover - the container allows class tables only where rows exist
         raise CorruptDataError("a rANS stream with one table per row class needs its rows' classes")
-    return [tables.frequencies(t) for t in stream.frequencies], rows
+    # Decoding tables only for the distinct tables that rows use (a writer repeats one table for many
+    # classes; the container has bounded how many distinct ones a stream may have, §7).
+    classes, cols = rows
+    texts = stream.frequencies
+    distinct: dict[str, int] = {}
+    index = np.zeros(len(texts), np.int64)
+    for j in np.unique(classes).tolist():
+        index[j] = distinct.setdefault(texts[j], len(distinct))
+    if not distinct:  # no rows: nothing to decode
+        distinct[texts[0]] = 0
+    return [tables.frequencies(t) for t in distinct], (index[classes], cols)
 
 
 class TableCache:

@@ -392,3 +392,18 @@ def test_class_tables_are_checked_from_the_header():
     with pytest.raises(HeaderError, match="only for the indices of a shared tensor with row scales"):
         dcformat.load(_edit_header(data, on_row_scales))
     assert np.array_equal(dcformat.load(_edit_header(data, lambda t: None))["w"], dcformat.load(data)["w"])
+
+
+def test_decoding_tables_of_distinct_class_tables_are_held_to_the_decoded_bytes_limit():
+    data = _scaled_file()
+    f = dcformat.open(data)
+    distinct = len(set(f.layout("w").indices.frequencies))
+    assert distinct >= 3
+    need = distinct * (10 << 15)  # 2^15 slots of 10 bytes per distinct table
+    tensor_bytes = 3000 * 64 * 4
+    assert tensor_bytes < need - 1
+    ok = dcformat.Limits(min_decoded_bytes=need, max_expansion=1)
+    tight = dcformat.Limits(min_decoded_bytes=max(tensor_bytes, need - 1), max_expansion=1)
+    assert np.array_equal(dcformat.load(data, limits=ok)["w"], dcformat.load(data)["w"])
+    with pytest.raises(dcformat.LimitError, match=f"{distinct} distinct rANS tables"):
+        dcformat.load(data, limits=tight)
