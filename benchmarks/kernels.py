@@ -55,8 +55,9 @@ def synthetic_streams(path: Path) -> dict:
 
 
 def entropy_coders(streams: dict, repeats: int, notes: list[str]) -> list[dict]:
-    """dcformat's Huffman (1 and all threads), bitarray's canonical Huffman and zstd on each stream."""
-    from dcformat import huffman
+    """dcformat's Huffman (1 and all threads) and rANS (format 1.4), bitarray's canonical Huffman and zstd
+    on each stream."""
+    from dcformat import huffman, rans
 
     rows = []
     for key, s in streams["streams"].items():
@@ -86,6 +87,14 @@ def entropy_coders(streams: dict, repeats: int, notes: list[str]) -> list[dict]:
                 dec = median_time(lambda: huffman.decode(payload, n, lengths, bs, bb, parallel=parallel), repeats)
                 row(f"dcformat Huffman, {label}", size, enc if not parallel else None, dec,
                     "payload + table text + 4 B per block")
+        freqs = rans.normalize(np.bincount(symbols))
+        bs = 1 << 16
+        payload, bb = rans.encode(symbols, freqs, bs)
+        assert np.array_equal(rans.decode(payload, n, freqs, bs, bb), symbols)
+        enc = median_time(lambda: rans.encode(symbols, freqs, bs), repeats)
+        dec = median_time(lambda: rans.decode(payload, n, freqs, bs, bb), repeats)
+        row("dcformat rANS, 1 thread", len(payload) + len(rans.frequencies_to_hex(freqs)) + 4 * len(bb), enc, dec,
+            "payload + table text + 4 B per block (Policy(coder='rans'))")
         try:
             from bitarray import bitarray, decodetree
             from bitarray.util import canonical_huffman

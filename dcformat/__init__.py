@@ -17,9 +17,11 @@ from .errors import (
     DCFError,
     EncodeError,
     FormatError,
+    FrequencyTableError,
     HeaderError,
     HuffmanTableError,
     LimitError,
+    TableError,
     TruncatedError,
     VersionError,
 )
@@ -39,7 +41,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "ChecksumError", "CorruptDataError", "DCFError", "EncodeError", "FormatError", "HeaderError",
-    "HuffmanTableError", "LimitError", "Limits", "Policy", "SafeOpen", "TruncatedError", "VersionError",
+    "ChecksumError", "CorruptDataError", "DCFError", "EncodeError", "FormatError", "FrequencyTableError",
+    "HeaderError", "HuffmanTableError", "LimitError", "TableError", "Limits", "Policy", "SafeOpen", "TruncatedError", "VersionError",
     "compress", "fit", "load", "load_file", "load_into", "load_torch", "open", "read_header", "read_tensors", "save", "save_file", "save_torch", "write_tensors",
 ]

@@ -170,7 +170,7 @@ def fit_size(tensors: Mapping[str, Any], policy: Policy | None = None, target_si
         total = 0
         for n in names:
             try:
-                total += codec.draft_tensor(n, arrays[n], p.plan(n, arrays[n]), p.block_size).estimate(p.uses_rans)
+                total += codec.draft_tensor(n, arrays[n], p.plan(n, arrays[n]), p.block_size).estimate(p.rans_gain)
             except EncodeError:
                 return math.inf
         report(step, total, "about")

@@ -1069,9 +1069,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "raw, quantizer, init, lam, max_error, step)")
     c.add_argument("--huffman", choices=("auto", "shared", "off"), default="auto",
                    help="Huffman tables per stream (auto), one per stream kind for the model (shared), or none (off)")
-    c.add_argument("--coder", choices=("auto", "huffman"), default="auto",
-                   help="entropy coder of the coded weights' streams: rANS where it is smaller than Huffman (auto, "
-                   "format 1.4), or Huffman only (files readable by format 1.3 readers)")
+    c.add_argument("--coder", choices=("auto", "rans", "huffman"), default="auto",
+                   help="entropy coder of the coded weights' streams: rANS where it saves 2%% or more over Huffman "
+                   "(auto; format 1.4), wherever it is smaller (rans), or never (huffman: files readable by format "
+                   "1.3 readers)")
     c.add_argument("--lossless", action="store_true",
                    help="store every tensor exactly (coded field by field where that is smaller: format 1.2)")
     c.add_argument("--zero-copy", action="append", metavar="PATTERN",

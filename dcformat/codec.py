@@ -85,14 +85,23 @@ class StreamDraft:
         return bitpack.packed_size(len(self.symbols), self.width)
 
 
-def estimate_stream_bytes(draft: StreamDraft, header_cost: int = K.HUFFMAN_ZLIB_COST, *, rans: bool = False) -> int:
+def rans_gain(rans: float | bool | None) -> float | None:
+    """The share of a stream's bytes rANS must save to be chosen (`Policy.rans_gain`), None for never;
+    True means any saving, False never (for callers that only switch it on or off)."""
+    if rans is None or rans is False:
+        return None
+    return 0.0 if rans is True else float(rans)
+
+
+def estimate_stream_bytes(draft: StreamDraft, header_cost: int = K.HUFFMAN_ZLIB_COST, *,
+                          rans: float | bool | None = None) -> int:
     """Bytes the stream will take, coded the cheapest way (table text and, for Huffman and rANS, the
-    `header_cost` bytes its stream object adds to the header counted); rANS only if `rans`."""
+    `header_cost` bytes its stream object adds to the header counted); rANS as `rans_gain(rans)` says."""
     return estimate_coded_bytes(draft.counts, len(draft.symbols), draft.width, header_cost, rans=rans)
 
 
 def estimate_coded_bytes(counts: np.ndarray, n: int, width: int, header_cost: int = K.HUFFMAN_ZLIB_COST, *,
-                         rans: bool = False) -> int:
+                         rans: float | bool | None = None) -> int:
     """`estimate_stream_bytes` of a stream known only by its symbol counts, length and fixed width."""
     best = bitpack.packed_size(n, width)
     if n == 0:
@@ -101,8 +110,11 @@ def estimate_coded_bytes(counts: np.ndarray, n: int, width: int, header_cost: in
         lengths = huffman.code_lengths(counts)
         payload = -(-huffman.encoded_bits(counts, lengths) // 8)
         best = min(best, payload + len(huffman.lengths_to_hex(lengths)) + 8 + header_cost)
-    if rans:
-        best = min(best, _rans_estimate(counts, n, K.DEFAULT_BLOCK_SIZE, header_cost))
+    gain = rans_gain(rans)
+    if gain is not None:
+        coded = _rans_estimate(counts, n, K.DEFAULT_BLOCK_SIZE, header_cost)
+        if coded < (1 - gain) * best:
+            best = coded
     return best
 
 
@@ -132,15 +144,17 @@ def _rans_estimate(counts: np.ndarray, n: int, block_size: int, header_cost: int
 
 def code_stream(draft: StreamDraft, mode: str, block_size: int, shared_lengths: np.ndarray | None = None,
                 header_cost: int = K.HUFFMAN_ZLIB_COST, table_cost: Callable[[str], int] = len, *,
-                rans: bool = False, rows: tuple[np.ndarray, int, int] | None = None) -> tuple[dict, bytes, str | None]:
+                rans: float | bool | None = None, rows: tuple[np.ndarray, int, int] | None = None
+                ) -> tuple[dict, bytes, str | None]:
     """Code a stream: (stream object with "table" as hex text, payload, table text or None).
 
     Huffman is chosen only when its payload, table text, 4 bytes per block and `header_cost` (the
     header bytes a Huffman stream object adds over a fixed one: K.HUFFMAN_JSON_COST for a JSON
     header, K.HUFFMAN_ZLIB_COST for a compressed one) come to fewer bytes than fixed width.
     `table_cost(text)`: the bytes a new table is counted as (its length; the fields encoding may count
-    what zlib makes of it, `fields.zlib_table_cost`). With `rans`, rANS (§6.4, format 1.4) is offered
-    too, on the same terms; its table is text inside the stream object (the third item stays None).
+    what zlib makes of it, `fields.zlib_table_cost`). With `rans` (see `rans_gain`), rANS (§6.4, format
+    1.4) is offered too, on the same terms, and kept where it saves at least that share of the bytes;
+    its table is text inside the stream object (the third item stays None).
     `rows` = (class of each row, symbols per row, number of classes), for the indices of a shared
     tensor with row scales: rANS may then use one table per class (§6.4).
     """
@@ -167,11 +181,13 @@ def code_stream(draft: StreamDraft, mode: str, block_size: int, shared_lengths: 
         if size < best_size:
             obj = {"coding": K.HUFFMAN, "section": None, "table": text, "block_size": block_size, "block_bytes": block_bytes}
             best, best_size = (obj, payload, text), size
-    if rans:
-        best, best_size = _rans_candidate(draft, block_size, header_cost, table_cost, best, best_size)
+    gain = rans_gain(rans)
+    if gain is not None:
+        to_beat = int((1 - gain) * best_size)  # rANS must come to fewer bytes than this
+        best, size = _rans_candidate(draft, block_size, header_cost, table_cost, best, to_beat)
         if rows is not None:
-            best, best_size = _rans_classes_candidate(draft, block_size, header_cost, table_cost, best, best_size,
-                                                      rows)
+            best, size = _rans_classes_candidate(draft, block_size, header_cost, table_cost, best, min(size, to_beat),
+                                                 rows)
     return best
 
 
@@ -265,7 +281,17 @@ def _rans_tables(stream: Stream, tables: "TableCache", rows: tuple[np.ndarray, i
         return tables.frequencies(stream.frequencies), None
     if rows is None:  # pragma: no cover - the container allows class tables only where rows exist
         raise CorruptDataError("a rANS stream with one table per row class needs its rows' classes")
-    return [tables.frequencies(t) for t in stream.frequencies], rows
+    # Decoding tables only for the distinct tables that rows use (a writer repeats one table for many
+    # classes; the container has bounded how many distinct ones a stream may have, §7).
+    classes, cols = rows
+    texts = stream.frequencies
+    distinct: dict[str, int] = {}
+    index = np.zeros(len(texts), np.int64)
+    for j in np.unique(classes).tolist():
+        index[j] = distinct.setdefault(texts[j], len(distinct))
+    if not distinct:  # no rows: nothing to decode
+        distinct[texts[0]] = 0
+    return [tables.frequencies(t) for t in distinct], (index[classes], cols)
 
 
 class TableCache:
@@ -317,8 +343,8 @@ class TensorDraft:
             quantize.apply_row_scales(flat, scales, self.streams["row_scales"].symbols)
         return flat.reshape(self.header["shape"])
 
-    def estimate(self, rans: bool = False) -> int:
-        """Bytes of the tensor's payloads and coded streams (rANS counted only with `rans`)."""
+    def estimate(self, rans: float | bool | None = None) -> int:
+        """Bytes of the tensor's payloads and coded streams (rANS counted as `rans_gain(rans)` says)."""
         if self.coded is not None:
             return self.coded_bytes
         raw = sum(memoryview(p).nbytes for p in self.payloads if p is not None)
@@ -408,7 +434,7 @@ SPARSE_SHARE_PREFERRED = 0.5  # the share of zeros that makes a tensor "mostly z
 
 
 def _smallest(candidates: list[TensorDraft], decoded: np.ndarray, original: np.ndarray, base: dict,
-              rans: bool = False, *, prefer_sparse: bool = False) -> TensorDraft:
+              rans: float | None = None, *, prefer_sparse: bool = False) -> TensorDraft:
     """The smallest candidate (with `prefer_sparse`, a sparse one within SPARSE_PREFERENCE of it); a
     vector or scalar stays raw (exact) when coding it would not save bytes."""
     def cost(d: TensorDraft) -> int:
@@ -677,7 +703,7 @@ def stream_counts(drafts: list[TensorDraft]) -> dict[str, list[np.ndarray]]:
 
 def code_tensor(d: TensorDraft, mode: str = "auto", block_size: int = K.DEFAULT_BLOCK_SIZE,
                 shared: dict[str, np.ndarray] | None = None, header_cost: int = K.HUFFMAN_ZLIB_COST, *,
-                rans: bool = False) -> EncodedTensor:
+                rans: float | bool | None = None) -> EncodedTensor:
     """Code one draft's streams and lay out its payloads in file order (§5). A stream's "table" holds
     the table's text until `Tables.intern` numbers it; independent of other tensors (any thread)."""
     shared = shared or {}
@@ -695,7 +721,7 @@ def code_tensor(d: TensorDraft, mode: str = "auto", block_size: int = K.DEFAULT_
                 scales = memoryview(d.payloads[d.header["scales"]]).nbytes // K.DTYPE_SIZES[d.header["dtype"]]
                 rows = (classes, len(d.streams[key].symbols) // max(1, classes.size), scales)
             obj, payload, text = code_stream(d.streams[key], "auto" if mode == "shared" else mode, block_size,
-                                             shared.get(key), header_cost, rans=rans and mode != "off", rows=rows)
+                                             shared.get(key), header_cost, rans=None if mode == "off" else rans, rows=rows)
             if text is not None:
                 obj["table"] = text
             header[key] = obj
@@ -730,11 +756,12 @@ class Tables:
 
 def assemble(drafts: list[TensorDraft], mode: str = "auto", block_size: int = K.DEFAULT_BLOCK_SIZE,
              progress: Callable[[str], None] | None = None, *,
-             header_cost: int = K.HUFFMAN_ZLIB_COST, rans: bool = False) -> tuple[list[str], list[EncodedTensor]]:
+             header_cost: int = K.HUFFMAN_ZLIB_COST, rans: float | bool | None = None
+             ) -> tuple[list[str], list[EncodedTensor]]:
     """Code every stream and lay out each tensor's payloads in file order (§5): (tables, tensors).
 
     `header_cost`: the header bytes a Huffman stream adds (see code_stream); `rans`: offer rANS coding
-    to every stream (§6.4, format 1.4), kept where it is smaller.
+    to every stream (§6.4, format 1.4), kept where it saves that share of the bytes (True: any).
     """
     shared = shared_lengths(stream_counts(drafts)) if mode == "shared" else {}
     tables = Tables()

@@ -74,6 +74,7 @@ RANS_PRECISION = 15  # §6.4: the frequencies of a rANS table add up to 2^15
 RANS_TOTAL = 1 << RANS_PRECISION
 RANS_STATE_BYTES = 8  # §6.4: a rANS block starts with its u64 state, then u32 words
 RANS_WORD_BYTES = 4
+RANS_DECODE_TABLE_BYTES = 10 << 15  # §7: a reader's decoding table of one rANS table (2^15 slots x 10 bytes)
 MAX_CODE_LENGTH = 15  # §6.2
 MAX_ALPHABET = 1 << 16  # §6.2, §7
 DEFAULT_BLOCK_SIZE = 1 << 16  # symbols per Huffman block written by this implementation (§6.3)

@@ -803,6 +803,12 @@ def _validate_tensor(obj: Any, i: int, tables: list[str], limits: Limits, budget
         rows, _ = matrix_view(shape_t)
         row_scales = _stream(obj["row_scales"], "row_scales", name, rows, m, scale_bits, tables, version)
         indices = _stream(obj["indices"], "indices", name, numel, k, bits, tables, version, classes=m)
+        if isinstance(indices.frequencies, tuple):
+            distinct = len(set(indices.frequencies))
+            if distinct * K.RANS_DECODE_TABLE_BYTES > budget:
+                raise LimitError(f"indices: {distinct} distinct rANS tables need {distinct * K.RANS_DECODE_TABLE_BYTES} "
+                                 f"bytes of decoding tables, more than the limit of {budget} bytes for this file (§7)",
+                                 tensor=name)
         return TensorInfo(**base, codebook=codebook, indices=indices, bits=bits, scale_bits=scale_bits,
                           scales=scales, row_scales=row_scales)
 

@@ -76,7 +76,7 @@ def encode(tensors: Mapping[str, np.ndarray], policy: Policy, metadata: Mapping[
             progress(ProgressEvent("compress", done, total, tensor=name))
     cost = K.HUFFMAN_ZLIB_COST if policy.compact_header else K.HUFFMAN_JSON_COST
     tables, encoded = codec.assemble(drafts, policy.huffman, policy.block_size, header_cost=cost,
-                                     rans=policy.uses_rans)
+                                     rans=policy.rans_gain)
     return meta, tables, encoded
 
 
@@ -180,7 +180,7 @@ def encode_tensor(name: str, value: Any, policy: Policy, shared: dict[str, np.nd
     if drafted is not None and draft.header["encoding"] != K.RAW:
         drafted()  # a coded tensor no longer needs its input (a raw one is its own payload)
     cost = K.HUFFMAN_ZLIB_COST if policy.compact_header else K.HUFFMAN_JSON_COST
-    encoded = codec.code_tensor(draft, policy.huffman, policy.block_size, shared, cost, rans=policy.uses_rans)
+    encoded = codec.code_tensor(draft, policy.huffman, policy.block_size, shared, cost, rans=policy.rans_gain)
     del draft
     result = TensorResult(
         name, str(encoded.header["dtype"]), tuple(a.shape), str(encoded.header["encoding"]), a.nbytes,

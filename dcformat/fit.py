@@ -170,9 +170,9 @@ class _Curve:
     sse: np.ndarray
 
 
-def _curve(a: np.ndarray, rans: bool = False) -> _Curve:
+def _curve(a: np.ndarray, rans: float | None = None) -> _Curve:
     """Estimated coded bytes and squared error of `a` at each candidate step (level-mean codebook);
-    `rans`: the indices may be rANS-coded (Policy.coder "auto")."""
+    `rans`: the indices may be rANS-coded (Policy.rans_gain)."""
     from . import codec
 
     values = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
@@ -226,7 +226,7 @@ class Family:
             floor = _MIN_SENSITIVITY * (float(np.median(positive)) if positive else 1.0)
             self.sens = {n: max(self.sens.get(n, 0.0), floor) for n in names}
             for i, n in enumerate(names):
-                self.curves[n] = _curve(arrays[n], self.base.uses_rans)
+                self.curves[n] = _curve(arrays[n], self.base.rans_gain)
                 if progress is not None:
                     progress(ProgressEvent("fit", i + 1, len(names), tensor=n, message=f"rate-distortion curve of {n}"))
         if method == "sensitivity":
@@ -292,10 +292,12 @@ class Family:
             width = max(1, int(used - 1).bit_length())
             values, classes = np.unique(multipliers, return_inverse=True)
             indices = codec.estimate_coded_bytes(np.sort(counts[counts > 0])[::-1].copy(), levels.size, width,
-                                                 rans=self.base.uses_rans)
-            if self.base.uses_rans and len(values) > 1 and used <= 1 << 16 and symbols.max() < 1 << 16:
+                                                 rans=self.base.rans_gain)
+            if self.base.rans_gain is not None and len(values) > 1 and used <= 1 << 16 and symbols.max() < 1 << 16:
                 # rANS may give each scale class its own table
-                indices = min(indices, codec.estimate_class_tables_bytes(symbols, classes, len(values)))
+                per_class = codec.estimate_class_tables_bytes(symbols, classes, len(values))
+                if per_class < (1 - self.base.rans_gain) * indices:
+                    indices = per_class
             # codebook, scales, row_scales (~2 bits a row), indices
             self._row_bytes[key] = float(4 * used + 4 * len(values) + self.arrays[name].shape[0] // 4 + indices)
         return self._row_bytes[key]

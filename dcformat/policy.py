@@ -13,7 +13,12 @@ from .errors import EncodeError
 
 AUTO = "auto"
 HUFFMAN_MODES = ("auto", "shared", "off")
-CODERS = ("auto", "huffman")  # Policy.coder: rANS offered beside Huffman, or Huffman only
+CODERS = ("auto", "rans", "huffman")  # Policy.coder
+# coder "auto": rANS only where it saves at least this share of a stream's bytes. It decodes at about
+# 3 ns a symbol where Huffman's multi-symbol tables take 0.6, and on k-means or uniform indices it
+# saves 0.5% (MiniLM, default policy: 0.54%, load time x2.2); skewed streams (row-scaled embeddings,
+# coarse steps, mostly-zero indices) save 5-10%.
+RANS_MIN_GAIN = 0.02
 QUANTIZERS = ("kmeans", "optimal", "ecsq")  # dcformat.quantize.METHODS
 INITS = ("linear", "density", "random", "kmeans++")  # dcformat.quantize.INITS
 RULE_KEYS = ("prune", "threshold", "bits", "index_bits", "layout", "raw", "quantizer", "init", "lam", "max_error", "step")
@@ -38,7 +43,7 @@ class TensorPlan:
     step: float | None = None  # uniform quantization with this step instead of a 2^bits codebook
     zero_copy: bool = False  # values kept exact are stored raw (memory-mappable), never in fields (§5.4)
     compact_header: bool = True  # the header will be zlib-compressed: fields count tables as zlib makes them
-    rans: bool = False  # streams may be rANS-coded (§6.4, format 1.4): estimates count it too
+    rans: float | None = None  # rANS (§6.4, 1.4) where it saves this share of a stream; estimates count it
     # a step per row (§5.2 row scales, format 1.3): one float64 multiplier per row of the matrix view
     row_scales: np.ndarray | None = field(default=None, compare=False, repr=False)
 
@@ -62,10 +67,12 @@ class Policy:
       {"fc8.*": {"bits": 4, "prune": 0.75}}; the first matching pattern wins.
     - `huffman`: "auto" (a table per stream, fixed width when smaller), "shared" (one table per
       stream kind for the whole model) or "off".
-    - `coder`: the entropy coder of the coded tensors' streams (codebook indices, gaps, row scales):
-      "auto" offers rANS (§6.4, format 1.4: within a few thousandths of a bit of the entropy, where
-      Huffman spends at least one bit per symbol) beside Huffman and fixed width and keeps the
-      smallest; "huffman" never uses rANS, so files stay readable by format 1.3 readers, as the
+    - `coder`: the entropy coder of the coded tensors' streams (codebook indices, gaps, row scales).
+      rANS (§6.4, format 1.4) comes within a few thousandths of a bit of the entropy, where Huffman
+      spends at least one bit per symbol, but decodes about 5x slower. "auto" uses it for a stream
+      only where it saves at least RANS_MIN_GAIN (2%) of its bytes (skewed streams: row-scaled
+      embeddings, coarse steps; a 5-bit k-means file keeps Huffman and its load speed); "rans" wherever
+      it is smaller at all; "huffman" never, so files stay readable by format 1.3 readers, as the
       paper's Deep Compression codes them. The fields encoding (lossless) is Huffman-coded either way.
     - `lossless`: store every tensor exactly; contradicts any setting that changes values (prune,
       threshold, step, target_size, max_error, vector_bits, lossy rule settings), which is refused.
@@ -268,13 +275,16 @@ class Policy:
             index_bits=settings["index_bits"], layout=settings["layout"], quantizer=settings["quantizer"],
             init=settings["init"], lam=float(settings["lam"]), max_error=settings["max_error"],
             step=None if settings["step"] is None else float(settings["step"]), zero_copy=zero_copy,
-            rans=self.uses_rans,
+            rans=self.rans_gain,
         )
 
     @property
-    def uses_rans(self) -> bool:
-        """Whether coded streams may be rANS-coded: coder "auto" and entropy coding on."""
-        return self.coder == "auto" and self.huffman != "off"
+    def rans_gain(self) -> float | None:
+        """The share of a stream's bytes rANS must save to be used (coder "auto": RANS_MIN_GAIN, "rans":
+        any), or None: never (coder "huffman", or huffman="off")."""
+        if self.coder == "huffman" or self.huffman == "off":
+            return None
+        return RANS_MIN_GAIN if self.coder == "auto" else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The settings that differ from the defaults, JSON-safe (what a file records of its policy)."""

@@ -284,7 +284,8 @@ def test_a_rans_stream_in_a_1_3_file_is_a_header_error():
 def test_policy_and_cli_refuse_an_unknown_coder():
     with pytest.raises(EncodeError, match="coder must be one of"):
         Policy(coder="arithmetic")
-    assert Policy(huffman="off").uses_rans is False and Policy().uses_rans is True
+    assert Policy(huffman="off").rans_gain is None and Policy(coder="huffman").rans_gain is None
+    assert Policy().rans_gain == 0.02 and Policy(coder="rans").rans_gain == 0.0
     assert codec.estimate_coded_bytes(np.bincount(_skewed(10**5, 50, 0.7)), 10**5, 6, rans=True) < \
         codec.estimate_coded_bytes(np.bincount(_skewed(10**5, 50, 0.7)), 10**5, 6)
 
@@ -391,3 +392,18 @@ def test_class_tables_are_checked_from_the_header():
     with pytest.raises(HeaderError, match="only for the indices of a shared tensor with row scales"):
         dcformat.load(_edit_header(data, on_row_scales))
     assert np.array_equal(dcformat.load(_edit_header(data, lambda t: None))["w"], dcformat.load(data)["w"])
+
+
+def test_decoding_tables_of_distinct_class_tables_are_held_to_the_decoded_bytes_limit():
+    data = _scaled_file()
+    f = dcformat.open(data)
+    distinct = len(set(f.layout("w").indices.frequencies))
+    assert distinct >= 3
+    need = distinct * (10 << 15)  # 2^15 slots of 10 bytes per distinct table
+    tensor_bytes = 3000 * 64 * 4
+    assert tensor_bytes < need - 1
+    ok = dcformat.Limits(min_decoded_bytes=need, max_expansion=1)
+    tight = dcformat.Limits(min_decoded_bytes=max(tensor_bytes, need - 1), max_expansion=1)
+    assert np.array_equal(dcformat.load(data, limits=ok)["w"], dcformat.load(data)["w"])
+    with pytest.raises(dcformat.LimitError, match=f"{distinct} distinct rANS tables"):
+        dcformat.load(data, limits=tight)
