@@ -165,7 +165,8 @@ class Valid:
     expected: Callable[[], list[np.ndarray]] | None = None  # ... and the tensors it decodes to
     compact_header: bool = False  # format 1.1: the writer's compact_header (the header zlib-compressed)
     header_cost: int = 0  # codec.assemble's header_cost (0: as dcformat wrote the 1.0 vectors)
-    coder: str = "huffman"  # format 1.4: "auto" offers rANS (codec.assemble's rans=True); recorded only then
+    coder: str = "huffman"  # format 1.4: "rans" offers rANS wherever smaller (Policy(coder="rans"), codec.assemble's
+    # rans=True); recorded only then
 
 
 def streams(doc: dict) -> list[dict]:
@@ -1000,22 +1001,22 @@ VALID: list[Valid] = [
           "block (the state 0x100807fe6 and one word); shown whole in spec Appendix A.4.", [],
           build=_rans_spec_example, expected=_expected_rans_spec_example),
     Valid("39-rans-shared", "Format 1.4: a 64x64 shared float32 layer whose 4 levels are used 70/15/10/5 %: its "
-          "indices rANS-coded by the writer (Policy(coder=\"auto\")), smaller than Huffman (1.45 bits a symbol) "
-          "and fixed width.", _rans_shared(), mode="auto", header_cost=45, coder="auto",
+          "indices rANS-coded by the writer (Policy(coder=\"rans\")), smaller than Huffman (1.45 bits a symbol) "
+          "and fixed width.", _rans_shared(), mode="auto", header_cost=45, coder="rans",
           expect=expect_rans("fc.indices")),
     Valid("40-rans-blocks", "Format 1.4: rANS streams in blocks of 700 symbols (the last partial): shared indices, "
           "and a sparse tensor's gaps (b = 2) and indices.", _rans_blocks(), mode="auto", block_size=700,
-          header_cost=45, coder="auto", expect=expect_rans("shared.indices", "sparse.gaps", "sparse.indices", blocks=3)),
+          header_cost=45, coder="rans", expect=expect_rans("shared.indices", "sparse.gaps", "sparse.indices", blocks=3)),
     Valid("41-rans-one-symbol", "Format 1.4: one-symbol rans streams (tables \"00008000\" and \"8000\"): 3,000 "
           "shared indices and the all-zero gaps of a dense sparse float16 tensor, every block the 8-byte state 2^31.",
-          _rans_one_symbol(), mode="auto", block_size=1000, header_cost=45, coder="auto",
+          _rans_one_symbol(), mode="auto", block_size=1000, header_cost=45, coder="rans",
           expect=_expect_one_symbol_rans),
     Valid("42-rans-sparse-gaps", "Format 1.4: the gaps of a sparse float16 tensor with raw values (85 % non-zero, "
-          "b = 4: mostly 0) rANS-coded.", _rans_sparse_gaps(), mode="auto", header_cost=45, coder="auto",
+          "b = 4: mostly 0) rANS-coded.", _rans_sparse_gaps(), mode="auto", header_cost=45, coder="rans",
           expect=expect_rans("w.gaps")),
     Valid("43-rans-row-scales", "Format 1.4: a 1500x2 float32 shared tensor with row scales (m = 4, 80 % of the rows "
           "scale 0): its row_scales and indices streams rANS-coded.", _rans_row_scales(), mode="auto",
-          header_cost=45, coder="auto", expect=expect_rans("emb.row_scales", "emb.indices")),
+          header_cost=45, coder="rans", expect=expect_rans("emb.row_scales", "emb.indices")),
     Valid("44-rans-reader-latitude", "Format 1.4: rans streams as dcformat never writes them: a table with "
           "trailing zero groups (4 groups, 2 used), a zero frequency inside a table, a stream of 0 symbols (no "
           "blocks), three one-symbol blocks of 8 bytes (the state 2^31), a uniform table for skewed symbols in "
@@ -1084,7 +1085,7 @@ def build_valid(v: Valid) -> bytes:
 
 def write_valid(v: Valid, compact_header: bool) -> bytes:
     """The vector's tensors in the recorded form through dcformat's writer."""
-    rans = {"rans": True} if v.coder == "auto" else {}  # the 1.0-1.3 vectors are written as they always were
+    rans = {"rans": True} if v.coder == "rans" else {}  # the 1.0-1.3 vectors are written as they always were
     tables, encoded = codec.assemble([draft(t, v.mode, v.header_cost) for t in v.tensors], v.mode, v.block_size,
                                      header_cost=v.header_cost, **rans)
     f = io.BytesIO()

@@ -140,7 +140,7 @@ def _reencode(v: dict) -> bytes:
     drafts = [_draft(t, _expected(t), settings) for t in v["tensors"]]
     tables, encoded = codec.assemble(drafts, settings["huffman"], settings["block_size"],
                                      header_cost=settings.get("huffman_header_cost", 0),
-                                     rans=settings.get("coder", "huffman") == "auto")
+                                     rans=settings.get("coder", "huffman") == "rans")
     out = io.BytesIO()
     container.write_stream(out, v["metadata"], tables, encoded, compact_header=settings.get("compact_header", False))
     return out.getvalue()
