@@ -649,6 +649,22 @@ def _rans_row_scales() -> list[T]:
     return [scaled("emb", "float32", (1500, 2), levels(4, "float32"), [1.0, 0.5, 2.0, 0.25], rows, indices)]
 
 
+def _rans_class_tables() -> list[T]:
+    """A 600 x 4 float32 shared tensor with row scales (m = 3) whose classes use the levels differently
+    (class 0 mostly level 0, class 1 level 1, class 2 level 3): its indices take one rANS table per class."""
+    rng = Lcg(4600)
+    rows = [pick(rng, [50, 30, 20]) for _ in range(600)]
+    weights = ([80, 10, 6, 4], [10, 80, 6, 4], [4, 6, 10, 80])
+    indices = [pick(rng, weights[r]) for r in rows for _ in range(4)]
+    return [scaled("emb", "float32", (600, 4), levels(4, "float32"), [1.0, 0.5, 2.0], rows, indices)]
+
+
+def _expect_class_tables(doc: dict, data: bytes) -> None:
+    expect_rans("emb.indices")(doc, data)
+    tables = doc["tensors"][0]["indices"]["frequencies"]
+    assert isinstance(tables, list) and len(tables) == 3 and len(set(tables)) == 3, tables
+
+
 def rans_stream(freqs: list[int], block_size: int, symbols: list[int]) -> tuple[dict, bytes]:
     """A rans stream object (format 1.4, spec §6.4) and its payload, coded by the reference encoder."""
     payload, sizes = rans_encode(symbols, freqs, block_size)
@@ -1025,6 +1041,10 @@ VALID: list[Valid] = [
     Valid("45-rans-fields", "Format 1.4: a float16 [10] tensor in fields [10, 6] with chunks of 6 (the last "
           "partial) whose four streams are all rans-coded in blocks of 4 (dcformat codes fields streams fixed or "
           "Huffman).", [], build=_rans_fields, expected=lambda: [RANS_FIELDS]),
+    Valid("46-rans-class-tables", "Format 1.4: a 600x4 float32 shared tensor with row scales (m = 3) whose rows "
+          "of each scale class favour another level: its indices stream rANS-coded with one table per class "
+          "(\"frequencies\" an array of 3 tables, §6.4).", _rans_class_tables(), mode="auto", header_cost=45,
+          coder="rans", expect=_expect_class_tables),
 ]
 VALID_BY_NAME = {v.name: v for v in VALID}
 
@@ -1976,6 +1996,23 @@ INVALID: list[Invalid] = [
             "tensor key \"row_offsets\"): unknown content in a newer minor version.",
             lambda: with_preamble(with_doc(V("33-row-scales-spec-example"),
                                            _set(["tensors", 0, "row_offsets"], 0)), minor=5)),
+    Invalid("109-rans-class-tables-count", "HeaderError", "§6.4", "Vector 46 with its last class table dropped: "
+            "2 tables for 3 row scales.", lambda: with_parts(V("46-rans-class-tables"),
+                                                             lambda d, p: d["tensors"][0]["indices"]["frequencies"].pop())),
+    Invalid("110-rans-class-tables-elsewhere", "HeaderError", "§6.4", "Vector 39's rans indices (a shared tensor "
+            "without row scales) with their table given as an array of one table.",
+            lambda: with_parts(V("39-rans-shared"), lambda d, p: d["tensors"][0]["indices"].update(
+                frequencies=[d["tensors"][0]["indices"]["frequencies"]]))),
+    Invalid("111-rans-class-table-sum", "FrequencyTableError", "§6.4", "Vector 46 with class table 1 replaced by "
+            "\"4000\": frequencies adding up to 16384.", lambda: with_parts(
+                V("46-rans-class-tables"), lambda d, p: d["tensors"][0]["indices"]["frequencies"].__setitem__(1, "4000"))),
+    Invalid("112-rans-class-table-too-long", "FrequencyTableError", "§6.4", "Vector 46 with class table 2 "
+            "padded to 5 groups by zero frequencies: more symbols than the codebook's 4.", lambda: with_parts(
+                V("46-rans-class-tables"), lambda d, p: d["tensors"][0]["indices"]["frequencies"].__setitem__(
+                    2, (d["tensors"][0]["indices"]["frequencies"][2] + "0000" * 5)[:20]))),
+    Invalid("113-rans-class-table-not-string", "HeaderError", "§6.4", "Vector 46 with class table 0 given as the "
+            "integer 32768.", lambda: with_parts(
+                V("46-rans-class-tables"), lambda d, p: d["tensors"][0]["indices"]["frequencies"].__setitem__(0, 32768))),
 ]
 
 

@@ -78,6 +78,7 @@ MAX_BITS = 16  # §5.2, §5.3
 MAX_CODE_LENGTH = 15  # §6.2
 MAX_ALPHABET = 1 << 16  # §6.2
 RANS_PRECISION = 15  # §6.4: the frequencies add up to M = 2^15
+RANS_DECODE_TABLE_BYTES = 10 << 15  # §7: the decoding table of one distinct class table, as dcformat counts it
 RANS_TOTAL = 1 << RANS_PRECISION
 RANS_LOWER = 1 << 31  # §6.4: L, the lower end of the state interval [L, 2^63); also the final state
 RANS_STATE_BYTES, RANS_WORD_BYTES = 8, 4
@@ -468,6 +469,11 @@ def check_tensor(t: Any, tables: list[list[int]], limits: Limits, budget: int,
                 raise FormatError("scales length is not 1..2^scale_bits values")
             t["_m"] = m
             check_stream(t["row_scales"], matrix_view(shape)[0], m, scale_bits, tables, version)
+            check_stream(t["indices"], numel, t["_k"], t["bits"], tables, version, classes=m)
+            freqs = t["indices"].get("frequencies")
+            if isinstance(freqs, list) and len(set(freqs)) * RANS_DECODE_TABLE_BYTES > budget:
+                raise LimitError("the distinct frequency tables need more decoding-table bytes than the limit")
+            return
         check_stream(t["indices"], numel, t["_k"], t["bits"], tables, version)
         return
     if not isinstance(t["layout"], str) or t["layout"] not in ("csr", "csc"):
@@ -498,8 +504,9 @@ def check_section(s: Any) -> None:
 
 
 def check_stream(s: Any, count: int, alphabet: int, width: int, tables: list[list[int]],
-                 version: tuple[int, int] = (1, VERSION_MINOR)) -> None:
-    """§6 stream object, and its section length against what its coding implies (§6.1, §6.3, §6.4)."""
+                 version: tuple[int, int] = (1, VERSION_MINOR), classes: int | None = None) -> None:
+    """§6 stream object, and its section length against what its coding implies (§6.1, §6.3, §6.4).
+    `classes`: m, for the indices of a shared tensor with row scales (a rans stream may then list m tables)."""
     if not isinstance(s, dict):
         raise HeaderError("a stream is not an object")
     coding = s.get("coding")
@@ -512,7 +519,7 @@ def check_stream(s: Any, count: int, alphabet: int, width: int, tables: list[lis
     if coding == "rans":
         if version[1] < RANS_MINOR:  # §2.3: to an older reader an unknown coding value
             raise HeaderError(f"the rans coding needs version 1.{RANS_MINOR}, the file is {version[0]}.{version[1]}")
-        check_rans_stream(s, count, alphabet)
+        check_rans_stream(s, count, alphabet, classes)
         return
     if coding != "huffman":
         raise HeaderError(f"unknown coding {coding!r}")
@@ -537,16 +544,27 @@ def check_stream(s: Any, count: int, alphabet: int, width: int, tables: list[lis
             raise FormatError(f"block {i} is too short for its symbols")
 
 
-def check_rans_stream(s: dict, count: int, alphabet: int) -> None:
-    """§6.4 from the header: the keys, the frequency table, then the block list (count, sum, each block a
-    state and whole words). Keeps the parsed table as `_freqs`."""
+def check_rans_stream(s: dict, count: int, alphabet: int, classes: int | None = None) -> None:
+    """§6.4 from the header: the keys, the frequency table (or, for the indices of a tensor with row
+    scales, one per scale class), then the block list (count, sum, each block a state and whole words).
+    Keeps the parsed tables as `_freqs` (a list of them for class tables)."""
     need_keys(s, RANS_KEYS, "stream")
     check_section(s["section"])
-    if not isinstance(s["frequencies"], str):
+    texts = s["frequencies"]
+    if isinstance(texts, list):
+        if classes is None:
+            raise HeaderError("an array of frequency tables outside the indices of a tensor with row scales")
+        if len(texts) != classes:
+            raise HeaderError(f"{len(texts)} frequency tables for {classes} row scales")
+        if not all(isinstance(t, str) for t in texts):
+            raise HeaderError("a frequency table is not a string")
+    elif not isinstance(texts, str):
         raise HeaderError("frequencies is not a string")
-    freqs = parse_frequencies(s["frequencies"])
-    if len(freqs) > alphabet:
-        raise FrequencyTableError(f"the frequency table has {len(freqs)} symbols, the stream's alphabet {alphabet}")
+    parsed = [parse_frequencies(t) for t in (texts if isinstance(texts, list) else [texts])]
+    for freqs in parsed:
+        if len(freqs) > alphabet:
+            raise FrequencyTableError(f"the frequency table has {len(freqs)} symbols, the stream's alphabet {alphabet}")
+    freqs = parsed if isinstance(texts, list) else parsed[0]
     block_size = need_int(s["block_size"], "block_size", 1)
     if not isinstance(s["block_bytes"], list):
         raise HeaderError("block_bytes is not an array")
@@ -665,8 +683,10 @@ def section_bytes(data: bytes, s: dict, what: str) -> bytes:
     return raw
 
 
-def read_stream(data: bytes, s: dict, count: int, alphabet: int, width: int, tables: list[list[int]], what: str) -> list[int]:
-    """The `count` symbols of a stream (§6.1 or §6.3), each checked to be below `alphabet`."""
+def read_stream(data: bytes, s: dict, count: int, alphabet: int, width: int, tables: list[list[int]], what: str,
+                row_classes: tuple[list[int], int] | None = None) -> list[int]:
+    """The `count` symbols of a stream (§6.1, §6.3, §6.4), each checked to be below `alphabet`.
+    `row_classes` = (each row's scale index, symbols per row): which class table codes each symbol."""
     raw = section_bytes(data, s["section"], what)
     if s["coding"] == "fixed":
         r = BitReader(raw)
@@ -674,7 +694,11 @@ def read_stream(data: bytes, s: dict, count: int, alphabet: int, width: int, tab
         if not r.rest_is_padding():
             raise CorruptDataError(f"{what}: non-zero padding bits")
     elif s["coding"] == "rans":
-        symbols = read_rans(raw, count, s["_freqs"], s["block_size"], s["block_bytes"], what)
+        freqs = s["_freqs"]
+        if isinstance(s["frequencies"], list):  # §6.4: symbol i uses the table of its row's class
+            classes, cols = row_classes
+            freqs = [freqs[classes[i // cols]] for i in range(count)]
+        symbols = read_rans(raw, count, freqs, s["block_size"], s["block_bytes"], what)
     else:
         symbols = read_huffman(raw, count, tables[s["table"]], s["block_size"], s["block_bytes"], what)
     for j, v in enumerate(symbols):
@@ -707,12 +731,21 @@ def read_huffman(raw: bytes, count: int, lengths: list[int], block_size: int, bl
     return symbols
 
 
-def read_rans(raw: bytes, count: int, freqs: list[int], block_size: int, block_bytes: list[int], what: str) -> list[int]:
-    """Decode rANS blocks (§6.4), exactly the spec's loop, on Python integers."""
-    cum = [0]
-    for f in freqs:
-        cum.append(cum[-1] + f)
-    symbol_of = [s for s, f in enumerate(freqs) for _ in range(f)]  # slot -> s: cum_s <= slot < cum_s + f_s
+def read_rans(raw: bytes, count: int, freqs: list, block_size: int, block_bytes: list[int], what: str) -> list[int]:
+    """Decode rANS blocks (§6.4), exactly the spec's loop, on Python integers. `freqs` is the table, or a
+    list of `count` tables, one for each symbol (a tensor's class tables, row by row)."""
+    per_symbol = bool(freqs) and isinstance(freqs[0], list)
+    prepared: dict[int, tuple[list[int], list[int], list[int]]] = {}
+
+    def table(i: int) -> tuple[list[int], list[int], list[int]]:
+        f = freqs[i] if per_symbol else freqs
+        if id(f) not in prepared:
+            cum = [0]
+            for v in f:
+                cum.append(cum[-1] + v)
+            prepared[id(f)] = (f, cum, [s for s, v in enumerate(f) for _ in range(v)])  # slot -> s
+        return prepared[id(f)]
+
     symbols: list[int] = []
     start = 0
     for i, size in enumerate(block_bytes):
@@ -722,11 +755,12 @@ def read_rans(raw: bytes, count: int, freqs: list[int], block_size: int, block_b
         pos = RANS_STATE_BYTES
         if not RANS_LOWER <= x < 1 << 63:
             raise CorruptDataError(f"{what}: rans block {i}: initial state out of range")
-        for _ in range(min(block_size, count - i * block_size)):
+        for j in range(i * block_size, min((i + 1) * block_size, count)):
+            f, cum, symbol_of = table(j)
             slot = x % RANS_TOTAL
             s = symbol_of[slot]
             symbols.append(s)
-            x = freqs[s] * (x >> RANS_PRECISION) + slot - cum[s]
+            x = f[s] * (x >> RANS_PRECISION) + slot - cum[s]
             if x < RANS_LOWER:
                 if pos == size:
                     raise CorruptDataError(f"{what}: rans block {i} ran out of words")
@@ -850,7 +884,8 @@ def decode_tensor(data: bytes, t: dict, tables: list[list[int]], strict: bool) -
             raise CorruptDataError(f"{name}: a codebook value or a row scale is not finite")
         rows, cols = matrix_view(shape)
         row_scales = read_stream(data, t["row_scales"], rows, t["_m"], t["scale_bits"], tables, "row_scales")
-        indices = read_stream(data, t["indices"], numel, t["_k"], t["bits"], tables, "indices")
+        indices = read_stream(data, t["indices"], numel, t["_k"], t["bits"], tables, "indices",
+                              row_classes=(row_scales, cols))
         out = []
         for i, k in enumerate(indices):
             out.append(rounded_product(book[k], factors[row_scales[i // cols]], size))

@@ -48,6 +48,8 @@ def test_seeds_cover_every_encoding_coding_layout_and_dtype(seeds):
                 for s in (t.gaps, t.indices, *(s for c in t.chunks for s in c)):
                     if s is not None and s.count:
                         seen.add(("coding", t.encoding, s.coding))
+                        if s.coding == "rans" and isinstance(s.frequencies, tuple):
+                            seen.add(("rans class tables",))
                         if s.coding == "huffman":
                             tables_used.append(s.table)
                             if len(s.block_bytes) > 1:
@@ -63,7 +65,7 @@ def test_seeds_cover_every_encoding_coding_layout_and_dtype(seeds):
     expected |= {("fillers", "fixed"), ("fillers", "huffman"), ("multiblock", "shared"), ("multiblock", "sparse")}
     expected |= {("coding", e, c) for e in ("shared", "sparse", "fields") for c in K.CODINGS}
     expected |= {("empty", "fields"), ("header", "json", (1, 2)), ("header", "zlib", (1, 2))}
-    expected |= {("shared table",), ("15-bit codes",)}
+    expected |= {("shared table",), ("15-bit codes",), ("rans class tables",)}
     expected |= {("header", "json", (1, 0)), ("header", "zlib", (1, 1)), ("header", "json", (1, 1))}
     assert expected <= seen, sorted(expected - seen)
     assert fuzz.seed_files() == seeds  # deterministic, so a run is reproducible from its seed
