@@ -272,8 +272,7 @@ class RansStream:
     starts: np.ndarray  # each block's first byte
     ends: np.ndarray
     tables: Tables
-    slots: np.ndarray  # (m, 2^15) uint16: the symbol of each slot of each table
-    table: np.ndarray  # m·2^15 uint64: symbol << 32 | f << 16 | (slot - cum), all a decode step needs
+    slots: np.ndarray  # (m, 2^15) uint16: the symbol of each slot of each table (64 KB a table: it stays in cache)
 
     @property
     def blocks(self) -> int:
@@ -314,17 +313,12 @@ def prepare(buf, count: int, freqs, block_size: int, block_bytes, *,
     data = as_byte_array(buf)
     starts, ends = check_blocks(data.size, count, block_size, block_bytes)
     block_size = min(int(block_size), max(1, int(count)))  # beyond the count: one block, same meaning
-    m = t.count
-    slots = np.empty((m, TOTAL), np.uint16)
-    table = np.empty(m * TOTAL, np.uint64)
-    for j in range(m):
-        f = t.freqs[j].astype(np.int64)
-        slots[j] = np.repeat(np.arange(f.size, dtype=np.uint16), f)
-        table[j * TOTAL: (j + 1) * TOTAL] = ((slots[j].astype(np.uint64) << _U32) | (t.freqs[j][slots[j]] << np.uint64(16))
-                                             | (np.arange(TOTAL, dtype=np.uint64) - t.cum[j][slots[j]]))
+    slots = np.empty((t.count, TOTAL), np.uint16)
+    for j in range(t.count):
+        slots[j] = np.repeat(np.arange(t.freqs.shape[1], dtype=np.uint16), t.freqs[j].astype(np.int64))
     words = np.frombuffer(data, dtype="<u4") if data.ctypes.data % WORD_BYTES == 0 else \
         np.frombuffer(data.tobytes(), dtype="<u4")
-    return RansStream(data, words, int(count), int(block_size), starts, ends, t, slots, table)
+    return RansStream(data, words, int(count), int(block_size), starts, ends, t, slots)
 
 
 def decode(buf, count: int, freqs, block_size: int, block_bytes, *,
@@ -343,7 +337,7 @@ def decode_blocks(stream: RansStream, out: np.ndarray, b0: int, b1: int, *, exac
     if not (0 <= b0 <= b1 <= stream.blocks and out.dtype == np.uint16 and out.shape == (stream.count,)):
         raise CorruptDataError(f"rANS stream: blocks {b0}..{b1} of {stream.blocks}, or a wrong output")
     t = stream.tables
-    if _decode_fast(stream.words, stream.starts, stream.ends, stream.table, t.row_tables, t.cols,
+    if _decode_fast(stream.words, stream.starts, stream.ends, stream.slots, t.freqs, t.cum, t.row_tables, t.cols,
                     stream.block_size, stream.count, b0, b1, out, out, False):
         return True
     if not exact:
@@ -361,8 +355,8 @@ def gather_blocks(stream: RansStream, b0: int, b1: int, codebook: np.ndarray, ou
             and codebook.ndim == 1 and codebook.size >= stream.tables.freqs.shape[1] and codebook.dtype == out.dtype):
         raise CorruptDataError(f"rANS stream: blocks {b0}..{b1} of {stream.blocks}, or a wrong codebook or output")
     t = stream.tables
-    return bool(_decode_fast(stream.words, stream.starts, stream.ends, stream.table, t.row_tables, t.cols,
-                             stream.block_size, stream.count, b0, b1, codebook, out, True))
+    return bool(_decode_fast(stream.words, stream.starts, stream.ends, stream.slots, t.freqs, t.cum, t.row_tables,
+                             t.cols, stream.block_size, stream.count, b0, b1, codebook, out, True))
 
 
 def raise_first_error(stream: RansStream, b0: int = 0, b1: int | None = None) -> None:
@@ -436,8 +430,6 @@ def _decode_kernel(data, starts, ends, f, cum, row_tables, cols, slots, block_si
 
 
 _LANES = 4  # blocks decoded in lockstep: each step waits on a table load, four independent states hide it
-_LO16 = np.uint64(0xFFFF)
-_U16 = np.uint64(16)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -447,25 +439,24 @@ def _state(words, w):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _row_start(i, row_tables, cols):  # pragma: no cover - compiled
-    """(row, symbols left in it, offset of its table in the flat decode table) at symbol i."""
+    """(row, symbols left in it, its table) at symbol i."""
     row = i // cols
-    return row, cols - (i - row * cols), row_tables[row] * TOTAL
+    return row, cols - (i - row * cols), row_tables[row]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _next_row(row, row_tables, cols):  # pragma: no cover - compiled
     """The same for the first symbol of the row after `row` (its table only if it exists)."""
     row += 1
-    base = row_tables[row] * TOTAL if row < row_tables.size else 0
-    return row, cols, base
+    return row, cols, row_tables[row] if row < row_tables.size else 0
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_fast(words, starts, ends, table, row_tables, cols, block_size, count, b0, b1, codebook, out,
+def _decode_fast(words, starts, ends, slots, f, cum, row_tables, cols, block_size, count, b0, b1, codebook, out,
                  gather):  # pragma: no cover - compiled
     """Decode blocks b0..b1 as _decode_kernel does, four full blocks at a time; True if all are valid
     (False says only that one is not). Every word read is checked to lie inside its block; each lane
-    follows its rows to use their tables."""
+    follows its rows to use their tables, in runs of symbols during which no lane changes row."""
     b = b0
     while b < b1:
         lanes = _LANES if b + _LANES <= b1 and (b + _LANES) * block_size <= count else 1
@@ -484,15 +475,16 @@ def _decode_fast(words, starts, ends, table, row_tables, cols, block_size, count
             if x < _LOWER or x >= _HIGH:
                 return False
         o0 = b * block_size
-        r0, left0, base0 = _row_start(o0, row_tables, cols)
+        r0, left0, t0 = _row_start(o0, row_tables, cols)
         if lanes == 1:
             for k in range(min(block_size, count - o0)):
-                t0 = table[base0 + (x0 & _MASK)]
+                q0 = x0 & _MASK
+                s0 = slots[t0, q0]
                 if gather:
-                    out[o0 + k] = codebook[t0 >> _U32]
+                    out[o0 + k] = codebook[s0]
                 else:
-                    out[o0 + k] = t0 >> _U32
-                x0 = ((t0 >> _U16) & _LO16) * (x0 >> _U15) + (t0 & _LO16)
+                    out[o0 + k] = s0
+                x0 = f[t0, s0] * (x0 >> _U15) + q0 - cum[t0, s0]
                 if x0 < _LOWER:
                     if p0 >= e0:
                         return False
@@ -500,37 +492,35 @@ def _decode_fast(words, starts, ends, table, row_tables, cols, block_size, count
                     p0 += 1
                 left0 -= 1
                 if left0 == 0:
-                    r0, left0, base0 = _next_row(r0, row_tables, cols)
+                    r0, left0, t0 = _next_row(r0, row_tables, cols)
             if p0 != e0 or x0 != _LOWER:
                 return False
             b += 1
             continue
         o1, o2, o3 = o0 + block_size, o0 + 2 * block_size, o0 + 3 * block_size
-        r1, left1, base1 = _row_start(o1, row_tables, cols)
-        r2, left2, base2 = _row_start(o2, row_tables, cols)
-        r3, left3, base3 = _row_start(o3, row_tables, cols)
+        r1, left1, t1 = _row_start(o1, row_tables, cols)
+        r2, left2, t2 = _row_start(o2, row_tables, cols)
+        r3, left3, t3 = _row_start(o3, row_tables, cols)
         k = 0
         while k < block_size:
             run = min(left0, left1, left2, left3, block_size - k)  # symbols before any lane changes row
             for k in range(k, k + run):
-                t0 = table[base0 + (x0 & _MASK)]
-                t1 = table[base1 + (x1 & _MASK)]
-                t2 = table[base2 + (x2 & _MASK)]
-                t3 = table[base3 + (x3 & _MASK)]
+                q0, q1, q2, q3 = x0 & _MASK, x1 & _MASK, x2 & _MASK, x3 & _MASK
+                s0, s1, s2, s3 = slots[t0, q0], slots[t1, q1], slots[t2, q2], slots[t3, q3]
                 if gather:
-                    out[o0 + k] = codebook[t0 >> _U32]
-                    out[o1 + k] = codebook[t1 >> _U32]
-                    out[o2 + k] = codebook[t2 >> _U32]
-                    out[o3 + k] = codebook[t3 >> _U32]
+                    out[o0 + k] = codebook[s0]
+                    out[o1 + k] = codebook[s1]
+                    out[o2 + k] = codebook[s2]
+                    out[o3 + k] = codebook[s3]
                 else:
-                    out[o0 + k] = t0 >> _U32
-                    out[o1 + k] = t1 >> _U32
-                    out[o2 + k] = t2 >> _U32
-                    out[o3 + k] = t3 >> _U32
-                x0 = ((t0 >> _U16) & _LO16) * (x0 >> _U15) + (t0 & _LO16)
-                x1 = ((t1 >> _U16) & _LO16) * (x1 >> _U15) + (t1 & _LO16)
-                x2 = ((t2 >> _U16) & _LO16) * (x2 >> _U15) + (t2 & _LO16)
-                x3 = ((t3 >> _U16) & _LO16) * (x3 >> _U15) + (t3 & _LO16)
+                    out[o0 + k] = s0
+                    out[o1 + k] = s1
+                    out[o2 + k] = s2
+                    out[o3 + k] = s3
+                x0 = f[t0, s0] * (x0 >> _U15) + q0 - cum[t0, s0]
+                x1 = f[t1, s1] * (x1 >> _U15) + q1 - cum[t1, s1]
+                x2 = f[t2, s2] * (x2 >> _U15) + q2 - cum[t2, s2]
+                x3 = f[t3, s3] * (x3 >> _U15) + q3 - cum[t3, s3]
                 if x0 < _LOWER:
                     if p0 >= e0:
                         return False
@@ -554,13 +544,13 @@ def _decode_fast(words, starts, ends, table, row_tables, cols, block_size, count
             k += 1
             left0, left1, left2, left3 = left0 - run, left1 - run, left2 - run, left3 - run
             if left0 == 0:
-                r0, left0, base0 = _next_row(r0, row_tables, cols)
+                r0, left0, t0 = _next_row(r0, row_tables, cols)
             if left1 == 0:
-                r1, left1, base1 = _next_row(r1, row_tables, cols)
+                r1, left1, t1 = _next_row(r1, row_tables, cols)
             if left2 == 0:
-                r2, left2, base2 = _next_row(r2, row_tables, cols)
+                r2, left2, t2 = _next_row(r2, row_tables, cols)
             if left3 == 0:
-                r3, left3, base3 = _next_row(r3, row_tables, cols)
+                r3, left3, t3 = _next_row(r3, row_tables, cols)
         if p0 != e0 or p1 != e1 or p2 != e2 or p3 != e3:
             return False
         if x0 != _LOWER or x1 != _LOWER or x2 != _LOWER or x3 != _LOWER:
