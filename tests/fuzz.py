@@ -80,11 +80,11 @@ def seed_files() -> dict[str, bytes]:
         write_stream(buf, metadata or {}, tables, encoded, compact_header=compact)
         return buf.getvalue()
 
-    def build_rans(drafts, block_size=K.DEFAULT_BLOCK_SIZE) -> bytes:
-        """Every non-empty stream rANS-coded (§6.4) with dcformat's table of its counts, whatever it saves."""
+    def build_coded(drafts, code, tables: list[str]) -> bytes:
+        """The drafts as a file whose every non-empty stream is coded by `code(key, stream, section)` ->
+        (stream object, payload); empty streams fixed; `tables`: the Huffman tables `code` filled."""
         import io
 
-        from dcformat import rans
         from dcformat.container import EncodedTensor
 
         encoded = []
@@ -101,16 +101,25 @@ def seed_files() -> dict[str, bytes]:
                     header[key] = {"coding": "fixed", "section": i}
                     payloads.append(b"")
                 else:
-                    freqs = rans.normalize(stream.counts)
-                    payload, block_bytes = rans.encode(stream.symbols, freqs, block_size)
-                    header[key] = {"coding": "rans", "section": i, "frequencies": rans.frequencies_to_hex(freqs),
-                                   "block_size": block_size, "block_bytes": block_bytes}
+                    header[key], payload = code(key, stream, i)
                     payloads.append(payload)
                 i += 1
             encoded.append(EncodedTensor(header, payloads))
         buf = io.BytesIO()
-        write_stream(buf, {}, [], encoded, compact_header=False)
+        write_stream(buf, {}, tables, encoded, compact_header=False)
         return buf.getvalue()
+
+    def build_rans(drafts, block_size=K.DEFAULT_BLOCK_SIZE) -> bytes:
+        """Every non-empty stream rANS-coded (§6.4) with dcformat's table of its counts, whatever it saves."""
+        from dcformat import rans
+
+        def code(key, stream, i):
+            freqs = rans.normalize(stream.counts)
+            payload, block_bytes = rans.encode(stream.symbols, freqs, block_size)
+            return {"coding": "rans", "section": i, "frequencies": rans.frequencies_to_hex(freqs),
+                    "block_size": block_size, "block_bytes": block_bytes}, payload
+
+        return build_coded(drafts, code, [])
 
     def fields_as_rans(data: bytes, block_size: int = 100) -> bytes:
         """A file whose fields tensors' fixed-width streams are recoded as rans streams (§5.4, §6.4)."""
@@ -135,10 +144,7 @@ def seed_files() -> dict[str, bytes]:
 
     def build_huffman(drafts, block_size=K.DEFAULT_BLOCK_SIZE, share=False) -> bytes:
         """Like build, but every non-empty stream Huffman-coded (assemble only does it when it pays)."""
-        import io
-
         from dcformat import huffman
-        from dcformat.container import EncodedTensor
 
         shared: dict[str, np.ndarray] = {}
         if share:
@@ -150,33 +156,17 @@ def seed_files() -> dict[str, bytes]:
                         total[: len(c)] += c
                     shared[kind] = huffman.code_lengths(total)
         tables: list[str] = []
-        encoded = []
-        for d in drafts:
-            header, payloads, i = dict(d.header), [], 0
-            for key in TENSOR_SECTION_ORDER:
-                if key not in header:
-                    continue
-                stream = d.streams.get(key)
-                if stream is None:
-                    header[key] = i
-                    payloads.append(d.payloads[d.header[key]])
-                elif len(stream.symbols) == 0:
-                    header[key] = {"coding": "fixed", "section": i}
-                    payloads.append(b"")
-                else:
-                    lengths = shared.get(key, huffman.code_lengths(stream.counts))
-                    text = huffman.lengths_to_hex(lengths)
-                    if text not in tables:
-                        tables.append(text)
-                    payload, block_bytes = huffman.encode(stream.symbols, lengths, block_size)
-                    header[key] = {"coding": "huffman", "section": i, "table": tables.index(text),
-                                   "block_size": block_size, "block_bytes": block_bytes}
-                    payloads.append(payload)
-                i += 1
-            encoded.append(EncodedTensor(header, payloads))
-        buf = io.BytesIO()
-        write_stream(buf, {}, tables, encoded, compact_header=False)
-        return buf.getvalue()
+
+        def code(key, stream, i):
+            lengths = shared.get(key, huffman.code_lengths(stream.counts))
+            text = huffman.lengths_to_hex(lengths)
+            if text not in tables:
+                tables.append(text)
+            payload, block_bytes = huffman.encode(stream.symbols, lengths, block_size)
+            return {"coding": "huffman", "section": i, "table": tables.index(text), "block_size": block_size,
+                    "block_bytes": block_bytes}, payload
+
+        return build_coded(drafts, code, tables)
 
     def bits(dtype: str, shape, density=1.0):
         dt = codec.numpy_dtype(dtype)
