@@ -620,6 +620,7 @@ def cmd_compress_similarity(args: argparse.Namespace) -> int:
 
     from .api import load_file, save_file
     from .interop.formats import read_tensors
+    from .policy import Policy
 
     lossy = _given(args, "prune", "threshold", "bits", "conv_bits", "fc_bits", "index_bits", "quantizer", "init", "lam",
                    "max_error", "vector_bits", "step", "step_scales", "target_size", "rule", "lossless")
@@ -661,8 +662,9 @@ def cmd_compress_similarity(args: argparse.Namespace) -> int:
     from .interop import transformers_fit as tf
 
     with about(args.input):
+        base = Policy(huffman=args.huffman, coder=args.coder, compact_header=not args.json_header)
         result, kind = tf.fit_folder(folder, args.min_similarity, calibration=args.calibration, method=args.method,
-                                     progress=progress)
+                                     policy=base, progress=progress)
         tensors = read_tensors(weights)
     names = tf.rename_for(tensors, result.tensors)
     for model_name, file_name in names.items():

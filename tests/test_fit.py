@@ -275,6 +275,24 @@ def test_cli_min_similarity_writes_a_file_that_meets_the_target(tiny_folder, tmp
                  "--min-similarity", "0.9", "--calibration", str(tiny_folder / "calibration.txt"),
                  "--method", "uniform"])
     assert code == 0
+    # --coder, --huffman and --json-header reach the search's policy (and so the file)
+    from dcformat.interop import transformers_fit as tf
+
+    seen = []
+    original = tf.fit_folder
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["policy"])
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tf, "fit_folder", spy)
+        code = main(["compress", str(tiny_folder), "-o", str(out), "-f", "-q", "--min-similarity", "0.9",
+                     "--calibration", str(tiny_folder / "calibration.txt"), "--method", "uniform",
+                     "--coder", "huffman", "--json-header"])
+    assert code == 0 and seen[0].coder == "huffman" and seen[0].compact_header is False
+    header = dcformat.read_header(out)
+    assert header.header_coding == "json" and header.version <= (1, 3)
 
 
 def test_cli_min_similarity_refusals(tiny_folder, tmp_path, capsys, monkeypatch):

@@ -349,8 +349,9 @@ def rename_for(file_names: Iterable[str], model_names: Iterable[str]) -> dict[st
 
 def fit_folder(folder: str | os.PathLike, min_similarity: float = 0.99, *, calibration: str | None = None,
                method: str = "fisher", search: int = DEFAULT_SEARCH, held_out: int = DEFAULT_HELD_OUT,
-               progress: Progress | None = None) -> tuple[FitResult, str]:
-    """`fit` on a transformers folder with calibration text (default pydoc_data.topics); returns (result, kind)."""
+               policy: Policy | None = None, progress: Progress | None = None) -> tuple[FitResult, str]:
+    """`fit` on a transformers folder with calibration text (default pydoc_data.topics); returns (result, kind).
+    `policy`: the settings the search keeps (coder, huffman, header form), as `fit`'s."""
     model, tokenizer, kind = load_folder(folder)
     texts = calibration_texts(calibration)
     search_texts, held_texts = split_texts(texts, search, held_out)
@@ -365,7 +366,8 @@ def fit_folder(folder: str | os.PathLike, min_similarity: float = 0.99, *, calib
                 "passages not held out"
     result = fit(model, _batches_of(tokenizer, search_texts), min_similarity,
                  held_out=_batches_of(tokenizer, held_texts), method=method, kind=kind, data=data,
-                 hessian_inputs=_batches_of(tokenizer, extra), row_weights=row_weights, progress=progress)
+                 hessian_inputs=_batches_of(tokenizer, extra), row_weights=row_weights, policy=policy,
+                 progress=progress)
     record = json.loads(result.metadata["dcformat.fit"])
     record["kind"] = kind
     result.metadata["dcformat.fit"] = json.dumps(record, sort_keys=True)
