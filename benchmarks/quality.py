@@ -38,9 +38,10 @@ THETA_FACTORS = {  # around each method's θ for cosine 0.99 on the search passa
     "sensitivity": (0.5, 0.7, 1.0, 1.4, 2.0),
     "rd": (0.35, 0.5, 0.7, 1.0, 1.4, 2.0),
     "gptq": (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 4.0),
-    # wide, to meet every NNCodec point, and in steps of √2 up to the highest (qp -38's 0.999): a point
-    # "at or above" a fidelity is then never more than one √2 step of θ past it
-    "fisher": (0.15, 0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 11.3, 16.0),
+    # wide, to meet every NNCodec point, and in steps of about 2^(1/4) from 1 to 2.8 (qp -32's 0.994
+    # and -29's 0.981 lie there), then √2 up to the highest (qp -38's 0.999): a point "at or above"
+    # a fidelity is then never far past it
+    "fisher": (0.15, 0.25, 0.35, 0.5, 0.7, 1.0, 1.2, 1.4, 1.7, 2.0, 2.4, 2.8, 4.0, 5.6, 8.0, 11.3, 16.0),
 }
 NNCODEC_QPS = (-38, -32, -29, -26)
 
